@@ -1,0 +1,498 @@
+//! Configuration: the TOML file, parsed (`model`) then validated (`validate`)
+//! into [`Config`], plain typed data with every default filled in.
+//!
+//! `Config` carries no runtime state; `runtime::Runtime::build` turns it into
+//! the snapshot the request path reads, so a reload can validate a new file
+//! without touching anything that serves traffic.
+
+mod model;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+pub use validate::is_token;
+
+/// Everything sessionlb needs to know from the file, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub timeouts: Timeouts,
+    /// Sorted by name.
+    pub pools: Vec<Pool>,
+    pub store: Store,
+    pub routes: Vec<Route>,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_timeout: Duration,
+    /// 0 means one worker per core.
+    pub workers: usize,
+    pub tls: Vec<TlsListener>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub certificates: Vec<Certificate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub request_header: Duration,
+    pub response_header: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            request_header: Duration::from_secs(10),
+            response_header: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    Cookie,
+}
+
+impl PolicyKind {
+    pub const NAMES: &'static str = "round_robin, least_conn, ip_hash, cookie";
+
+    pub fn parse(s: &str) -> Option<PolicyKind> {
+        Some(match s {
+            "round_robin" => PolicyKind::RoundRobin,
+            "least_conn" => PolicyKind::LeastConn,
+            "ip_hash" => PolicyKind::IpHash,
+            "cookie" => PolicyKind::Cookie,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::RoundRobin => "round_robin",
+            PolicyKind::LeastConn => "least_conn",
+            PolicyKind::IpHash => "ip_hash",
+            PolicyKind::Cookie => "cookie",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub policy: PolicyKind,
+    pub backends: Vec<Backend>,
+    pub health: Health,
+    /// Present (with defaults) whenever `policy = "cookie"`.
+    pub sticky: Option<Sticky>,
+    pub session: Option<Session>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The address as written: the backend's identity across reloads.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub drain: bool,
+}
+
+/// Highest accepted backend weight (as HAProxy's): keeps the round-robin
+/// schedule, whose length is the sum of weights, small.
+pub const MAX_WEIGHT: u32 = 256;
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// 0 disables passive health (nginx's `max_fails=0`).
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub check: Option<HealthCheck>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            check: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sticky {
+    pub cookie: String,
+    pub secret: Option<String>,
+    pub prefix: Option<String>,
+    pub max_age: Option<Duration>,
+    pub domain: Option<String>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub carrier: Carrier,
+    pub cookie: String,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub on_store_error: OnStoreError,
+    pub encrypt: bool,
+    pub max_blob_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Carrier {
+    Cookie {
+        app_cookies: Vec<String>,
+    },
+    Header {
+        header: HeaderName,
+        update_header: HeaderName,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    FailClosed,
+    FailOpen,
+}
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Memory,
+    Redis(RedisStore),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    pub url: String,
+    pub key_prefix: String,
+    pub topology: RedisTopology,
+}
+
+#[derive(Debug, Clone)]
+pub enum RedisTopology {
+    Standalone,
+    Sentinel { master: String, nodes: Vec<String> },
+    Cluster { nodes: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Lower case, without port.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// An `EnvFilter` directive; `RUST_LOG` wins over it.
+    pub level: String,
+    pub access_log: bool,
+    pub access_format: AccessFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    Plain,
+    Json,
+}
+
+/// One thing wrong with the file, located by its TOML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or its shape does not match the schema.
+    #[error("{0}")]
+    Syntax(Problem),
+    /// Every semantic problem found, in file order.
+    #[error("{}", display_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn display_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+impl ConfigError {
+    /// Every problem, each with its path.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Read { .. } => vec![Problem {
+                path: String::new(),
+                message: self.to_string(),
+            }],
+            ConfigError::Syntax(p) => vec![p.clone()],
+            ConfigError::Invalid(ps) => ps.clone(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file. Relative paths inside it (certificates)
+    /// are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Parses and validates TOML text; `base` anchors relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let file = validate::parse_file(text)?;
+        validate::validate(file, base)
+    }
+
+    /// Options this version parses and validates but does not serve yet;
+    /// `run` refuses a file that turns them on rather than ignore them.
+    pub fn unsupported(&self) -> Vec<Problem> {
+        let mut v = Vec::new();
+        let mut add = |path: String, what: &str| {
+            v.push(Problem {
+                path,
+                message: format!("{what} is not supported by this version yet"),
+            })
+        };
+        if !self.server.tls.is_empty() {
+            add("server.tls".into(), "TLS termination");
+        }
+        if self.server.admin_listen.is_some() {
+            add("server.admin_listen".into(), "the admin listener");
+        }
+        for pool in &self.pools {
+            if matches!(pool.policy, PolicyKind::IpHash | PolicyKind::Cookie) {
+                add(
+                    format!("pools.{}.policy", pool.name),
+                    &format!("policy {:?}", pool.policy.name()),
+                );
+            }
+            if pool.health.check.is_some() {
+                add(
+                    format!("pools.{}.health.check", pool.name),
+                    "active health checking",
+                );
+            }
+            if pool.session.is_some() {
+                add(format!("pools.{}.session", pool.name), "shared-store mode");
+            }
+        }
+        v
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The one-screen summary `sessionlb check` prints.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let listen: Vec<String> = self
+            .server
+            .listen
+            .iter()
+            .map(|a| format!("{a} (http, h2c)"))
+            .collect();
+        let tls: Vec<String> = self
+            .server
+            .tls
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} (tls, {} certificate(s))",
+                    t.listen,
+                    t.certificates.len()
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "listeners: {}", [listen, tls].concat().join(", "));
+        if let Some(admin) = self.server.admin_listen {
+            let _ = writeln!(s, "admin:     {admin}");
+        }
+        let workers = match self.server.workers {
+            0 => "one per core".to_string(),
+            n => n.to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "workers:   {workers}; shutdown_timeout {}",
+            humantime::format_duration(self.server.shutdown_timeout)
+        );
+        let t = &self.timeouts;
+        let _ = writeln!(
+            s,
+            "timeouts:  connect {}, request_header {}, response_header {}, idle {}",
+            humantime::format_duration(t.connect),
+            humantime::format_duration(t.request_header),
+            humantime::format_duration(t.response_header),
+            humantime::format_duration(t.idle)
+        );
+        for pool in &self.pools {
+            let _ = writeln!(
+                s,
+                "pool {}: {}, {} backend(s)",
+                pool.name,
+                pool.policy.name(),
+                pool.backends.len()
+            );
+            for b in &pool.backends {
+                let drain = if b.drain { ", draining" } else { "" };
+                let _ = writeln!(s, "  - {} weight {}{}", b.name, b.weight, drain);
+            }
+            let h = &pool.health;
+            let passive = if h.max_fails == 0 {
+                "passive off".to_string()
+            } else {
+                format!(
+                    "down after {} failure(s) within {}",
+                    h.max_fails,
+                    humantime::format_duration(h.fail_timeout)
+                )
+            };
+            let active = match &h.check {
+                Some(c) => format!(
+                    "; active GET {} every {}",
+                    c.path,
+                    humantime::format_duration(c.interval)
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(s, "  health: {passive}{active}");
+            if let (PolicyKind::Cookie, Some(st)) = (pool.policy, &pool.sticky) {
+                let how = match &st.prefix {
+                    Some(p) => format!("prefix on cookie {p}"),
+                    None => format!("cookie {}", st.cookie),
+                };
+                let _ = writeln!(s, "  sticky: {how}");
+            }
+            if let Some(sess) = &pool.session {
+                let carrier = match &sess.carrier {
+                    Carrier::Cookie { app_cookies } => format!("cookie {}", app_cookies.join(", ")),
+                    Carrier::Header { header, .. } => format!("header {header}"),
+                };
+                let _ = writeln!(
+                    s,
+                    "  session: shared store, carrier {carrier}, browser cookie {}, idle {}, absolute {}, {}",
+                    sess.cookie,
+                    humantime::format_duration(sess.idle_timeout),
+                    humantime::format_duration(sess.absolute_timeout),
+                    match sess.on_store_error {
+                        OnStoreError::FailClosed => "fail_closed",
+                        OnStoreError::FailOpen => "fail_open",
+                    }
+                );
+            }
+        }
+        if self.routes.is_empty() {
+            if let Some(p) = self.pools.first() {
+                let _ = writeln!(s, "routes:    everything -> {}", p.name);
+            }
+        } else {
+            let _ = writeln!(s, "routes:");
+            for r in &self.routes {
+                let _ = writeln!(
+                    s,
+                    "  - {}{} -> {}",
+                    r.host.as_deref().unwrap_or("*"),
+                    r.path_prefix,
+                    r.pool
+                );
+            }
+        }
+        let store = match &self.store {
+            Store::Memory => "memory (embedded)".to_string(),
+            Store::Redis(r) => {
+                let topo = match &r.topology {
+                    RedisTopology::Standalone => "standalone".to_string(),
+                    RedisTopology::Sentinel { master, nodes } => {
+                        format!("sentinel master {master} via {} node(s)", nodes.len())
+                    }
+                    RedisTopology::Cluster { nodes } => {
+                        format!("cluster of {} seed node(s)", nodes.len())
+                    }
+                };
+                format!(
+                    "redis {}, {topo}, prefix {:?}",
+                    redact_url(&r.url),
+                    r.key_prefix
+                )
+            }
+        };
+        let _ = writeln!(s, "store:     {store}");
+        s
+    }
+}
+
+/// Hides the password of a `redis://user:password@host` URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((cred, host)) => match cred.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_string(),
+    }
+}

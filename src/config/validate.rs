@@ -1,0 +1,1011 @@
+//! From the raw TOML model to a validated [`Config`], collecting every
+//! problem with its TOML path rather than stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+use super::model::{self, FileConfig};
+use super::*;
+
+/// Parses TOML into the raw model. Unknown keys and wrong types are
+/// reported with their TOML path and line.
+pub(super) fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, String::new(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        syntax_error(text, path, e.inner())
+    })
+}
+
+fn syntax_error(text: &str, path: String, e: &toml::de::Error) -> ConfigError {
+    let mut message = e.message().trim_end().to_string();
+    if let Some(span) = e.span() {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        message = format!("{message} (line {line})");
+    }
+    ConfigError::Syntax(Problem { path, message })
+}
+
+/// Collects problems; each is reported with the path where it was found.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A duration with units (`500ms`, `10s`, `30m`, `24h`), not zero.
+    fn duration(&mut self, path: &str, raw: Option<&str>, default: Duration) -> Duration {
+        let Some(raw) = raw else { return default };
+        match parse_duration(raw) {
+            Ok(d) => d,
+            Err(msg) => {
+                self.push(path, msg);
+                default
+            }
+        }
+    }
+
+    /// A positive integer no larger than `max`.
+    fn count(&mut self, path: &str, raw: Option<i64>, default: u32, min: u32, max: u32) -> u32 {
+        let Some(n) = raw else { return default };
+        if n < i64::from(min) || n > i64::from(max) {
+            self.push(path, format!("must be between {min} and {max}, got {n}"));
+            default
+        } else {
+            n as u32
+        }
+    }
+
+    fn token(&mut self, path: &str, what: &str, value: &str) {
+        if !is_token(value) {
+            self.push(
+                path,
+                format!("{what} {value:?} is not a valid cookie name (an HTTP token: letters, digits and !#$%&'*+-.^_`|~)"),
+            );
+        }
+    }
+}
+
+/// Durations are strings with units; a bare number is refused so that
+/// `timeout = "30"` is never silently read as seconds or milliseconds.
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw.trim()) {
+        Ok(d) if d.is_zero() => Err(format!("duration {raw:?} must be greater than zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "invalid duration {raw:?} ({e}); use a number with a unit: 500ms, 10s, 30m, 24h"
+        )),
+    }
+}
+
+/// RFC 7230 token, the grammar of cookie names and header names.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn parse_listen(p: &mut Problems, path: &str, raw: &str) -> Option<SocketAddr> {
+    match raw.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(
+                path,
+                format!("invalid socket address {raw:?} (expected ip:port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\")"),
+            );
+            None
+        }
+    }
+}
+
+/// A backend address: `ip:port`, or `host:port` resolved now, as nginx
+/// resolves `server` names when it loads its configuration.
+fn parse_backend_addr(p: &mut Problems, path: &str, raw: &str) -> Option<SocketAddr> {
+    if let Ok(a) = raw.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let valid_shape = raw.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok()
+    });
+    if !valid_shape {
+        p.push(
+            path,
+            format!("invalid socket address {raw:?} (expected host:port)"),
+        );
+        return None;
+    }
+    match raw.to_socket_addrs() {
+        Ok(mut addrs) => match addrs.next() {
+            Some(a) => Some(a),
+            None => {
+                p.push(path, format!("cannot resolve {raw:?}: no address"));
+                None
+            }
+        },
+        Err(e) => {
+            p.push(path, format!("cannot resolve {raw:?}: {e}"));
+            None
+        }
+    }
+}
+
+pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigError> {
+    let mut p = Problems::default();
+    let server = validate_server(&mut p, file.server, base);
+    let timeouts = validate_timeouts(&mut p, file.timeouts);
+    let pools: Vec<Pool> = file
+        .pools
+        .into_iter()
+        .filter_map(|(name, pool)| validate_pool(&mut p, name, pool))
+        .collect();
+    if pools.is_empty() {
+        p.push("pools", "at least one pool is required, e.g. [pools.web] with backends = [{ addr = \"127.0.0.1:9001\" }]");
+    }
+    let store = validate_store(&mut p, file.store);
+    let routes = validate_routes(&mut p, file.routes, &pools);
+    let log = validate_log(&mut p, file.log);
+    if p.0.is_empty() {
+        Ok(Config {
+            server,
+            timeouts,
+            pools,
+            store,
+            routes,
+            log,
+        })
+    } else {
+        Err(ConfigError::Invalid(p.0))
+    }
+}
+
+fn validate_server(p: &mut Problems, s: model::ServerSection, base: &Path) -> Server {
+    let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+    let mut check_dup = |p: &mut Problems, path: String, addr: SocketAddr| {
+        if addr.port() == 0 {
+            return;
+        }
+        if let Some(first) = seen.get(&addr) {
+            p.push(
+                path,
+                format!("duplicate listen address {addr} (already used by {first})"),
+            );
+        } else {
+            seen.insert(addr, path);
+        }
+    };
+    let mut listen = Vec::new();
+    for (i, raw) in s.listen.iter().enumerate() {
+        let path = format!("server.listen[{i}]");
+        if let Some(a) = parse_listen(p, &path, raw) {
+            check_dup(p, path, a);
+            listen.push(a);
+        }
+    }
+    let mut tls = Vec::new();
+    for (i, t) in s.tls.into_iter().enumerate() {
+        let path = format!("server.tls[{i}]");
+        let addr = parse_listen(p, &format!("{path}.listen"), &t.listen);
+        if let Some(a) = addr {
+            check_dup(p, format!("{path}.listen"), a);
+        }
+        if t.certificates.is_empty() {
+            p.push(
+                format!("{path}.certificates"),
+                "a TLS listener needs at least one certificate",
+            );
+        }
+        let mut certificates = Vec::new();
+        for (j, c) in t.certificates.into_iter().enumerate() {
+            let cpath = format!("{path}.certificates[{j}]");
+            let cert = base.join(&c.cert);
+            let key = base.join(&c.key);
+            for (field, file) in [("cert", &cert), ("key", &key)] {
+                if !file.is_file() {
+                    p.push(
+                        format!("{cpath}.{field}"),
+                        format!("file {} not found", file.display()),
+                    );
+                }
+            }
+            certificates.push(Certificate { cert, key });
+        }
+        if let Some(listen) = addr {
+            tls.push(TlsListener {
+                listen,
+                certificates,
+            });
+        }
+    }
+    if s.listen.is_empty()
+        && tls.is_empty()
+        && p.0.iter().all(|x| !x.path.starts_with("server.tls"))
+    {
+        p.push(
+            "server.listen",
+            "no listener: give server.listen = [\"127.0.0.1:8080\"] or a [[server.tls]] listener",
+        );
+    }
+    let admin_listen = s.admin_listen.as_deref().and_then(|raw| {
+        let a = parse_listen(p, "server.admin_listen", raw)?;
+        check_dup(p, "server.admin_listen".into(), a);
+        Some(a)
+    });
+    let mut trusted_proxies = Vec::new();
+    for (i, raw) in s.trusted_proxies.iter().enumerate() {
+        let parsed = raw
+            .parse::<IpNet>()
+            .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => p.push(
+                format!("server.trusted_proxies[{i}]"),
+                format!("invalid CIDR {raw:?} (expected e.g. \"10.0.0.0/8\", \"fd00::/8\" or a single address)"),
+            ),
+        }
+    }
+    let shutdown_timeout = p.duration(
+        "server.shutdown_timeout",
+        s.shutdown_timeout.as_deref(),
+        Duration::from_secs(30),
+    );
+    let workers = match s.workers {
+        None => 0,
+        Some(n) if (0..=1024).contains(&n) => n as usize,
+        Some(n) => {
+            p.push(
+                "server.workers",
+                format!("must be between 0 (one per core) and 1024, got {n}"),
+            );
+            0
+        }
+    };
+    Server {
+        listen,
+        admin_listen,
+        trusted_proxies,
+        shutdown_timeout,
+        workers,
+        tls,
+    }
+}
+
+fn validate_timeouts(p: &mut Problems, t: model::TimeoutsSection) -> Timeouts {
+    let d = Timeouts::default();
+    Timeouts {
+        connect: p.duration("timeouts.connect", t.connect.as_deref(), d.connect),
+        request_header: p.duration(
+            "timeouts.request_header",
+            t.request_header.as_deref(),
+            d.request_header,
+        ),
+        response_header: p.duration(
+            "timeouts.response_header",
+            t.response_header.as_deref(),
+            d.response_header,
+        ),
+        idle: p.duration("timeouts.idle", t.idle.as_deref(), d.idle),
+    }
+}
+
+fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Option<Pool> {
+    let path = format!("pools.{name}");
+    if !is_token(&name) {
+        p.push(
+            &path,
+            format!("pool name {name:?} must be letters, digits, '-', '_' or '.'"),
+        );
+    }
+    let policy = match s.policy.as_deref() {
+        None => PolicyKind::RoundRobin,
+        Some(raw) => PolicyKind::parse(raw).unwrap_or_else(|| {
+            p.push(
+                format!("{path}.policy"),
+                format!(
+                    "unknown policy {raw:?} (expected one of {})",
+                    PolicyKind::NAMES
+                ),
+            );
+            PolicyKind::RoundRobin
+        }),
+    };
+    if s.backends.is_empty() {
+        p.push(
+            format!("{path}.backends"),
+            "a pool needs at least one backend",
+        );
+    }
+    let mut backends = Vec::new();
+    let mut names = HashSet::new();
+    for (i, b) in s.backends.into_iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+            Some(w) => {
+                p.push(
+                    format!("{bpath}.weight"),
+                    format!("weight must be between 1 and {MAX_WEIGHT}, got {w} (to take a backend out, use drain = true)"),
+                );
+                1
+            }
+        };
+        let name = b.addr.trim().to_string();
+        if !names.insert(name.clone()) {
+            p.push(
+                format!("{bpath}.addr"),
+                format!("backend {name:?} is listed twice in this pool"),
+            );
+        }
+        if let Some(addr) = parse_backend_addr(p, &format!("{bpath}.addr"), &name) {
+            backends.push(Backend {
+                name,
+                addr,
+                weight,
+                drain: b.drain,
+            });
+        }
+    }
+    let health = validate_health(p, &path, s.health);
+    let sticky = match (policy, s.sticky) {
+        (PolicyKind::Cookie, raw) => Some(validate_sticky(p, &path, raw.unwrap_or_default())),
+        (_, Some(_)) => {
+            p.push(
+                format!("{path}.sticky"),
+                format!("[{path}.sticky] is only used with policy = \"cookie\" (this pool's policy is {:?})", policy.name()),
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    let session = s.session.map(|raw| validate_session(p, &path, raw));
+    if let (Some(st), Some(sess)) = (&sticky, &session)
+        && st.prefix.is_none()
+        && st.cookie == sess.cookie
+    {
+        p.push(
+            format!("{path}.session.cookie"),
+            format!(
+                "cookie {:?} is already the sticky route cookie",
+                sess.cookie
+            ),
+        );
+    }
+    Some(Pool {
+        name,
+        policy,
+        backends,
+        health,
+        sticky,
+        session,
+    })
+}
+
+fn validate_health(p: &mut Problems, pool: &str, raw: Option<model::HealthSection>) -> Health {
+    let d = Health::default();
+    let Some(h) = raw else { return d };
+    let path = format!("{pool}.health");
+    let max_fails = p.count(
+        &format!("{path}.max_fails"),
+        h.max_fails,
+        d.max_fails,
+        0,
+        1_000_000,
+    );
+    let fail_timeout = p.duration(
+        &format!("{path}.fail_timeout"),
+        h.fail_timeout.as_deref(),
+        d.fail_timeout,
+    );
+    let check = h.check.map(|c| {
+        let cpath = format!("{path}.check");
+        let check_path = c.path.unwrap_or_else(|| "/".to_string());
+        if !check_path.starts_with('/') || check_path.parse::<http::uri::PathAndQuery>().is_err() {
+            p.push(
+                format!("{cpath}.path"),
+                format!("{check_path:?} must be a path starting with '/'"),
+            );
+        }
+        let interval = p.duration(
+            &format!("{cpath}.interval"),
+            c.interval.as_deref(),
+            Duration::from_secs(2),
+        );
+        let timeout = p.duration(
+            &format!("{cpath}.timeout"),
+            c.timeout.as_deref(),
+            Duration::from_secs(1),
+        );
+        if timeout > interval {
+            p.push(
+                format!("{cpath}.timeout"),
+                "must not be longer than the check interval",
+            );
+        }
+        HealthCheck {
+            path: check_path,
+            interval,
+            timeout,
+            rise: p.count(&format!("{cpath}.rise"), c.rise, 2, 1, 1000),
+            fall: p.count(&format!("{cpath}.fall"), c.fall, 3, 1, 1000),
+        }
+    });
+    Health {
+        max_fails,
+        fail_timeout,
+        check,
+    }
+}
+
+fn validate_sticky(p: &mut Problems, pool: &str, s: model::StickySection) -> Sticky {
+    let path = format!("{pool}.sticky");
+    let cookie = s.cookie.unwrap_or_else(|| "slb_route".to_string());
+    p.token(&format!("{path}.cookie"), "cookie", &cookie);
+    if let Some(prefix) = &s.prefix {
+        p.token(&format!("{path}.prefix"), "cookie", prefix);
+    }
+    if s.secret.as_deref() == Some("") {
+        p.push(
+            format!("{path}.secret"),
+            "must not be empty (leave it out to use no secret)",
+        );
+    }
+    let max_age = s
+        .max_age
+        .as_deref()
+        .map(|raw| p.duration(&format!("{path}.max_age"), Some(raw), Duration::ZERO));
+    if let Some(domain) = &s.domain
+        && (domain.is_empty()
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+    {
+        p.push(
+            format!("{path}.domain"),
+            format!("invalid cookie domain {domain:?}"),
+        );
+    }
+    let cookie_path = s.path.unwrap_or_else(|| "/".to_string());
+    if !cookie_path.starts_with('/')
+        || cookie_path
+            .bytes()
+            .any(|b| b == b';' || b.is_ascii_control())
+    {
+        p.push(
+            format!("{path}.path"),
+            format!("invalid cookie path {cookie_path:?}"),
+        );
+    }
+    Sticky {
+        cookie,
+        secret: s.secret,
+        prefix: s.prefix,
+        max_age,
+        domain: s.domain,
+        path: cookie_path,
+    }
+}
+
+fn validate_session(p: &mut Problems, pool: &str, s: model::SessionSection) -> Session {
+    let path = format!("{pool}.session");
+    let cookie = s.cookie.unwrap_or_else(|| "slb_sid".to_string());
+    p.token(&format!("{path}.cookie"), "cookie", &cookie);
+    let header_name =
+        |p: &mut Problems, field: &str, raw: Option<String>, default: &'static str| {
+            let raw = raw.unwrap_or_else(|| default.to_string());
+            HeaderName::from_bytes(raw.as_bytes()).unwrap_or_else(|_| {
+                p.push(
+                    format!("{path}.{field}"),
+                    format!("{raw:?} is not a valid header name"),
+                );
+                HeaderName::from_static("x-invalid")
+            })
+        };
+    let carrier = match s.carrier.as_deref().unwrap_or("cookie") {
+        "cookie" => {
+            if s.header.is_some() || s.update_header.is_some() {
+                p.push(
+                    format!("{path}.header"),
+                    "header and update_header are used with carrier = \"header\"",
+                );
+            }
+            let app_cookies = s
+                .app_cookie
+                .map(model::OneOrMany::into_vec)
+                .unwrap_or_default();
+            if app_cookies.is_empty() {
+                p.push(
+                    format!("{path}.app_cookie"),
+                    "carrier = \"cookie\" needs app_cookie: the name of the cookie the app keeps its session in",
+                );
+            }
+            for (i, name) in app_cookies.iter().enumerate() {
+                p.token(&format!("{path}.app_cookie[{i}]"), "cookie", name);
+                if *name == cookie {
+                    p.push(
+                        format!("{path}.app_cookie[{i}]"),
+                        format!(
+                            "the app's cookie cannot also be the proxy's session cookie {cookie:?}"
+                        ),
+                    );
+                }
+            }
+            Carrier::Cookie { app_cookies }
+        }
+        "header" => {
+            if s.app_cookie.is_some() {
+                p.push(
+                    format!("{path}.app_cookie"),
+                    "app_cookie is used with carrier = \"cookie\"",
+                );
+            }
+            let header = header_name(p, "header", s.header, "x-session");
+            let update_header =
+                header_name(p, "update_header", s.update_header, "x-session-update");
+            if header == update_header {
+                p.push(format!("{path}.update_header"), "must differ from header");
+            }
+            Carrier::Header {
+                header,
+                update_header,
+            }
+        }
+        other => {
+            p.push(
+                format!("{path}.carrier"),
+                format!("unknown carrier {other:?} (expected cookie or header)"),
+            );
+            Carrier::Cookie {
+                app_cookies: vec![],
+            }
+        }
+    };
+    let idle_timeout = p.duration(
+        &format!("{path}.idle_timeout"),
+        s.idle_timeout.as_deref(),
+        Duration::from_secs(30 * 60),
+    );
+    let absolute_timeout = p.duration(
+        &format!("{path}.absolute_timeout"),
+        s.absolute_timeout.as_deref(),
+        Duration::from_secs(24 * 3600),
+    );
+    if absolute_timeout < idle_timeout {
+        p.push(
+            format!("{path}.absolute_timeout"),
+            "must not be shorter than idle_timeout",
+        );
+    }
+    let on_store_error = match s.on_store_error.as_deref().unwrap_or("fail_closed") {
+        "fail_closed" => OnStoreError::FailClosed,
+        "fail_open" => OnStoreError::FailOpen,
+        other => {
+            p.push(
+                format!("{path}.on_store_error"),
+                format!("unknown value {other:?} (expected fail_closed or fail_open)"),
+            );
+            OnStoreError::FailClosed
+        }
+    };
+    let max_blob_bytes = match s.max_blob_bytes {
+        None => 65536,
+        Some(n) if (1..=16 * 1024 * 1024).contains(&n) => n as usize,
+        Some(n) => {
+            p.push(
+                format!("{path}.max_blob_bytes"),
+                format!("must be between 1 and 16777216, got {n}"),
+            );
+            65536
+        }
+    };
+    Session {
+        carrier,
+        cookie,
+        idle_timeout,
+        absolute_timeout,
+        on_store_error,
+        encrypt: s.encrypt.unwrap_or(true),
+        max_blob_bytes,
+    }
+}
+
+fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
+    let Some(s) = raw else { return Store::Memory };
+    match s.kind.as_deref().unwrap_or("memory") {
+        "memory" => {
+            for (field, set) in [
+                ("url", s.url.is_some()),
+                ("sentinel", s.sentinel.is_some()),
+                ("cluster", s.cluster.is_some()),
+            ] {
+                if set {
+                    p.push(format!("store.{field}"), "only used with kind = \"redis\"");
+                }
+            }
+            Store::Memory
+        }
+        "redis" => {
+            let url = s
+                .url
+                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_string());
+            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
+            if !scheme_ok {
+                p.push(
+                    "store.url",
+                    format!("invalid Redis URL {:?} (expected redis://host:port/db or rediss:// for TLS)", redact_url(&url)),
+                );
+            }
+            let topology = match (s.sentinel, s.cluster) {
+                (Some(_), Some(_)) => {
+                    p.push("store", "give either sentinel or cluster, not both");
+                    RedisTopology::Standalone
+                }
+                (Some(sen), None) => {
+                    if sen.master.is_empty() {
+                        p.push("store.sentinel.master", "must name the monitored master");
+                    }
+                    if sen.nodes.is_empty() {
+                        p.push(
+                            "store.sentinel.nodes",
+                            "needs at least one sentinel address",
+                        );
+                    }
+                    for (i, n) in sen.nodes.iter().enumerate() {
+                        check_host_port(p, &format!("store.sentinel.nodes[{i}]"), n);
+                    }
+                    RedisTopology::Sentinel {
+                        master: sen.master,
+                        nodes: sen.nodes,
+                    }
+                }
+                (None, Some(nodes)) => {
+                    if nodes.is_empty() {
+                        p.push("store.cluster", "needs at least one seed node address");
+                    }
+                    for (i, n) in nodes.iter().enumerate() {
+                        check_host_port(p, &format!("store.cluster[{i}]"), n);
+                    }
+                    RedisTopology::Cluster { nodes }
+                }
+                (None, None) => RedisTopology::Standalone,
+            };
+            Store::Redis(RedisStore {
+                url,
+                key_prefix: s.key_prefix.unwrap_or_else(|| "sessionlb:".to_string()),
+                topology,
+            })
+        }
+        other => {
+            p.push(
+                "store.kind",
+                format!("unknown store kind {other:?} (expected memory or redis)"),
+            );
+            Store::Memory
+        }
+    }
+}
+
+fn check_host_port(p: &mut Problems, path: &str, raw: &str) {
+    let ok = raw
+        .rsplit_once(':')
+        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n != 0));
+    if !ok {
+        p.push(
+            path,
+            format!("invalid address {raw:?} (expected host:port)"),
+        );
+    }
+}
+
+fn validate_routes(p: &mut Problems, raw: Vec<model::RouteSection>, pools: &[Pool]) -> Vec<Route> {
+    let mut routes = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !pools.iter().any(|pool| pool.name == r.pool) {
+            let known: Vec<&str> = pools.iter().map(|pool| pool.name.as_str()).collect();
+            p.push(
+                format!("{path}.pool"),
+                format!("unknown pool {:?} (pools: {})", r.pool, known.join(", ")),
+            );
+        }
+        let host = r.host.map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            if h.is_empty() || h.contains([':', '/', ' ']) && !h.starts_with('[') {
+                p.push(
+                    format!("{path}.host"),
+                    format!("invalid host {h:?} (a host name without scheme or port)"),
+                );
+            }
+            h
+        });
+        let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_string());
+        if !path_prefix.starts_with('/') {
+            p.push(
+                format!("{path}.path_prefix"),
+                format!("{path_prefix:?} must start with '/'"),
+            );
+        }
+        if !seen.insert((host.clone(), path_prefix.clone())) {
+            p.push(
+                &path,
+                "duplicate route: the same host and path_prefix appear earlier",
+            );
+        }
+        routes.push(Route {
+            host,
+            path_prefix,
+            pool: r.pool,
+        });
+    }
+    if routes.is_empty() && pools.len() > 1 {
+        p.push(
+            "routes",
+            "with more than one pool, [[routes]] must say which requests go to which pool",
+        );
+    }
+    routes
+}
+
+fn validate_log(p: &mut Problems, l: model::LogSection) -> Log {
+    let level = l.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .is_err()
+    {
+        p.push(
+            "log.level",
+            format!("invalid level {level:?} (expected error, warn, info, debug, trace or a RUST_LOG directive)"),
+        );
+    }
+    let access_format = match l.access_format.as_deref().unwrap_or("plain") {
+        "plain" => AccessFormat::Plain,
+        "json" => AccessFormat::Json,
+        other => {
+            p.push(
+                "log.access_format",
+                format!("unknown format {other:?} (expected plain or json)"),
+            );
+            AccessFormat::Plain
+        }
+    };
+    Log {
+        level,
+        access_log: l.access_log.unwrap_or(true),
+        access_format,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml: &str) -> Vec<String> {
+        match Config::parse(toml, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = ["127.0.0.1:8080"]
+        [pools.web]
+        backends = [{ addr = "127.0.0.1:9001" }]
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
+        assert_eq!(c.timeouts.connect, Duration::from_secs(3));
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.pools[0].policy, PolicyKind::RoundRobin);
+        assert_eq!(c.pools[0].backends[0].weight, 1);
+        assert_eq!(c.pools[0].health.max_fails, 1);
+        assert!(matches!(c.store, Store::Memory));
+        assert!(c.log.access_log);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let got = problems(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080", "127.0.0.1:8080", "nonsense"]
+            trusted_proxies = ["10.0.0.0/33"]
+            [timeouts]
+            connect = "3"
+            [pools.web]
+            policy = "fastest"
+            backends = [
+              { addr = "127.0.0.1:9001", weight = 0 },
+              { addr = "x" },
+            ]
+            [pools.empty]
+            backends = []
+            [pools.sticky]
+            policy = "cookie"
+            backends = [{ addr = "127.0.0.1:9002" }]
+            sticky = { cookie = "bad cookie" }
+            [[routes]]
+            pool = "nowhere"
+            [log]
+            access_format = "xml"
+            "#,
+        );
+        let expect = [
+            "server.listen[1]: duplicate listen address 127.0.0.1:8080",
+            "server.listen[2]: invalid socket address \"nonsense\"",
+            "server.trusted_proxies[0]: invalid CIDR",
+            "timeouts.connect: invalid duration \"3\"",
+            "pools.empty.backends: a pool needs at least one backend",
+            "pools.sticky.sticky.cookie: cookie \"bad cookie\" is not a valid cookie name",
+            "pools.web.policy: unknown policy \"fastest\"",
+            "pools.web.backends[0].weight: weight must be between 1 and 256, got 0",
+            "pools.web.backends[1].addr: invalid socket address \"x\"",
+            "routes[0].pool: unknown pool \"nowhere\"",
+            "log.access_format: unknown format \"xml\"",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let got = problems(
+            r#"
+            [pools.web]
+            backends = [{ addr = "127.0.0.1:9001", wieght = 2 }]
+            "#,
+        );
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("pools.web.backends[0].wieght: unknown field `wieght`"),
+            "{got:?}"
+        );
+        assert!(got[0].contains("line 3"), "{got:?}");
+    }
+
+    #[test]
+    fn later_sections_parse_and_validate() {
+        let c = Config::parse(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [pools.web]
+            policy = "cookie"
+            backends = [{ addr = "127.0.0.1:9001" }]
+            sticky = { cookie = "route", secret = "s3", prefix = "JSESSIONID", max_age = "1h" }
+            [pools.web.session]
+            carrier = "cookie"
+            app_cookie = ["session", "session.sig"]
+            idle_timeout = "30m"
+            [store]
+            kind = "redis"
+            url = "redis://user:pw@127.0.0.1:6379/0"
+            sentinel = { master = "mymaster", nodes = ["127.0.0.1:26379"] }
+            "#,
+            Path::new("."),
+        )
+        .unwrap();
+        let pool = &c.pools[0];
+        assert_eq!(
+            pool.sticky.as_ref().unwrap().prefix.as_deref(),
+            Some("JSESSIONID")
+        );
+        assert!(
+            matches!(&pool.session.as_ref().unwrap().carrier, Carrier::Cookie { app_cookies } if app_cookies.len() == 2)
+        );
+        assert!(
+            c.summary()
+                .contains("redis redis://user:***@127.0.0.1:6379/0")
+        );
+
+        let got = problems(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [[server.tls]]
+            listen = "127.0.0.1:8443"
+            certificates = [{ cert = "missing.pem", key = "missing.key" }]
+            [pools.web]
+            backends = [{ addr = "127.0.0.1:9001" }]
+            sticky = {}
+            [pools.web.session]
+            carrier = "header"
+            header = "bad header"
+            absolute_timeout = "1m"
+            [store]
+            kind = "redis"
+            url = "http://x"
+            cluster = ["127.0.0.1"]
+            "#,
+        );
+        for e in [
+            "server.tls[0].certificates[0].cert: file",
+            "server.tls[0].certificates[0].key: file",
+            "pools.web.sticky: [pools.web.sticky] is only used with policy = \"cookie\"",
+            "pools.web.session.header: \"bad header\" is not a valid header name",
+            "pools.web.session.absolute_timeout: must not be shorter than idle_timeout",
+            "store.url: invalid Redis URL",
+            "store.cluster[0]: invalid address",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn several_pools_need_routes() {
+        let got = problems(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [pools.a]
+            backends = [{ addr = "127.0.0.1:9001" }]
+            [pools.b]
+            backends = [{ addr = "127.0.0.1:9002" }]
+            "#,
+        );
+        assert_eq!(
+            got,
+            vec![
+                "routes: with more than one pool, [[routes]] must say which requests go to which pool"
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(is_token("slb_route"));
+        assert!(is_token("session.sig"));
+        assert!(!is_token("a b"));
+        assert!(!is_token("a;b"));
+        assert!(!is_token(""));
+    }
+}
