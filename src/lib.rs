@@ -1,0 +1,15 @@
+//! sessionlb: a session-aware HTTP reverse proxy and load balancer.
+//!
+//! `config` reads and validates the TOML file; `runtime` compiles it into
+//! the snapshot the request path reads; `server` owns listeners, workers
+//! and client connections; `proxy` forwards one request; `balance` holds
+//! pools, policies and backend health.
+
+pub mod access_log;
+pub mod balance;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,216 @@
+//! Header rules between client and backend: hop-by-hop headers stay on
+//! their hop, and the backend learns who the client is.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, never the message (RFC 9110
+/// §7.6.1, plus the legacy `Proxy-Connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == PROXY_CONNECTION
+        || name.as_str() == "keep-alive"
+}
+
+/// True when `Connection` lists `token` (case-insensitive).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes hop-by-hop headers and every header that `Connection` names.
+/// With `upgrade`, the backend still gets `Upgrade` and
+/// `Connection: upgrade` so that a WebSocket handshake passes.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) && !(upgrade && *name == header::UPGRADE) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    if doomed.contains(&header::CONNECTION) {
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(s) = value.to_str() else { continue };
+            for token in s.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("upgrade") && upgrade {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                    && !is_end_to_end(&name)
+                {
+                    doomed.push(name);
+                }
+            }
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Headers a client may not make disappear by naming them in `Connection`:
+/// the ones the proxy itself relies on or sets.
+fn is_end_to_end(name: &HeaderName) -> bool {
+    *name == header::HOST || *name == header::CONTENT_LENGTH || *name == header::COOKIE
+}
+
+/// Who the backend is talking to, on behalf of whom.
+pub struct Forwarded<'a> {
+    pub client: IpAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Appends the client to `X-Forwarded-For` (joining repeated headers into
+/// one) and sets `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`.
+pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    let client = f.client.to_string();
+    let xff = match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(_) => HeaderValue::try_from(client),
+        header::Entry::Occupied(entry) => {
+            let mut joined = Vec::with_capacity(64);
+            for v in entry.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
+        }
+    };
+    if let Ok(v) = xff {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
+    match f.host {
+        Some(h) => {
+            headers.insert(&X_FORWARDED_HOST, h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    headers.insert(&X_REQUEST_ID, f.request_id.clone());
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a new random
+/// 128-bit id in hex.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut hex = [0u8; 32];
+    let id = fastrand::u128(..);
+    for (i, out) in hex.iter_mut().enumerate() {
+        let nibble = (id >> (124 - 4 * i)) & 0xf;
+        *out = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, host"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("host", "a"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["accept", "host"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_its_handshake() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-a"),
+            ("upgrade", "websocket"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(h.get("x-a").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let rid = HeaderValue::from_static("abc");
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                client: "10.0.0.1".parse().unwrap(),
+                proto: "http",
+                host: None,
+                request_id: &rid,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(h.get("x-forwarded-host").is_none());
+        assert_eq!(h["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn request_ids() {
+        let h = map(&[("x-request-id", "given-1")]);
+        assert_eq!(request_id(&h), "given-1");
+        let a = request_id(&HeaderMap::new());
+        let b = request_id(&HeaderMap::new());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        let h = map(&[("x-request-id", "has space")]);
+        assert_ne!(request_id(&h), "has space");
+    }
+}

@@ -1,0 +1,264 @@
+//! Forwarding one request: route, pick a backend, rewrite headers, send,
+//! retry where that is safe, and stream the response back.
+
+mod body;
+mod error;
+pub mod headers;
+mod route;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+pub use body::ProxyBody;
+pub use error::{Reject, UpstreamError};
+pub use route::Router;
+
+use crate::balance::{Target, Tried};
+use crate::runtime::Runtime;
+use crate::server::Connection;
+use body::{Finish, LogInfo};
+use headers::Forwarded;
+
+/// Serves one request from a client connection. Never fails: every problem
+/// becomes a response with a status and a short plain-text cause.
+pub async fn handle(req: Request<Incoming>, conn: Arc<Connection>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    conn.request_started();
+    let rt = conn.shared.load();
+    let client = conn.peer.ip();
+    let request_id = headers::request_id(req.headers());
+    let log = rt.access_log.map(|format| LogInfo {
+        format,
+        client,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        request_id: request_id.clone(),
+    });
+    let mut finish = Finish {
+        conn,
+        rt: rt.clone(),
+        start,
+        pool: None,
+        backend: None,
+        lease: None,
+        status: 0,
+        bytes: 0,
+        log,
+    };
+    match forward(req, &rt, &mut finish, client, &request_id).await {
+        Ok(mut resp) => {
+            finish.status = resp.status().as_u16();
+            let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            headers::strip_hop_by_hop(resp.headers_mut(), upgraded);
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, ProxyBody::upstream(body, finish))
+        }
+        Err(reject) => {
+            let status = reject.status();
+            match &reject {
+                Reject::Upstream(error) => tracing::warn!(
+                    request_id = request_id.to_str().unwrap_or("-"),
+                    status = status.as_u16(),
+                    %error,
+                    "request failed"
+                ),
+                other => {
+                    tracing::debug!(status = status.as_u16(), reason = %other, "request refused")
+                }
+            }
+            finish.status = status.as_u16();
+            let mut resp = local_response(status, reject.body(), finish);
+            if matches!(reject, Reject::MissingHost) {
+                // a client that gets framing wrong does not keep its connection
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    }
+}
+
+fn local_response(status: StatusCode, body: &'static str, finish: Finish) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes()), finish));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    rt: &Runtime,
+    finish: &mut Finish,
+    client: IpAddr,
+    request_id: &HeaderValue,
+) -> Result<Response<Incoming>, Reject> {
+    let h1 = req.version() != Version::HTTP_2;
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    if host.is_none() && req.version() == Version::HTTP_11 {
+        return Err(Reject::MissingHost);
+    }
+    let host_name = host.as_ref().and_then(|h| h.to_str().ok());
+    let pool_index = rt
+        .router
+        .route(host_name, req.uri().path())
+        .ok_or(Reject::NoRoute)?;
+    finish.pool = Some(pool_index);
+    let pool = &rt.pools[pool_index];
+
+    let upgrade = h1
+        && req.headers().contains_key(header::UPGRADE)
+        && headers::connection_has(req.headers(), "upgrade");
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    {
+        let headers = req.headers_mut();
+        headers::strip_hop_by_hop(headers, upgrade);
+        headers.remove(header::EXPECT);
+        if !headers.contains_key(header::HOST)
+            && let Some(h) = &host
+        {
+            headers.insert(header::HOST, h.clone());
+        }
+        headers::add_forwarded(
+            headers,
+            &Forwarded {
+                client,
+                proto: if finish.conn.tls { "https" } else { "http" },
+                host: host.as_ref(),
+                request_id,
+            },
+        );
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let origin_form = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        *req.uri_mut() = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    *req.version_mut() = Version::HTTP_11;
+
+    let target = Target { client };
+    let mut tried = Tried::default();
+    let mut last_error: Option<UpstreamError> = None;
+    loop {
+        let Some(b) = pool.select(&target, &tried) else {
+            return Err(last_error.map_or(Reject::NoBackend, Reject::Upstream));
+        };
+        let backend = &pool.backends[b];
+        let (mut sender, reused) = match upstream::checkout(backend.state.id) {
+            Some(s) => (s, true),
+            None => match upstream::connect(backend.addr, rt.timeouts.connect).await {
+                Ok(s) => (s, false),
+                Err(error) => {
+                    mark_failed(pool, b, &error);
+                    tried.insert(b);
+                    last_error = Some(error.into());
+                    continue;
+                }
+            },
+        };
+        backend.state.begin_request();
+        finish.backend = Some(b);
+        let sent =
+            tokio::time::timeout(rt.timeouts.response_header, sender.try_send_request(req)).await;
+        match sent {
+            Ok(Ok(mut resp)) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let Some(client_upgrade) = client_upgrade else {
+                        return Err(UpstreamError::UnsolicitedUpgrade.into());
+                    };
+                    tunnel(
+                        client_upgrade,
+                        hyper::upgrade::on(&mut resp),
+                        finish.conn.clone(),
+                    );
+                } else {
+                    finish.lease = Some((backend.state.id, sender));
+                }
+                return Ok(resp);
+            }
+            Ok(Err(mut e)) => {
+                backend.state.end_request();
+                finish.backend = None;
+                match e.take_message() {
+                    // Nothing reached the backend: safe to send elsewhere.
+                    Some(unsent) => {
+                        req = unsent;
+                        if !reused {
+                            let error = UpstreamError::Exchange(e.into_error());
+                            mark_failed(pool, b, &error);
+                            tried.insert(b);
+                            last_error = Some(error);
+                        }
+                        // A pooled connection that turned out closed is not
+                        // the backend's fault: try again without counting it.
+                    }
+                    None => {
+                        let error = UpstreamError::Exchange(e.into_error());
+                        mark_failed(pool, b, &error);
+                        return Err(error.into());
+                    }
+                }
+            }
+            Err(_) => {
+                let error = UpstreamError::ResponseTimeout(rt.timeouts.response_header);
+                mark_failed(pool, b, &error);
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+fn mark_failed(pool: &crate::balance::Pool, b: usize, error: &dyn std::fmt::Display) {
+    let backend = &pool.backends[b];
+    if pool.record_failure(b) {
+        tracing::warn!(
+            pool = &*pool.name,
+            backend = &*backend.state.name,
+            %error,
+            down_for = ?pool.health.fail_timeout,
+            "backend marked down"
+        );
+    } else {
+        tracing::debug!(pool = &*pool.name, backend = &*backend.state.name, %error, "backend attempt failed");
+    }
+}
+
+/// Splices an upgraded client connection to the upgraded backend
+/// connection until either side closes.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    conn: Arc<Connection>,
+) {
+    let guard = conn.tunnel_guard();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let (client, backend) = match (client.await, backend.await) {
+            (Ok(c), Ok(b)) => (c, b),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::debug!(%error, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut backend = TokioIo::new(backend);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(%error, "tunnel closed with an error");
+        }
+    });
+}

@@ -1,0 +1,84 @@
+//! The snapshot the request path reads: everything one request needs,
+//! compiled from a validated `Config`, swapped whole on reload.
+//!
+//! A request loads the current `Arc<Runtime>` once and uses only it, so a
+//! request that started before a reload finishes on the configuration it
+//! started with. What must outlive a snapshot (backend health, requests in
+//! flight, pooled connections) lives in the `Registry`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+use crate::balance::{Pool, Registry};
+use crate::config::{AccessFormat, Config, Timeouts};
+use crate::proxy::Router;
+
+#[derive(Debug)]
+pub struct Runtime {
+    /// 1 for the configuration loaded at start, +1 per successful reload.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub timeouts: Timeouts,
+    pub router: Router,
+    pub pools: Box<[Pool]>,
+    pub trusted_proxies: Box<[IpNet]>,
+    pub access_log: Option<AccessFormat>,
+}
+
+impl Runtime {
+    pub fn build(config: Config, registry: &Registry, generation: u64) -> Runtime {
+        let pools: Box<[Pool]> = config
+            .pools
+            .iter()
+            .map(|p| Pool::build(p, registry))
+            .collect();
+        let router = Router::build(&config, |name| {
+            pools.iter().position(|p| &*p.name == name).unwrap_or(0)
+        });
+        Runtime {
+            generation,
+            timeouts: config.timeouts,
+            router,
+            pools,
+            trusted_proxies: config.server.trusted_proxies.clone().into(),
+            access_log: config.log.access_log.then_some(config.log.access_format),
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// Process-wide state: the current snapshot and the backend registry.
+#[derive(Debug)]
+pub struct Shared {
+    current: ArcSwap<Runtime>,
+    pub registry: Registry,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Shared> {
+        let registry = Registry::default();
+        let runtime = Runtime::build(config, &registry, 1);
+        Arc::new(Shared {
+            current: ArcSwap::from_pointee(runtime),
+            registry,
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    /// The snapshot for one request.
+    pub fn load(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot; requests in flight keep the one they loaded.
+    pub fn swap(&self, config: Config) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let runtime = Runtime::build(config, &self.registry, generation);
+        self.current.store(Arc::new(runtime));
+        generation
+    }
+}

@@ -1,0 +1,182 @@
+//! A worker: one thread with a single-threaded tokio runtime and its own
+//! listening sockets (SO_REUSEPORT), like an nginx worker process. The
+//! request path never crosses threads, so the upstream connection pool and
+//! the access-log buffer are thread-local and lock-free.
+
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use super::conn;
+use crate::access_log;
+use crate::proxy::upstream;
+use crate::runtime::Shared;
+
+/// Largest request head accepted (request line and headers): larger gets 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Shutdown, broadcast from the main thread to every worker and connection.
+#[derive(Debug, Default)]
+pub struct ShutdownSignal {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl ShutdownSignal {
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_fired() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub http: auto::Builder<TokioExecutor>,
+    pub shutdown: Arc<ShutdownSignal>,
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+/// Counts an open connection or tunnel for the duration of its life.
+pub struct OpenGuard(Arc<Worker>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+impl Worker {
+    pub fn open(self: &Arc<Self>) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(self.clone())
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Runs one worker until shutdown has been signalled and every connection
+/// it owns has finished.
+pub fn run(
+    index: usize,
+    listeners: Vec<StdListener>,
+    shared: Arc<Shared>,
+    shutdown: Arc<ShutdownSignal>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(worker = index, %error, "cannot start the worker's runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let worker = Arc::new(Worker {
+            shared,
+            http: http_builder(),
+            shutdown,
+            open: AtomicUsize::new(0),
+            drained: Notify::new(),
+        });
+        for listener in listeners {
+            match TcpListener::from_std(listener) {
+                Ok(l) => {
+                    tokio::spawn(accept_loop(l, worker.clone()));
+                }
+                Err(error) => tracing::error!(worker = index, %error, "cannot register a listener"),
+            }
+        }
+        let housekeeping = tokio::spawn(housekeeping());
+        worker.shutdown.wait().await;
+        worker.drained().await;
+        housekeeping.abort();
+        upstream::clear();
+        access_log::flush();
+    });
+}
+
+async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
+    let shutdown = worker.shutdown.clone();
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(conn::serve(stream, peer, worker.clone()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors or memory: give it a moment
+                    // rather than spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Periodic per-worker chores: write out the access log, close stale
+/// upstream connections.
+async fn housekeeping() {
+    let mut tick = tokio::time::interval(access_log::FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        access_log::flush();
+        n += 1;
+        if n.is_multiple_of(100) {
+            upstream::sweep();
+        }
+    }
+}
