@@ -1,0 +1,217 @@
+//! The `sessionlb` command.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sessionlb::config::Config;
+use sessionlb::runtime::Shared;
+use sessionlb::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "sessionlb",
+    version,
+    about = "A session-aware HTTP reverse proxy and load balancer"
+)]
+struct Cli {
+    /// Configuration file (same as `run -c PATH`).
+    #[arg(short, long, global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print a summary.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start three demo backends on loopback and the proxy in front of them.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config),
+        (Some(Command::Check { config }), _) => return check(&config),
+        (Some(Command::Demo { listen }), _) => demo(listen),
+        (None, None) => {
+            eprintln!(
+                "sessionlb: nothing to do; try `sessionlb demo`, `sessionlb run -c FILE` or `sessionlb --help`"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sessionlb: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("{}: OK", path.display());
+            print!("{}", config.summary());
+            for p in config.unsupported() {
+                println!("warning: {p}; `run` will refuse this file");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let problems = error.problems();
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| {
+        let lines: Vec<String> = e.problems().iter().map(|p| format!("  {p}")).collect();
+        anyhow::anyhow!(
+            "invalid configuration {}:\n{}",
+            path.display(),
+            lines.join("\n")
+        )
+    })
+}
+
+fn run_file(path: &Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let unsupported = config.unsupported();
+    if !unsupported.is_empty() {
+        let lines: Vec<String> = unsupported.iter().map(|p| format!("  {p}")).collect();
+        anyhow::bail!("cannot run {}:\n{}", path.display(), lines.join("\n"));
+    }
+    init_tracing(&config.log.level);
+    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
+    serve(config, Some(path.to_owned()))
+}
+
+fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    let backends = sessionlb::demo::start_backends(3).context("starting the demo backends")?;
+    let config = Config::parse(
+        &sessionlb::demo::config_text(listen, &backends),
+        Path::new("."),
+    )
+    .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
+    init_tracing(&config.log.level);
+    let shared = Shared::new(config);
+    let server = Server::start(shared.clone())?;
+    let addr = server.local_addrs()[0];
+    println!(
+        "sessionlb demo: proxy on http://{addr}/ in front of 3 backends, round robin, in-memory store"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        println!("  backend {}: http://{b}/", i + 1);
+    }
+    println!("Try:");
+    println!("  curl -s http://{addr}/          # again and again: backends 1, 2 and 3 take turns");
+    println!("  curl -s --http2-prior-knowledge http://{addr}/   # the same over HTTP/2 (h2c)");
+    println!("Each request is also logged below (access log on stdout). Ctrl-C stops.");
+    wait_for_signals(server, shared, None)
+}
+
+fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let shared = Shared::new(config);
+    let server = Server::start(shared.clone())?;
+    for addr in server.local_addrs() {
+        tracing::info!(%addr, "listening");
+    }
+    wait_for_signals(server, shared, path)
+}
+
+/// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then shuts down
+/// gracefully within `server.shutdown_timeout`.
+fn wait_for_signals(
+    server: Server,
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
+                _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
+                _ = hup.recv() => reload(&shared, path.as_deref()),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    let timeout = shared.load().config.server.shutdown_timeout;
+    server.shutdown();
+    if server.wait(timeout) {
+        tracing::info!("all connections finished; bye");
+    } else {
+        tracing::warn!(
+            ?timeout,
+            "shutdown_timeout reached; closing the remaining connections"
+        );
+    }
+    sessionlb::access_log::flush();
+    Ok(())
+}
+
+fn reload(shared: &Shared, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: no configuration file to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            let generation = shared.swap(config);
+            tracing::info!(generation, "configuration reloaded");
+        }
+        Err(error) => {
+            for p in error.problems() {
+                tracing::error!(problem = %p, "reload refused; still serving the previous configuration");
+            }
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let filter = from_env
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
