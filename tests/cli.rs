@@ -1,0 +1,147 @@
+//! The command line: run, check, demo, --version, --help.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use support::bin;
+use support::client::{self, get};
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sessionlb {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(bin()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "check", "demo"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sessionlb.toml");
+    let out = Command::new(bin())
+        .args(["check", "-c", path])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": OK"), "{stdout}");
+    assert!(stdout.contains("pool web: round_robin"), "{stdout}");
+    assert!(stdout.contains("store:"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+listen = ["127.0.0.1:8080", "127.0.0.1:8080"]
+
+[pools.web]
+policy = "random"
+backends = [{ addr = "x" }, { addr = "127.0.0.1:9002", weight = 0 }]
+
+[[routes]]
+pool = "api"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "5 problem(s)",
+        "server.listen[1]: duplicate listen address 127.0.0.1:8080",
+        "pools.web.policy: unknown policy \"random\"",
+        "pools.web.backends[0].addr: invalid socket address \"x\"",
+        "pools.web.backends[1].weight: weight must be between 1 and 256, got 0",
+        "routes[0].pool: unknown pool \"api\"",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_config_and_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[pools.web]\nbackends = []\nsurprise = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pools.web.surprise: unknown field `surprise`"),
+        "{err}"
+    );
+
+    let out = Command::new(bin())
+        .args(["-c", "/nonexistent/sessionlb.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/sessionlb.toml")
+    );
+}
+
+#[tokio::test]
+async fn demo_balances_three_backends() {
+    let mut child = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("demo prints its URL")
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    let client = client::h1();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = get(&client, &url).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.starts_with("Hello from demo backend"), "{}", r.body);
+        seen.push(r.backend());
+    }
+    seen.sort();
+    assert_eq!(seen, ["1", "2", "3"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,270 @@
+//! Timeouts, passive health, retries and the answers when backends fail.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::client::{self, get};
+use support::{Backend, Blackhole, Proxy, Slammer, config, dead_addr, entry};
+
+#[tokio::test]
+async fn connect_timeout_gives_504() {
+    let hole = Blackhole::start();
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[entry(hole.addr)],
+        "[timeouts]\nconnect = \"300ms\"\n",
+    ));
+    let started = Instant::now();
+    let r = get(&client::h1(), &proxy.url("/")).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504);
+    assert_eq!(
+        r.body,
+        "504 Gateway Timeout: the backend did not accept the connection in time\n"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_timeout_retries_on_another_backend() {
+    let hole = Blackhole::start();
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[entry(hole.addr), b.entry()],
+        "[timeouts]\nconnect = \"200ms\"\n",
+    ));
+    let client = client::h1();
+    for _ in 0..4 {
+        let r = get(&client, &proxy.url("/")).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b"));
+    }
+}
+
+#[tokio::test]
+async fn response_header_timeout_gives_504() {
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[b.entry()],
+        "[timeouts]\nresponse_header = \"300ms\"\n",
+    ));
+    let r = get(&client::h1(), &proxy.url("/sleep/5000")).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(
+        r.body,
+        "504 Gateway Timeout: the backend did not answer in time\n"
+    );
+}
+
+/// Reads until the peer closes; returns how long that took, or None when
+/// it stayed open past `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+#[tokio::test]
+async fn request_header_timeout_closes_a_slow_client() {
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[b.entry()],
+        "[timeouts]\nrequest_header = \"500ms\"\nidle = \"60s\"\n",
+    ));
+    // headers that never end
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let took = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .expect("slow headers were not cut");
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    // a connection that sends nothing at all
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    assert_eq!(b.hits(), 0);
+
+    // ...but an idle keep-alive connection is governed by `idle`, not by
+    // request_header: it is still usable well after 500 ms
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(REQUEST).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(
+        closed_within(&mut s, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "idle connection closed early"
+    );
+    s.write_all(REQUEST).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_keepalive_connections() {
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[b.entry()],
+        "[timeouts]\nidle = \"500ms\"\nrequest_header = \"10s\"\n",
+    ));
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(REQUEST).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let took = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .expect("idle connection kept open");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+}
+
+#[tokio::test]
+async fn one_dead_backend_of_three_costs_no_errors() {
+    let a = Backend::start("a");
+    let c = Backend::start("c");
+    let dead = dead_addr();
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[a.entry(), entry(dead), c.entry()],
+        "",
+    ));
+    let url = proxy.url("/");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = client::h1();
+            let mut ok = 0;
+            for _ in 0..100 {
+                if get(&client, &url).await.status == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, 1000);
+    assert_eq!(a.hits() + c.hits(), 1000);
+}
+
+#[tokio::test]
+async fn passive_health_takes_a_failing_backend_out_and_back() {
+    let bad = Slammer::start();
+    let good = Backend::start("good");
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[entry(bad.addr), good.entry()],
+        "[pools.web.health]\nmax_fails = 2\nfail_timeout = \"1s\"\n",
+    ));
+    let client = client::h1_fresh();
+    let mut failed = 0;
+    for _ in 0..20 {
+        let r = get(&client, &proxy.url("/")).await;
+        if r.status != 200 {
+            assert_eq!(r.status, 502);
+            assert_eq!(
+                r.body,
+                "502 Bad Gateway: the backend closed the connection or sent an invalid response\n"
+            );
+            failed += 1;
+        }
+    }
+    // two failures within fail_timeout took it down: no third attempt
+    assert_eq!(bad.accepted(), 2);
+    assert_eq!(failed, 2);
+    assert!(
+        proxy
+            .stderr
+            .wait_for(support::DEADLINE, |l| l.contains("backend marked down"))
+            .is_some()
+    );
+    // after fail_timeout it is tried again
+    let started = Instant::now();
+    while bad.accepted() == 2 && started.elapsed() < support::DEADLINE {
+        get(&client, &proxy.url("/")).await;
+    }
+    assert_eq!(bad.accepted(), 3);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn no_backend_up_gives_503_after_the_502() {
+    let dead = dead_addr();
+    let proxy = Proxy::start(&config("round_robin", &[entry(dead)], ""));
+    let client = client::h1();
+    let r = get(&client, &proxy.url("/")).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, "502 Bad Gateway: could not connect to a backend\n");
+    let r = get(&client, &proxy.url("/")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.body,
+        "503 Service Unavailable: no backend is up to serve this request\n"
+    );
+}
+
+#[tokio::test]
+async fn all_draining_gives_503() {
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&config(
+        "least_conn",
+        &[format!("{{ addr = \"{}\", drain = true }}", b.addr)],
+        "",
+    ));
+    let r = get(&client::h1(), &proxy.url("/")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_backend_killed_mid_run_costs_no_errors_to_the_next_requests() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&config("round_robin", &[a.entry(), b.entry()], ""));
+    let client = client::h1();
+    for _ in 0..10 {
+        assert_eq!(get(&client, &proxy.url("/")).await.status, 200);
+    }
+    b.kill();
+    for _ in 0..50 {
+        let r = get(&client, &proxy.url("/")).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "a"));
+    }
+}

@@ -1,0 +1,314 @@
+//! Real HTTP backends for tests: small hyper servers, each on its own
+//! thread and runtime, with a few behaviours chosen by path:
+//!
+//! - `/headers`: the request's headers, one `name: value` per line
+//! - `/sleep/<ms>`: answers after that many milliseconds
+//! - `/download/<bytes>`: streams that many bytes
+//! - `/upload`: reads the body as it comes and answers its length
+//! - `/status/<code>`: answers with that status
+//! - `/ws`: WebSocket echo
+//! - `/hop-response`: a response with hop-by-hop headers the proxy must drop
+//! - anything else: its name
+//!
+//! Every response carries `x-backend: <name>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Stats {
+    hits: AtomicU64,
+    connections: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::serve_on(name, std_listener, Duration::ZERO)
+    }
+
+    /// A backend that waits `delay` before answering anything.
+    pub fn start_slow(name: &str, delay: Duration) -> Backend {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::serve_on(name, std_listener, delay)
+    }
+
+    /// Serves on a given address (to bring a backend back on its port).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let std_listener = std::net::TcpListener::bind(addr).unwrap();
+        Backend::serve_on(name, std_listener, Duration::ZERO)
+    }
+
+    fn serve_on(name: &str, std_listener: std::net::TcpListener, delay: Duration) -> Backend {
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (stop, stopped) = oneshot::channel();
+        let thread = {
+            let name = name.to_string();
+            let stats = stats.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).unwrap();
+                    tokio::select! {
+                        _ = stopped => {}
+                        _ = accept(listener, name, stats, delay) => {}
+                    }
+                });
+            })
+        };
+        Backend {
+            addr,
+            name: name.to_string(),
+            stats,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Requests this backend has answered (or started answering).
+    pub fn hits(&self) -> u64 {
+        self.stats.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.stats.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn entry(&self) -> String {
+        super::entry(self.addr)
+    }
+
+    /// Stops listening and closes every connection, as a killed process.
+    pub fn kill(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept(listener: TcpListener, name: String, stats: Arc<Stats>, delay: Duration) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        stats.connections.fetch_add(1, Ordering::SeqCst);
+        let name = name.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, name.clone(), stats.clone(), delay));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Resp = Response<TestBody>;
+
+async fn handle(
+    mut req: Request<Incoming>,
+    name: String,
+    stats: Arc<Stats>,
+    delay: Duration,
+) -> Result<Resp, Infallible> {
+    stats.hits.fetch_add(1, Ordering::SeqCst);
+    stats.in_flight.fetch_add(1, Ordering::SeqCst);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (head, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let resp = match head {
+        "headers" => {
+            let mut text = String::new();
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("<binary>")));
+            }
+            text.push_str(&format!(
+                "uri: {}\nversion: {:?}\n",
+                req.uri(),
+                req.version()
+            ));
+            full(&name, text)
+        }
+        "sleep" => {
+            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
+            full(&name, name.clone())
+        }
+        "download" => {
+            let n: u64 = arg.parse().unwrap_or(0);
+            let mut r = Response::new(TestBody::Zeros(n));
+            r.headers_mut().insert("x-backend", name.parse().unwrap());
+            r
+        }
+        "upload" => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => break,
+                }
+            }
+            full(&name, n.to_string())
+        }
+        "status" => {
+            let mut r = full(&name, format!("status {arg}"));
+            *r.status_mut() = StatusCode::from_u16(arg.parse().unwrap_or(500))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            r
+        }
+        "ws" => websocket(&mut req, &name),
+        "hop-response" => {
+            let mut r = full(&name, "hop".into());
+            let h = r.headers_mut();
+            h.insert("connection", "x-resp-hop".parse().unwrap());
+            h.insert("x-resp-hop", "secret".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("x-end-to-end", "kept".parse().unwrap());
+            r
+        }
+        _ => full(&name, name.clone()),
+    };
+    stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    Ok(resp)
+}
+
+fn full(name: &str, text: String) -> Resp {
+    let mut r = Response::new(TestBody::Full(Full::new(Bytes::from(text))));
+    r.headers_mut().insert("x-backend", name.parse().unwrap());
+    r
+}
+
+fn websocket(req: &mut Request<Incoming>, name: &str) -> Resp {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return full(name, "not a websocket request".into());
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            } else if msg.is_close() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(TestBody::Full(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().unwrap(),
+    );
+    h.insert("x-backend", name.parse().unwrap());
+    r
+}
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// A small body or a stream of zeros of a given length, produced chunk by
+/// chunk so that the backend never holds it whole.
+pub enum TestBody {
+    Full(Full<Bytes>),
+    Zeros(u64),
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            TestBody::Full(f) => Pin::new(f).poll_frame(cx),
+            TestBody::Zeros(left) => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = (*left).min(ZEROS.len() as u64) as usize;
+                *left -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n])))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            TestBody::Full(f) => f.is_end_stream(),
+            TestBody::Zeros(left) => *left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            TestBody::Full(f) => f.size_hint(),
+            TestBody::Zeros(left) => hyper::body::SizeHint::with_exact(*left),
+        }
+    }
+}

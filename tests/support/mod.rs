@@ -1,0 +1,303 @@
+//! Test harness: the real `sessionlb` binary on an ephemeral loopback port,
+//! real HTTP backends, and a small client. Every process and thread started
+//! here is stopped when its handle drops.
+
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod client;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use backend::Backend;
+
+/// How long anything in a test may take to become true on a loaded machine.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sessionlb"))
+}
+
+/// Lines a child process wrote, with a condition variable to wait on.
+#[derive(Default)]
+pub struct Lines {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Lines {
+    fn push(&self, line: String) {
+        self.lines.lock().unwrap().push(line);
+        self.changed.notify_all();
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The first line matching `pred`, waiting up to `timeout` for it.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = self.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` lines match `pred`; returns them.
+    pub fn wait_count(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            let found: Vec<String> = lines.iter().filter(|l| pred(l)).cloned().collect();
+            if found.len() >= n {
+                return found;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return found;
+            };
+            lines = self.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Lines>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(l) => into.push(l),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+/// A running `sessionlb run -c <file>`.
+pub struct Proxy {
+    child: Child,
+    /// The bound address of each `server.listen` entry.
+    pub addrs: Vec<SocketAddr>,
+    pub stderr: Arc<Lines>,
+    pub stdout: Arc<Lines>,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts the proxy with `config` (its `server.listen` should use port
+    /// 0) and waits until it listens. Panics with its stderr if it does not.
+    pub fn start(config: &str) -> Proxy {
+        Proxy::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let listeners = config
+            .lines()
+            .find(|l| l.trim_start().starts_with("listen"))
+            .map_or(1, |l| l.matches(':').count());
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("sessionlb.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("run").arg("-c").arg(&config_path);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !env.iter().any(|(k, _)| *k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn sessionlb");
+        let stderr = Arc::new(Lines::default());
+        let stdout = Arc::new(Lines::default());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        let found = stderr.wait_count(listeners, DEADLINE, |l| {
+            l.contains("listening addr=") || l.starts_with("sessionlb: ")
+        });
+        let addrs: Vec<SocketAddr> = found
+            .iter()
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if addrs.len() < listeners {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sessionlb did not start:\n{}", stderr.all().join("\n"));
+        }
+        Proxy {
+            child,
+            addrs,
+            stderr,
+            stdout,
+            config_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Peak resident memory of the proxy so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A loopback address where nothing listens: connections are refused.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A backend address where connections hang: its accept queue is full,
+/// so connection attempts are never answered.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _filler: std::net::TcpStream,
+}
+
+impl Blackhole {
+    pub fn start() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let filler = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        Blackhole {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+}
+
+/// A backend that accepts connections and closes them at once, counting
+/// them: every exchange with it fails after the request was sent.
+pub struct Slammer {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Slammer {
+    pub fn start() -> Slammer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // read the request so the close is a clean FIN, not a reset
+                let mut buf = [0u8; 4096];
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = std::io::Read::read(&mut stream, &mut buf);
+                drop(stream);
+            }
+        });
+        Slammer { addr, accepted }
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A minimal config: one pool over `backends`, listening on port 0,
+/// followed by `extra` TOML.
+pub fn config(policy: &str, backends: &[String], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("  {b},")).collect();
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[pools.web]\npolicy = \"{policy}\"\nbackends = [\n{}\n]\n\n{extra}\n",
+        list.join("\n")
+    )
+}
+
+/// `{ addr = "..." }` for a backend address.
+pub fn entry(addr: SocketAddr) -> String {
+    format!("{{ addr = \"{addr}\" }}")
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
