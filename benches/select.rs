@@ -33,7 +33,10 @@ fn selection(c: &mut Criterion) {
     let target = Target {
         client: IpAddr::from([192, 0, 2, 7]),
     };
-    for (name, policy) in [("round_robin", PolicyKind::RoundRobin), ("least_conn", PolicyKind::LeastConn)] {
+    for (name, policy) in [
+        ("round_robin", PolicyKind::RoundRobin),
+        ("least_conn", PolicyKind::LeastConn),
+    ] {
         let mut group = c.benchmark_group(format!("select/{name}"));
         for n in [3, 100, 1000] {
             let p = pool(policy, n);
@@ -48,7 +51,14 @@ fn selection(c: &mut Criterion) {
 
 fn compile(c: &mut Criterion) {
     let backends: Vec<String> = (0..1000)
-        .map(|i| format!("  {{ addr = \"10.0.{}.{}:80\", weight = {} }},", i / 256, i % 256, 1 + i % 3))
+        .map(|i| {
+            format!(
+                "  {{ addr = \"10.0.{}.{}:80\", weight = {} }},",
+                i / 256,
+                i % 256,
+                1 + i % 3
+            )
+        })
         .collect();
     let text = format!(
         "[server]\nlisten = [\"127.0.0.1:8080\"]\n[pools.web]\nbackends = [\n{}\n]\n",

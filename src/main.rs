@@ -190,6 +190,14 @@ fn reload(shared: &Shared, path: Option<&Path>) {
     };
     match Config::load(path) {
         Ok(config) => {
+            let old = shared.load().config.clone();
+            if old.server.listen != config.server.listen
+                || old.server.workers != config.server.workers
+            {
+                tracing::warn!(
+                    "server.listen and server.workers changes take effect at the next restart"
+                );
+            }
             let generation = shared.swap(config);
             tracing::info!(generation, "configuration reloaded");
         }

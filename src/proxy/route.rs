@@ -18,7 +18,8 @@ struct Prefixes(Vec<(Box<str>, usize)>);
 impl Prefixes {
     fn add(&mut self, prefix: &str, pool: usize) {
         self.0.push((prefix.into(), pool));
-        self.0.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        self.0
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
 
     fn find(&self, path: &str) -> Option<usize> {
