@@ -159,3 +159,31 @@ async fn log_level_comes_from_the_file_unless_rust_log_is_set() {
     );
     assert!(!proxy.stderr.all().iter().any(|l| l.contains(" DEBUG ")));
 }
+
+#[tokio::test]
+async fn sighup_reloads_a_valid_file_and_keeps_serving_on_a_bad_one() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&config("round_robin", &[a.entry()], ""));
+    let client = client::h1();
+    assert_eq!(get(&client, &proxy.url("/")).await.body, "a");
+
+    std::fs::write(&proxy.config_path, config("round_robin", &[b.entry()], "")).unwrap();
+    proxy.signal(Signal::SIGHUP);
+    assert!(
+        proxy
+            .stderr
+            .wait_for(support::DEADLINE, |l| l.contains("configuration reloaded"))
+            .is_some()
+    );
+    assert_eq!(get(&client, &proxy.url("/")).await.body, "b");
+
+    std::fs::write(&proxy.config_path, "[pools.web]\nbackends = []\n").unwrap();
+    proxy.signal(Signal::SIGHUP);
+    let refused = proxy.stderr.wait_for(support::DEADLINE, |l| {
+        l.contains("reload refused")
+            && l.contains("pools.web.backends: a pool needs at least one backend")
+    });
+    assert!(refused.is_some(), "{:#?}", proxy.stderr.all());
+    assert_eq!(get(&client, &proxy.url("/")).await.body, "b");
+}
