@@ -1,13 +1,15 @@
-//! Backend selection cost per policy and pool size, and the cost of
-//! compiling a large configuration.
+//! Backend selection cost per policy and pool size, route-cookie parsing,
+//! and the cost of compiling a large configuration.
 
 use std::hint::black_box;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::HeaderMap;
 use sessionlb::balance::{Pool, Registry, Target, Tried};
 use sessionlb::config::{self, Config, PolicyKind};
+use sessionlb::proxy::sticky;
 use sessionlb::runtime::Runtime;
 
 fn pool(policy: PolicyKind, n: usize) -> Pool {
@@ -23,30 +25,58 @@ fn pool(policy: PolicyKind, n: usize) -> Pool {
             })
             .collect(),
         health: config::Health::default(),
-        sticky: None,
+        sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
         session: None,
     };
     Pool::build(&cfg, &Registry::default())
 }
 
 fn selection(c: &mut Criterion) {
-    let target = Target {
-        client: IpAddr::from([192, 0, 2, 7]),
-    };
+    let clients: Vec<IpAddr> = (0..1024u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i * 7919)))
+        .collect();
     for (name, policy) in [
         ("round_robin", PolicyKind::RoundRobin),
         ("least_conn", PolicyKind::LeastConn),
+        ("ip_hash", PolicyKind::IpHash),
+        ("cookie", PolicyKind::Cookie),
     ] {
         let mut group = c.benchmark_group(format!("select/{name}"));
         for n in [3, 100, 1000] {
             let p = pool(policy, n);
+            let token = p.sticky.as_ref().map(|s| s.token(n / 2).to_string());
             let tried = Tried::default();
+            let mut i = 0;
             group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-                b.iter(|| black_box(p.select(black_box(&target), &tried)))
+                b.iter(|| {
+                    i = (i + 1) & 1023;
+                    let target = Target {
+                        client: clients[i],
+                        route: token.as_deref(),
+                    };
+                    black_box(p.select(black_box(&target), &tried))
+                })
             });
         }
         group.finish();
     }
+}
+
+fn route_cookie(c: &mut Criterion) {
+    let p = pool(PolicyKind::Cookie, 3);
+    let routes = p.sticky.clone().unwrap();
+    let mut headers = HeaderMap::new();
+    let cookie = format!(
+        "_ga=GA1.2.3.4; theme=dark; slb_route={}; lang=en-GB",
+        routes.token(1)
+    );
+    headers.insert(http::header::COOKIE, cookie.parse().unwrap());
+    c.bench_function("route_cookie/parse_and_check", |b| {
+        b.iter(|| {
+            let token = sticky::find_cookie(black_box(&headers), "slb_route");
+            black_box(token.and_then(|t| routes.backend_for(t)))
+        })
+    });
 }
 
 fn compile(c: &mut Criterion) {
@@ -72,5 +102,5 @@ fn compile(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, selection, compile);
+criterion_group!(benches, selection, route_cookie, compile);
 criterion_main!(benches);

@@ -6,10 +6,12 @@
 //! pools, policies and backend health.
 
 pub mod access_log;
+pub mod admin;
 pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod server;

@@ -144,8 +144,8 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     wait_for_signals(server, shared, path)
 }
 
-/// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then shuts down
-/// gracefully within `server.shutdown_timeout`.
+/// Runs until SIGTERM or SIGINT, reloading on SIGHUP and serving the admin
+/// listener; then shuts down gracefully within `server.shutdown_timeout`.
 fn wait_for_signals(
     server: Server,
     shared: Arc<Shared>,
@@ -155,19 +155,36 @@ fn wait_for_signals(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the signal handler")?;
+        .context("starting the main event loop")?;
     rt.block_on(async {
+        if let Some(addr) = shared.load().config.server.admin_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
+            let admin_addr = listener.local_addr()?;
+            tracing::info!(%admin_addr, "admin listening");
+            tokio::spawn(sessionlb::admin::serve(
+                listener,
+                shared.clone(),
+                path.clone(),
+            ));
+        }
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
                 _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
-                _ = hup.recv() => reload(&shared, path.as_deref()),
+                _ = hup.recv() => match &path {
+                    Some(path) => { let _ = sessionlb::reload::reload(&shared, path); }
+                    None => tracing::info!("SIGHUP: no configuration file to reload"),
+                },
+                _ = report.tick() => shared.report_draining(),
             }
         }
-        Ok::<_, std::io::Error>(())
+        Ok::<_, anyhow::Error>(())
     })?;
     let timeout = shared.load().config.server.shutdown_timeout;
     server.shutdown();
@@ -183,31 +200,8 @@ fn wait_for_signals(
     Ok(())
 }
 
-fn reload(shared: &Shared, path: Option<&Path>) {
-    let Some(path) = path else {
-        tracing::info!("SIGHUP: no configuration file to reload");
-        return;
-    };
-    match Config::load(path) {
-        Ok(config) => {
-            let old = shared.load().config.clone();
-            if old.server.listen != config.server.listen
-                || old.server.workers != config.server.workers
-            {
-                tracing::warn!(
-                    "server.listen and server.workers changes take effect at the next restart"
-                );
-            }
-            let generation = shared.swap(config);
-            tracing::info!(generation, "configuration reloaded");
-        }
-        Err(error) => {
-            for p in error.problems() {
-                tracing::error!(problem = %p, "reload refused; still serving the previous configuration");
-            }
-        }
-    }
-}
+/// How often the log says what draining backends still serve.
+const DRAIN_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn init_tracing(level: &str) {
     use tracing_subscriber::EnvFilter;

@@ -6,13 +6,13 @@
 //! started with. What must outlive a snapshot (backend health, requests in
 //! flight, pooled connections) lives in the `Registry`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::balance::{Pool, Registry};
+use crate::balance::{DrainReport, Pool, PoolStats, Registry};
 use crate::config::{AccessFormat, Config, Timeouts};
 use crate::proxy::Router;
 
@@ -26,6 +26,8 @@ pub struct Runtime {
     pub pools: Box<[Pool]>,
     pub trusted_proxies: Box<[IpNet]>,
     pub access_log: Option<AccessFormat>,
+    /// Answers given before a pool was chosen (400, 404).
+    pub unrouted: Arc<PoolStats>,
 }
 
 impl Runtime {
@@ -45,17 +47,25 @@ impl Runtime {
             pools,
             trusted_proxies: config.server.trusted_proxies.clone().into(),
             access_log: config.log.access_log.then_some(config.log.access_format),
+            unrouted: registry.pool_stats(""),
             config: Arc::new(config),
         }
     }
 }
 
-/// Process-wide state: the current snapshot and the backend registry.
+/// Process-wide state: the current snapshot, the backend registry and the
+/// process's own counters.
 #[derive(Debug)]
 pub struct Shared {
     current: ArcSwap<Runtime>,
     pub registry: Registry,
     generation: AtomicU64,
+    /// Client connections and tunnels open now.
+    pub connections_open: AtomicI64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// What the log last said about draining backends.
+    pub drain_report: Mutex<DrainReport>,
 }
 
 impl Shared {
@@ -66,12 +76,26 @@ impl Shared {
             current: ArcSwap::from_pointee(runtime),
             registry,
             generation: AtomicU64::new(1),
+            connections_open: AtomicI64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            drain_report: Mutex::default(),
         })
     }
 
     /// The snapshot for one request.
     pub fn load(&self) -> Arc<Runtime> {
         self.current.load_full()
+    }
+
+    /// Logs what draining backends still serve (called periodically, and
+    /// right after a reload so that a new drain is seen from its start).
+    pub fn report_draining(&self) {
+        let rt = self.load();
+        self.drain_report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .report(&rt.pools);
     }
 
     /// Replaces the snapshot; requests in flight keep the one they loaded.

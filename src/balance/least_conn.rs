@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Candidates, Policy, Target};
+use super::{Candidates, Pick, Policy, Target};
 
 #[derive(Debug)]
 pub struct LeastConn {
@@ -20,7 +20,7 @@ impl LeastConn {
 }
 
 impl Policy for LeastConn {
-    fn pick(&self, _target: &Target, c: &Candidates<'_>) -> Option<usize> {
+    fn pick(&self, _target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick> {
         let n = c.len();
         if n == 0 {
             return None;
@@ -40,7 +40,7 @@ impl Policy for LeastConn {
                 best = Some((i, load, weight));
             }
         }
-        best.map(|(i, _, _)| i)
+        best.map(|(i, _, _)| Pick::balanced(i))
     }
 }
 
@@ -57,7 +57,10 @@ mod tests {
         p.backends[0].state.begin_request();
         p.backends[2].state.begin_request();
         for _ in 0..10 {
-            assert_eq!(p.select(&target(), &Tried::default()), Some(1));
+            assert_eq!(
+                p.select(&target(), &Tried::default()).map(|p| p.index),
+                Some(1)
+            );
         }
     }
 
@@ -65,7 +68,7 @@ mod tests {
     fn ties_rotate_and_weights_count() {
         let p = pool(PolicyKind::LeastConn, &[1, 1, 1]);
         let picks: Vec<_> = (0..6)
-            .map(|_| p.select(&target(), &Tried::default()).unwrap())
+            .map(|_| p.select(&target(), &Tried::default()).unwrap().index)
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
 
@@ -74,6 +77,9 @@ mod tests {
         p.backends[1].state.begin_request();
         p.backends[1].state.begin_request();
         // 1/1 > 2/3: the heavier backend still has room
-        assert_eq!(p.select(&target(), &Tried::default()), Some(1));
+        assert_eq!(
+            p.select(&target(), &Tried::default()).map(|p| p.index),
+            Some(1)
+        );
     }
 }

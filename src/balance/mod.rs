@@ -6,6 +6,8 @@
 //! caller asking again with the failed backend marked as tried, so health
 //! and retries live in one loop rather than in every policy.
 
+mod cookie;
+mod ip_hash;
 mod least_conn;
 mod registry;
 mod round_robin;
@@ -14,8 +16,10 @@ use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+pub use cookie::{CookiePolicy, StickyRoutes, route_token};
+pub use ip_hash::{IpHash, RecentClients, client_key};
 pub use least_conn::LeastConn;
-pub use registry::{BackendState, Registry};
+pub use registry::{BackendState, PoolStats, Registry};
 pub use round_robin::{RoundRobin, swrr_schedule};
 
 use crate::config::{self, PolicyKind};
@@ -27,6 +31,10 @@ pub struct Pool {
     pub name: Arc<str>,
     pub backends: Box<[Backend]>,
     pub health: config::Health,
+    /// Route tokens and cookies, for `policy = "cookie"`.
+    pub sticky: Option<Arc<StickyRoutes>>,
+    /// Counters that outlive reloads.
+    pub stats: Arc<PoolStats>,
     policy: Box<dyn Policy>,
 }
 
@@ -40,15 +48,52 @@ pub struct Backend {
 
 /// What a policy may know about the request it places.
 #[derive(Debug, Clone, Copy)]
-pub struct Target {
+pub struct Target<'a> {
+    /// The client's address (after `trusted_proxies`).
     pub client: IpAddr,
+    /// The route token the request carries, for sticky policies.
+    pub route: Option<&'a str>,
+}
+
+/// How a sticky policy placed a request; `Balanced` for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Balanced,
+    /// Followed the client's pin (its cookie or its hash).
+    Hit,
+    /// A client without a (valid) pin, placed and pinned now.
+    New,
+    /// The pinned backend could not take it: placed elsewhere, re-pinned.
+    Redispatch,
+}
+
+impl Outcome {
+    pub fn is_sticky(self) -> bool {
+        self != Outcome::Balanced
+    }
+}
+
+/// A policy's choice for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub index: usize,
+    pub outcome: Outcome,
+}
+
+impl Pick {
+    pub fn balanced(index: usize) -> Pick {
+        Pick {
+            index,
+            outcome: Outcome::Balanced,
+        }
+    }
 }
 
 /// One policy: round robin, least connections, ...
 pub trait Policy: Send + Sync + Debug {
     /// The backend for this request among `c`, or `None` when no
     /// candidate is usable.
-    fn pick(&self, target: &Target, c: &Candidates<'_>) -> Option<usize>;
+    fn pick(&self, target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick>;
 }
 
 /// The backends of a pool with what is known about them for one request.
@@ -70,10 +115,17 @@ impl Candidates<'_> {
         &self.backends[i]
     }
 
-    /// May take a new request: up, not draining, not tried already.
+    /// May take a new client: up, not draining, not tried already.
     pub fn usable(&self, i: usize) -> bool {
         let b = &self.backends[i];
         !b.drain && !self.tried.contains(i) && b.state.is_up()
+    }
+
+    /// May take a request pinned to it: up and not tried already; a
+    /// draining backend still serves the clients it has.
+    pub fn pinnable(&self, i: usize) -> bool {
+        let b = &self.backends[i];
+        !self.tried.contains(i) && b.state.is_up()
     }
 
     /// The first usable backend in index order; the last resort of a
@@ -112,6 +164,57 @@ impl Tried {
     }
 }
 
+/// Tells the operator, every few seconds, how much pinned traffic each
+/// draining backend still serves, and when it has none left.
+#[derive(Debug, Default)]
+pub struct DrainReport {
+    /// By backend identity: pinned requests counted at the last report,
+    /// and whether it served any in the period before.
+    last: std::collections::HashMap<Arc<str>, (u64, bool)>,
+}
+
+impl DrainReport {
+    pub fn report(&mut self, pools: &[Pool]) {
+        let mut now = std::collections::HashMap::new();
+        for pool in pools {
+            for b in pool.backends.iter().filter(|b| b.drain) {
+                let name = &b.state.name;
+                let count = b.state.drain_pinned();
+                let busy = match self.last.get(name) {
+                    None => {
+                        tracing::info!(
+                            pool = &*pool.name,
+                            backend = &**name,
+                            "backend is draining: it keeps the clients pinned to it and gets no new ones"
+                        );
+                        false
+                    }
+                    Some(&(before, was_busy)) => {
+                        let served = count.saturating_sub(before);
+                        if served > 0 {
+                            tracing::info!(
+                                pool = &*pool.name,
+                                backend = &**name,
+                                pinned_requests = served,
+                                "draining backend still serves clients pinned to it"
+                            );
+                        } else if was_busy {
+                            tracing::info!(
+                                pool = &*pool.name,
+                                backend = &**name,
+                                "draining backend served no pinned client in the last period"
+                            );
+                        }
+                        served > 0
+                    }
+                };
+                now.insert(name.clone(), (count, busy));
+            }
+        }
+        self.last = now;
+    }
+}
+
 impl Pool {
     /// Builds a pool from validated config, taking each backend's live
     /// state from the registry.
@@ -127,22 +230,37 @@ impl Pool {
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let ids: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
+        let mut sticky = None;
         let policy: Box<dyn Policy> = match cfg.policy {
+            PolicyKind::RoundRobin => Box::new(RoundRobin::new(&weights)),
             PolicyKind::LeastConn => Box::new(LeastConn::new(&weights)),
-            PolicyKind::RoundRobin | PolicyKind::IpHash | PolicyKind::Cookie => {
-                Box::new(RoundRobin::new(&weights))
+            PolicyKind::IpHash => Box::new(IpHash::new(
+                &ids,
+                &weights,
+                registry.recent_clients(&cfg.name),
+            )),
+            PolicyKind::Cookie => {
+                let routes = Arc::new(StickyRoutes::new(
+                    cfg.sticky.clone().unwrap_or_default(),
+                    &ids,
+                ));
+                sticky = Some(routes.clone());
+                Box::new(CookiePolicy::new(routes, &weights))
             }
         };
         Pool {
             name: cfg.name.as_str().into(),
             backends,
             health: cfg.health.clone(),
+            sticky,
+            stats: registry.pool_stats(&cfg.name),
             policy,
         }
     }
 
     /// The next backend to try for this request, skipping those in `tried`.
-    pub fn select(&self, target: &Target, tried: &Tried) -> Option<usize> {
+    pub fn select(&self, target: &Target<'_>, tried: &Tried) -> Option<Pick> {
         let c = Candidates {
             backends: &self.backends,
             tried,
@@ -164,30 +282,44 @@ pub(crate) mod test_util {
     use super::*;
 
     pub fn pool(policy: PolicyKind, weights: &[u32]) -> Pool {
+        let ids: Vec<String> = (0..weights.len())
+            .map(|i| format!("127.0.0.1:{}", 9000 + i))
+            .collect();
+        build(policy, &ids, weights)
+    }
+
+    pub fn pool_with_ids(policy: PolicyKind, ids: &[&str]) -> Pool {
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        build(policy, &ids, &vec![1; ids.len()])
+    }
+
+    fn build(policy: PolicyKind, ids: &[String], weights: &[u32]) -> Pool {
         let registry = Registry::default();
         let cfg = config::Pool {
             name: "test".into(),
             policy,
-            backends: weights
+            backends: ids
                 .iter()
+                .zip(weights)
                 .enumerate()
-                .map(|(i, &w)| config::Backend {
-                    name: format!("127.0.0.1:{}", 9000 + i),
+                .map(|(i, (id, &w))| config::Backend {
+                    name: id.clone(),
                     addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                     weight: w,
                     drain: false,
                 })
                 .collect(),
             health: config::Health::default(),
-            sticky: None,
+            sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
             session: None,
         };
         Pool::build(&cfg, &registry)
     }
 
-    pub fn target() -> Target {
+    pub fn target() -> Target<'static> {
         Target {
             client: IpAddr::from([192, 0, 2, 1]),
+            route: None,
         }
     }
 }

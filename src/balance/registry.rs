@@ -10,7 +10,37 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::RecentClients;
 use crate::clock;
+
+/// Status codes counted per backend: 100 to 599.
+const CODES: usize = 500;
+
+fn status_counters() -> Box<[AtomicU64]> {
+    (0..CODES).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// Counts one response by status code.
+fn count_status(counters: &[AtomicU64], status: u16) {
+    if let Some(c) = (status as usize)
+        .checked_sub(100)
+        .and_then(|i| counters.get(i))
+    {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Non-zero counts by status code.
+fn status_counts(counters: &[AtomicU64]) -> Vec<(u16, u64)> {
+    counters
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let n = c.load(Ordering::Relaxed);
+            (n > 0).then_some((i as u16 + 100, n))
+        })
+        .collect()
+}
 
 /// Live state of one backend, shared by every snapshot and worker.
 #[derive(Debug)]
@@ -24,6 +54,9 @@ pub struct BackendState {
     window_start_ms: AtomicU64,
     /// 0 when the backend has never been marked down.
     down_until_ms: AtomicU64,
+    /// Requests served while draining, by clients pinned to it.
+    drain_pinned: AtomicU64,
+    responses: Box<[AtomicU64]>,
 }
 
 impl BackendState {
@@ -35,7 +68,25 @@ impl BackendState {
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
+            drain_pinned: AtomicU64::new(0),
+            responses: status_counters(),
         }
+    }
+
+    pub fn count_response(&self, status: u16) {
+        count_status(&self.responses, status);
+    }
+
+    pub fn responses(&self) -> Vec<(u16, u64)> {
+        status_counts(&self.responses)
+    }
+
+    pub fn count_drain_pinned(&self) {
+        self.drain_pinned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn drain_pinned(&self) -> u64 {
+        self.drain_pinned.load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -84,13 +135,107 @@ impl BackendState {
     }
 }
 
-/// Backend states by identity; consulted only while building a snapshot.
+/// Upper bounds of the request duration histogram, in seconds.
+pub const DURATION_BOUNDS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters of a pool that outlive reloads.
+#[derive(Debug)]
+pub struct PoolStats {
+    /// hit, new, redispatch
+    sticky: [AtomicU64; 3],
+    /// Answers of the proxy's own, given before a backend was chosen.
+    responses: Box<[AtomicU64]>,
+    /// Per bucket of `DURATION_BOUNDS`, then +Inf; not cumulative.
+    durations: [AtomicU64; 12],
+    duration_sum_us: AtomicU64,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        PoolStats {
+            sticky: Default::default(),
+            responses: status_counters(),
+            durations: Default::default(),
+            duration_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PoolStats {
+    pub fn observe_duration(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = DURATION_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DURATION_BOUNDS.len());
+        self.durations[bucket].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts with +Inf last)
+    pub fn durations(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.durations)
+            .map(|(bound, c)| (bound, c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+
+    pub fn count_sticky(&self, outcome: super::Outcome) {
+        use super::Outcome::*;
+        let i = match outcome {
+            Balanced => return,
+            Hit => 0,
+            New => 1,
+            Redispatch => 2,
+        };
+        self.sticky[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (hit, new, redispatch)
+    pub fn sticky(&self) -> [u64; 3] {
+        self.sticky.each_ref().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn count_response(&self, status: u16) {
+        count_status(&self.responses, status);
+    }
+
+    pub fn responses(&self) -> Vec<(u16, u64)> {
+        status_counts(&self.responses)
+    }
+}
+
+/// Backend states by identity, and pool state by name; consulted only
+/// while building a snapshot.
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<HashMap<String, Arc<BackendState>>>,
+    pools: Mutex<HashMap<String, Arc<PoolStats>>>,
+    recent: Mutex<HashMap<String, Arc<RecentClients>>>,
 }
 
 impl Registry {
+    pub fn pool_stats(&self, pool: &str) -> Arc<PoolStats> {
+        let mut map = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(pool.to_string()).or_default().clone()
+    }
+
+    /// The clients an `ip_hash` pool saw recently (allocated on first use:
+    /// 1 MiB per `ip_hash` pool).
+    pub fn recent_clients(&self, pool: &str) -> Arc<RecentClients> {
+        let mut map = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(pool.to_string()).or_default().clone()
+    }
+
     /// The state for `name`, created on first sight.
     pub fn get(&self, name: &str) -> Arc<BackendState> {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());

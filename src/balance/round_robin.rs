@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Candidates, Policy, Target};
+use super::{Candidates, Pick, Policy, Target};
 
 #[derive(Debug)]
 pub struct RoundRobin {
@@ -28,8 +28,9 @@ impl RoundRobin {
     }
 }
 
-impl Policy for RoundRobin {
-    fn pick(&self, _target: &Target, c: &Candidates<'_>) -> Option<usize> {
+impl RoundRobin {
+    /// The next usable backend in the schedule.
+    pub fn next(&self, c: &Candidates<'_>) -> Option<usize> {
         let len = self.schedule.len();
         for _ in 0..len {
             let ticket = self.next.fetch_add(1, Ordering::Relaxed);
@@ -39,6 +40,12 @@ impl Policy for RoundRobin {
             }
         }
         c.first_usable()
+    }
+}
+
+impl Policy for RoundRobin {
+    fn pick(&self, _target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick> {
+        self.next(c).map(Pick::balanced)
     }
 }
 
@@ -87,7 +94,7 @@ mod tests {
     fn weights_give_exact_interleaved_shares() {
         let p = pool(PolicyKind::RoundRobin, &[1, 2, 3]);
         let picks: Vec<usize> = (0..600)
-            .map(|_| p.select(&target(), &Tried::default()).unwrap())
+            .map(|_| p.select(&target(), &Tried::default()).unwrap().index)
             .collect();
         let count = |b| picks.iter().filter(|&&x| x == b).count();
         assert_eq!((count(0), count(1), count(2)), (100, 200, 300));
@@ -105,7 +112,7 @@ mod tests {
         let mut tried = Tried::default();
         tried.insert(1);
         let picks: Vec<usize> = (0..300)
-            .map(|_| p.select(&target(), &tried).unwrap())
+            .map(|_| p.select(&target(), &tried).unwrap().index)
             .collect();
         assert!(!picks.contains(&1));
         let zeros = picks.iter().filter(|&&x| x == 0).count();

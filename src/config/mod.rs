@@ -116,7 +116,9 @@ pub struct Pool {
 
 #[derive(Debug, Clone)]
 pub struct Backend {
-    /// The address as written: the backend's identity across reloads.
+    /// The backend's identity: its `id`, or else its address as written.
+    /// Health, counters, pooled connections, `ip_hash` placement and sticky
+    /// tokens follow it across reloads and across proxy instances.
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
@@ -162,6 +164,19 @@ pub struct Sticky {
     pub max_age: Option<Duration>,
     pub domain: Option<String>,
     pub path: String,
+}
+
+impl Default for Sticky {
+    fn default() -> Self {
+        Sticky {
+            cookie: "slb_route".into(),
+            secret: None,
+            prefix: None,
+            max_age: None,
+            domain: None,
+            path: "/".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -316,16 +331,7 @@ impl Config {
         if !self.server.tls.is_empty() {
             add("server.tls".into(), "TLS termination");
         }
-        if self.server.admin_listen.is_some() {
-            add("server.admin_listen".into(), "the admin listener");
-        }
         for pool in &self.pools {
-            if matches!(pool.policy, PolicyKind::IpHash | PolicyKind::Cookie) {
-                add(
-                    format!("pools.{}.policy", pool.name),
-                    &format!("policy {:?}", pool.policy.name()),
-                );
-            }
             if pool.health.check.is_some() {
                 add(
                     format!("pools.{}.health.check", pool.name),
@@ -397,7 +403,11 @@ impl Config {
             );
             for b in &pool.backends {
                 let drain = if b.drain { ", draining" } else { "" };
-                let _ = writeln!(s, "  - {} weight {}{}", b.name, b.weight, drain);
+                let at = match b.name.parse::<SocketAddr>() {
+                    Ok(a) if a == b.addr => String::new(),
+                    _ => format!(" at {}", b.addr),
+                };
+                let _ = writeln!(s, "  - {}{at} weight {}{drain}", b.name, b.weight);
             }
             let h = &pool.health;
             let passive = if h.max_fails == 0 {

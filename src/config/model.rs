@@ -71,6 +71,7 @@ pub struct PoolSection {
 #[serde(deny_unknown_fields)]
 pub struct BackendSection {
     pub addr: String,
+    pub id: Option<String>,
     pub weight: Option<i64>,
     #[serde(default)]
     pub drain: bool,

@@ -358,14 +358,26 @@ fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Optio
                 1
             }
         };
-        let name = b.addr.trim().to_string();
+        let written = b.addr.trim().to_string();
+        let (name, field) = match b.id {
+            Some(id) => {
+                if id.is_empty() || !id.bytes().all(|c| c.is_ascii_graphic()) {
+                    p.push(
+                        format!("{bpath}.id"),
+                        format!("{id:?} must be printable ASCII without spaces"),
+                    );
+                }
+                (id, "id")
+            }
+            None => (written.clone(), "addr"),
+        };
         if !names.insert(name.clone()) {
             p.push(
-                format!("{bpath}.addr"),
+                format!("{bpath}.{field}"),
                 format!("backend {name:?} is listed twice in this pool"),
             );
         }
-        if let Some(addr) = parse_backend_addr(p, &format!("{bpath}.addr"), &name) {
+        if let Some(addr) = parse_backend_addr(p, &format!("{bpath}.addr"), &written) {
             backends.push(Backend {
                 name,
                 addr,

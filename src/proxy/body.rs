@@ -136,11 +136,23 @@ impl Drop for Finish {
             (Some(p), Some(b)) => {
                 let backend = &self.rt.pools[p].backends[b];
                 backend.state.end_request();
+                backend.state.count_response(self.status);
                 Some(backend)
             }
-            _ => None,
+            (Some(p), None) => {
+                self.rt.pools[p].stats.count_response(self.status);
+                None
+            }
+            _ => {
+                self.rt.unrouted.count_response(self.status);
+                None
+            }
         };
         self.conn.request_finished();
+        let elapsed = self.start.elapsed();
+        if let Some(p) = self.pool {
+            self.rt.pools[p].stats.observe_duration(elapsed);
+        }
         if let Some(log) = &self.log {
             let pool = self.pool.map_or("", |p| &*self.rt.pools[p].name);
             access_log::record(
@@ -151,7 +163,7 @@ impl Drop for Finish {
                     path: log.uri.path_and_query().map_or("/", |pq| pq.as_str()),
                     status: self.status,
                     bytes: self.bytes,
-                    duration: self.start.elapsed(),
+                    duration: elapsed,
                     pool,
                     backend: backend.map_or("", |b| &*b.state.name),
                     request_id: log.request_id.to_str().unwrap_or("-"),

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -75,18 +76,51 @@ fn is_end_to_end(name: &HeaderName) -> bool {
     *name == header::HOST || *name == header::CONTENT_LENGTH || *name == header::COOKIE
 }
 
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy,
+/// the right-most address in `X-Forwarded-For` that is not itself trusted.
+/// What an untrusted peer says in `X-Forwarded-For` is never believed.
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| is_trusted(ip, trusted);
+    if trusted.is_empty() || !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for value in values.into_iter().rev() {
+        let Ok(s) = value.to_str() else { return client };
+        for part in s.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
 /// Who the backend is talking to, on behalf of whom.
 pub struct Forwarded<'a> {
-    pub client: IpAddr,
+    /// The address this proxy's client connection comes from.
+    pub peer: IpAddr,
+    /// The peer is a trusted proxy: its `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` describe the original request and are kept.
+    pub peer_trusted: bool,
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
     pub request_id: &'a HeaderValue,
 }
 
-/// Appends the client to `X-Forwarded-For` (joining repeated headers into
+/// Appends the peer to `X-Forwarded-For` (joining repeated headers into
 /// one) and sets `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`.
 pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let client = f.client.to_string();
+    let client = f.peer.to_string();
     let xff = match headers.entry(&X_FORWARDED_FOR) {
         header::Entry::Vacant(_) => HeaderValue::try_from(client),
         header::Entry::Occupied(entry) => {
@@ -102,13 +136,17 @@ pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     if let Ok(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
-    match f.host {
-        Some(h) => {
-            headers.insert(&X_FORWARDED_HOST, h.clone());
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
+    if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
+    }
+    if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match f.host {
+            Some(h) => {
+                headers.insert(&X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
         }
     }
     headers.insert(&X_REQUEST_ID, f.request_id.clone());
@@ -189,7 +227,8 @@ mod tests {
         add_forwarded(
             &mut h,
             &Forwarded {
-                client: "10.0.0.1".parse().unwrap(),
+                peer: "10.0.0.1".parse().unwrap(),
+                peer_trusted: false,
                 proto: "http",
                 host: None,
                 request_id: &rid,
@@ -200,6 +239,36 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(h.get("x-forwarded-host").is_none());
         assert_eq!(h["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn client_address_behind_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let h = map(&[
+            ("x-forwarded-for", "198.51.100.9, 203.0.113.5"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_addr(peer, &h, &trusted),
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
+        // an untrusted peer's header is ignored
+        let outsider: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_addr(outsider, &h, &trusted), outsider);
+        assert_eq!(client_addr(peer, &h, &[]), peer);
+        // all trusted: the left-most
+        let h = map(&[("x-forwarded-for", "10.9.9.9, fd00::1")]);
+        assert_eq!(
+            client_addr(peer, &h, &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        // garbage stops the walk at the last trusted hop
+        let h = map(&[("x-forwarded-for", "203.0.113.5, junk, 10.1.1.1")]);
+        assert_eq!(
+            client_addr(peer, &h, &trusted),
+            "10.1.1.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod body;
 mod error;
 pub mod headers;
 mod route;
+pub mod sticky;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -21,7 +22,7 @@ pub use body::ProxyBody;
 pub use error::{Reject, UpstreamError};
 pub use route::Router;
 
-use crate::balance::{Target, Tried};
+use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::runtime::Runtime;
 use crate::server::Connection;
 use body::{Finish, LogInfo};
@@ -33,7 +34,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Connection>) -> Response<P
     let start = Instant::now();
     conn.request_started();
     let rt = conn.shared.load();
-    let client = conn.peer.ip();
+    let client = headers::client_addr(conn.peer.ip(), req.headers(), &rt.trusted_proxies);
     let request_id = headers::request_id(req.headers());
     let log = rt.access_log.map(|format| LogInfo {
         format,
@@ -138,7 +139,8 @@ async fn forward(
         headers::add_forwarded(
             headers,
             &Forwarded {
-                client,
+                peer: finish.conn.peer.ip(),
+                peer_trusted: headers::is_trusted(finish.conn.peer.ip(), &rt.trusted_proxies),
                 proto: if finish.conn.tls { "https" } else { "http" },
                 host: host.as_ref(),
                 request_id,
@@ -151,13 +153,22 @@ async fn forward(
     }
     *req.version_mut() = Version::HTTP_11;
 
-    let target = Target { client };
+    let routes = pool.sticky.as_deref();
+    let route = routes.and_then(|r| match &r.prefix {
+        Some(app_cookie) => sticky::take_prefixed_token(req.headers_mut(), app_cookie),
+        None => sticky::find_cookie(req.headers(), &r.cookie).map(str::to_owned),
+    });
+    let target = Target {
+        client,
+        route: route.as_deref(),
+    };
     let mut tried = Tried::default();
     let mut last_error: Option<UpstreamError> = None;
     loop {
-        let Some(b) = pool.select(&target, &tried) else {
+        let Some(pick) = pool.select(&target, &tried) else {
             return Err(last_error.map_or(Reject::NoBackend, Reject::Upstream));
         };
+        let b = pick.index;
         let backend = &pool.backends[b];
         let (mut sender, reused) = match upstream::checkout(backend.state.id) {
             Some(s) => (s, true),
@@ -177,6 +188,7 @@ async fn forward(
             tokio::time::timeout(rt.timeouts.response_header, sender.try_send_request(req)).await;
         match sent {
             Ok(Ok(mut resp)) => {
+                note_placement(pool, b, pick.outcome, resp.headers_mut(), finish.conn.tls);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_upgrade) = client_upgrade else {
                         return Err(UpstreamError::UnsolicitedUpgrade.into());
@@ -223,7 +235,36 @@ async fn forward(
     }
 }
 
-fn mark_failed(pool: &crate::balance::Pool, b: usize, error: &dyn std::fmt::Display) {
+/// Counts how a request was placed and, for sticky pools, pins the client:
+/// a new route cookie when it was placed anew, or the app's session cookie
+/// prefixed with the backend's token.
+fn note_placement(
+    pool: &Pool,
+    b: usize,
+    outcome: Outcome,
+    headers: &mut http::HeaderMap,
+    tls: bool,
+) {
+    if !outcome.is_sticky() {
+        return;
+    }
+    pool.stats.count_sticky(outcome);
+    let backend = &pool.backends[b];
+    if outcome == Outcome::Hit && backend.drain {
+        backend.state.count_drain_pinned();
+    }
+    if let Some(routes) = &pool.sticky {
+        match &routes.prefix {
+            Some(app_cookie) => sticky::prefix_set_cookies(headers, app_cookie, routes.token(b)),
+            None if outcome != Outcome::Hit => {
+                headers.append(header::SET_COOKIE, routes.set_cookie(b, tls).clone());
+            }
+            None => {}
+        }
+    }
+}
+
+fn mark_failed(pool: &Pool, b: usize, error: &dyn std::fmt::Display) {
     let backend = &pool.backends[b];
     if pool.record_failure(b) {
         tracing::warn!(

@@ -62,6 +62,10 @@ pub struct OpenGuard(Arc<Worker>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
+        self.0
+            .shared
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
@@ -71,6 +75,7 @@ impl Drop for OpenGuard {
 impl Worker {
     pub fn open(self: &Arc<Self>) -> OpenGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
+        self.shared.connections_open.fetch_add(1, Ordering::Relaxed);
         OpenGuard(self.clone())
     }
 

@@ -8,6 +8,11 @@
 //! - `/status/<code>`: answers with that status
 //! - `/ws`: WebSocket echo
 //! - `/hop-response`: a response with hop-by-hop headers the proxy must drop
+//! - `/set-cookie/<name>/<value>`: answers `Set-Cookie: <name>=<value>; Path=/app; HttpOnly`
+//! - `/login`, `/count`: an app that keeps sessions in its own memory, as
+//!   Express's MemoryStore or a servlet container: `/login` starts a session
+//!   (cookie `sid`) with a counter at 0, each `/count` increments it and
+//!   answers `count=<n>`; an unknown session gets 401
 //! - anything else: its name
 //!
 //! Every response carries `x-backend: <name>`.
@@ -44,6 +49,7 @@ struct Stats {
     hits: AtomicU64,
     connections: AtomicU64,
     in_flight: AtomicU64,
+    sessions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Backend {
@@ -207,6 +213,40 @@ async fn handle(
             r
         }
         "ws" => websocket(&mut req, &name),
+        "set-cookie" => {
+            let (cookie, value) = arg.split_once('/').unwrap_or((arg, ""));
+            let mut r = full(&name, "cookie set".into());
+            r.headers_mut().insert(
+                "set-cookie",
+                format!("{cookie}={value}; Path=/app; HttpOnly")
+                    .parse()
+                    .unwrap(),
+            );
+            r
+        }
+        "login" => {
+            let sid = format!("{}-{:016x}", name, fastrand_u64());
+            stats.sessions.lock().unwrap().insert(sid.clone(), 0);
+            let mut r = full(&name, "logged in".into());
+            r.headers_mut()
+                .insert("set-cookie", format!("sid={sid}; Path=/").parse().unwrap());
+            r
+        }
+        "count" => {
+            let sid = cookie_value(req.headers(), "sid");
+            let mut sessions = stats.sessions.lock().unwrap();
+            match sid.and_then(|sid| sessions.get_mut(&sid)) {
+                Some(n) => {
+                    *n += 1;
+                    full(&name, format!("count={n}"))
+                }
+                None => {
+                    let mut r = full(&name, "no session".into());
+                    *r.status_mut() = StatusCode::UNAUTHORIZED;
+                    r
+                }
+            }
+        }
         "hop-response" => {
             let mut r = full(&name, "hop".into());
             let h = r.headers_mut();
@@ -220,6 +260,27 @@ async fn handle(
     };
     stats.in_flight.fetch_sub(1, Ordering::SeqCst);
     Ok(resp)
+}
+
+fn cookie_value(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers.get_all("cookie").iter().find_map(|v| {
+        v.to_str().ok()?.split(';').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    })
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
 }
 
 fn full(name: &str, text: String) -> Resp {

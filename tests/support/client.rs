@@ -85,3 +85,47 @@ pub async fn raw(addr: std::net::SocketAddr, data: &[u8], timeout: Duration) -> 
     let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An HTTP/1.1 client whose connections come from `local` (any 127.0.0.0/8
+/// address works on Linux loopback): a distinct client as the proxy sees it.
+pub fn h1_from(local: std::net::IpAddr) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(local));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// A client that keeps cookies, as a browser does (name=value only).
+pub struct Browser {
+    pub client: HttpClient,
+    pub cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    pub fn new(client: HttpClient) -> Browser {
+        Browser {
+            client,
+            cookies: Default::default(),
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> Resp {
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut b = Request::get(url);
+        if !cookie.is_empty() {
+            b = b.header("cookie", cookie.join("; "));
+        }
+        let r = send(&self.client, b.body(Full::new(Bytes::new())).unwrap()).await;
+        for v in r.headers.get_all("set-cookie") {
+            let s = v.to_str().unwrap();
+            let pair = s.split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            self.cookies
+                .insert(k.trim().to_string(), v.trim().to_string());
+        }
+        r
+    }
+}

@@ -160,6 +160,31 @@ impl Proxy {
         format!("http://{}{}", self.addr(), path)
     }
 
+    /// The admin listener's address (needs `server.admin_listen`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self
+            .stderr
+            .wait_for(DEADLINE, |l| l.contains("admin_addr="))
+            .expect("no admin listener");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("admin_addr="))
+            .and_then(|a| a.parse().ok())
+            .expect("admin address")
+    }
+
+    /// The value of one metric sample, e.g.
+    /// `sessionlb_sticky_total{pool="web",outcome="redispatch"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.admin_addr());
+        let text = client::get(&client::h1(), &url).await.body;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -299,5 +324,23 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls an async condition until it holds or the deadline passes.
+pub async fn eventually_async<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,178 @@
+//! Route cookies on the wire: reading a request's route token, and in
+//! prefix mode moving `<token>~` between the app's session cookie and the
+//! client, leaving every other byte of the headers as it was.
+
+use http::HeaderValue;
+use http::header::{COOKIE, HeaderMap, SET_COOKIE};
+
+/// The value of the first cookie called `name` in the request.
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(COOKIE).iter().find_map(|v| {
+        let s = v.to_str().ok()?;
+        s.split(';').find_map(|pair| {
+            let (k, value) = pair.split_once('=')?;
+            (k.trim() == name).then(|| value.trim())
+        })
+    })
+}
+
+/// Prefix mode, request side: finds `name=<token>~<value>`, rewrites it to
+/// `name=<value>` in place and returns the token.
+pub fn take_prefixed_token(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    let mut found = None;
+    for value in headers.get_all(COOKIE).iter() {
+        let Ok(s) = value.to_str() else { continue };
+        let mut offset = 0;
+        for pair in s.split(';') {
+            let start = offset;
+            offset += pair.len() + 1;
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            if k.trim() != name {
+                continue;
+            }
+            let v_start = start + k.len() + 1 + (v.len() - v.trim_start().len());
+            let v = v.trim();
+            if let Some((token, _)) = v.split_once('~') {
+                let mut rewritten = String::with_capacity(s.len());
+                rewritten.push_str(&s[..v_start]);
+                rewritten.push_str(&s[v_start + token.len() + 1..]);
+                found = Some((value.clone(), rewritten, token.to_string()));
+            }
+            break;
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let (old, rewritten, token) = found?;
+    let new = HeaderValue::try_from(rewritten).ok()?;
+    let values: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| if *v == old { new.clone() } else { v.clone() })
+        .collect();
+    headers.remove(COOKIE);
+    for v in values {
+        headers.append(COOKIE, v);
+    }
+    Some(token)
+}
+
+/// Prefix mode, response side: `Set-Cookie: name=<value>; attrs` becomes
+/// `name=<token>~<value>; attrs`. Empty values (deletions) stay as they are.
+pub fn prefix_set_cookies(headers: &mut HeaderMap, name: &str, token: &str) {
+    let needs = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .any(|v| set_cookie_value_start(v, name).is_some());
+    if !needs {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| match set_cookie_value_start(v, name) {
+            Some(at) => {
+                let bytes = v.as_bytes();
+                let mut out = Vec::with_capacity(bytes.len() + token.len() + 1);
+                out.extend_from_slice(&bytes[..at]);
+                out.extend_from_slice(token.as_bytes());
+                out.push(b'~');
+                out.extend_from_slice(&bytes[at..]);
+                HeaderValue::from_bytes(&out).unwrap_or_else(|_| v.clone())
+            }
+            None => v.clone(),
+        })
+        .collect();
+    headers.remove(SET_COOKIE);
+    for v in values {
+        headers.append(SET_COOKIE, v);
+    }
+}
+
+/// Where the value of a `Set-Cookie: name=value...` starts, when it is the
+/// cookie `name` with a non-empty value.
+fn set_cookie_value_start(v: &HeaderValue, name: &str) -> Option<usize> {
+    let bytes = v.as_bytes();
+    let eq = bytes.iter().position(|&b| b == b'=')?;
+    let k = std::str::from_utf8(&bytes[..eq]).ok()?;
+    if k.trim() != name {
+        return None;
+    }
+    let rest = &bytes[eq + 1..];
+    let skip = rest.iter().take_while(|&&b| b == b' ').count();
+    let value_start = eq + 1 + skip;
+    match bytes.get(value_start) {
+        None | Some(b';') => None,
+        Some(_) => Some(value_start),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(COOKIE, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn finds_cookies() {
+        let h = cookies(&["a=1; slb_route=tok; b=2", "c=3"]);
+        assert_eq!(find_cookie(&h, "slb_route"), Some("tok"));
+        assert_eq!(find_cookie(&h, "c"), Some("3"));
+        assert_eq!(find_cookie(&h, "slb"), None);
+    }
+
+    #[test]
+    fn takes_the_prefixed_token_byte_for_byte() {
+        let mut h = cookies(&["theme=dark; JSESSIONID=abc123~0F1E2D; lang=en", "x=1"]);
+        assert_eq!(
+            take_prefixed_token(&mut h, "JSESSIONID").as_deref(),
+            Some("abc123")
+        );
+        let all: Vec<&str> = h
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(all, ["theme=dark; JSESSIONID=0F1E2D; lang=en", "x=1"]);
+
+        let mut h = cookies(&["JSESSIONID=plain"]);
+        assert_eq!(take_prefixed_token(&mut h, "JSESSIONID"), None);
+        assert_eq!(h[COOKIE], "JSESSIONID=plain");
+    }
+
+    #[test]
+    fn prefixes_the_apps_set_cookie_byte_for_byte() {
+        let mut h = HeaderMap::new();
+        h.append(
+            SET_COOKIE,
+            "JSESSIONID=0F1E2D; Path=/app; HttpOnly; Secure"
+                .parse()
+                .unwrap(),
+        );
+        h.append(SET_COOKIE, "other=1; Path=/".parse().unwrap());
+        h.append(SET_COOKIE, "JSESSIONID=; Max-Age=0".parse().unwrap());
+        prefix_set_cookies(&mut h, "JSESSIONID", "abc123");
+        let all: Vec<&str> = h
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "JSESSIONID=abc123~0F1E2D; Path=/app; HttpOnly; Secure",
+                "other=1; Path=/",
+                "JSESSIONID=; Max-Age=0"
+            ]
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! Configuration reload (SIGHUP, `POST /admin/reload`): parse and validate
+//! first; on any problem keep serving the old configuration and say why; on
+//! success swap the snapshot whole. Requests in flight finish on the
+//! snapshot they started with.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use crate::config::{Config, Problem};
+use crate::runtime::Shared;
+
+/// Reloads `path`; returns the new generation or every problem found.
+pub fn reload(shared: &Shared, path: &Path) -> Result<u64, Vec<Problem>> {
+    let result = Config::load(path)
+        .map_err(|e| e.problems())
+        .and_then(|config| {
+            let unsupported = config.unsupported();
+            if unsupported.is_empty() {
+                Ok(config)
+            } else {
+                Err(unsupported)
+            }
+        });
+    match result {
+        Ok(config) => {
+            let old = shared.load().config.clone();
+            if old.server.listen != config.server.listen
+                || old.server.workers != config.server.workers
+                || old.server.admin_listen != config.server.admin_listen
+            {
+                tracing::warn!(
+                    "changes to server.listen, server.workers and server.admin_listen take effect at the next restart"
+                );
+            }
+            let generation = shared.swap(config);
+            shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(generation, "configuration reloaded");
+            shared.report_draining();
+            Ok(generation)
+        }
+        Err(problems) => {
+            shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            for p in &problems {
+                tracing::error!(problem = %p, "reload refused; still serving the previous configuration");
+            }
+            Err(problems)
+        }
+    }
+}
