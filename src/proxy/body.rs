@@ -101,7 +101,8 @@ impl Body for ProxyBody {
 /// What the access log needs to remember about a request.
 pub(super) struct LogInfo {
     pub format: AccessFormat,
-    pub client: IpAddr,
+    /// The client when it is not the peer (behind a trusted proxy).
+    pub client: Option<IpAddr>,
     pub method: Method,
     pub uri: Uri,
     pub request_id: HeaderValue,
@@ -119,7 +120,8 @@ pub(super) struct Finish {
     pub lease: Option<(usize, Sender)>,
     pub status: u16,
     pub bytes: u64,
-    pub log: Option<LogInfo>,
+    /// Boxed: only requests that are logged pay for it.
+    pub log: Option<Box<LogInfo>>,
 }
 
 impl Finish {
@@ -155,10 +157,13 @@ impl Drop for Finish {
         }
         if let Some(log) = &self.log {
             let pool = self.pool.map_or("", |p| &*self.rt.pools[p].name);
+            let forwarded_client = log.client.map(|ip| ip.to_string());
             access_log::record(
                 log.format,
                 &access_log::Entry {
-                    client: log.client,
+                    client: forwarded_client
+                        .as_deref()
+                        .unwrap_or_else(|| self.conn.peer_ip.to_str().unwrap_or("-")),
                     method: log.method.as_str(),
                     path: log.uri.path_and_query().map_or("/", |pq| pq.as_str()),
                     status: self.status,

@@ -14,17 +14,18 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Headers that describe one connection, never the message (RFC 9110
 /// §7.6.1, plus the legacy `Proxy-Connection`).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == PROXY_CONNECTION
-        || name.as_str() == "keep-alive"
-}
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &header::TRANSFER_ENCODING,
+    &header::TE,
+    &header::TRAILER,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+    &PROXY_CONNECTION,
+    &KEEP_ALIVE,
+];
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// True when `Connection` lists `token` (case-insensitive).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -37,33 +38,48 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers and every header that `Connection` names.
 /// With `upgrade`, the backend still gets `Upgrade` and
 /// `Connection: upgrade` so that a WebSocket handshake passes.
+///
+/// One pass over the names finds what is there (usually nothing, or
+/// `Connection: keep-alive`), so the common request costs no lookup and no
+/// allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut found: u16 = 0;
     for name in headers.keys() {
-        if is_hop_by_hop(name) && !(upgrade && *name == header::UPGRADE) {
-            doomed.push(name.clone());
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            found |= 1 << i;
         }
     }
-    if doomed.is_empty() {
+    if upgrade {
+        found &= !(1 << 4); // keep Upgrade
+    }
+    if found == 0 {
         return;
     }
-    if doomed.contains(&header::CONNECTION) {
+    if found & 1 != 0 {
+        // allocated only when Connection names more than the usual tokens
+        let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
             let Ok(s) = value.to_str() else { continue };
             for token in s.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("upgrade") && upgrade {
+                let known = ["keep-alive", "close", "upgrade", ""]
+                    .iter()
+                    .any(|k| token.eq_ignore_ascii_case(k));
+                if known || is_end_to_end(token) {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                    && !is_end_to_end(&name)
-                {
-                    doomed.push(name);
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
                 }
             }
         }
+        for name in &named {
+            headers.remove(name);
+        }
     }
-    for name in &doomed {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -72,8 +88,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Headers a client may not make disappear by naming them in `Connection`:
 /// the ones the proxy itself relies on or sets.
-fn is_end_to_end(name: &HeaderName) -> bool {
-    *name == header::HOST || *name == header::CONTENT_LENGTH || *name == header::COOKIE
+fn is_end_to_end(token: &str) -> bool {
+    [
+        "host",
+        "content-length",
+        "cookie",
+        "x-forwarded-for",
+        "x-request-id",
+    ]
+    .iter()
+    .any(|h| token.eq_ignore_ascii_case(h))
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -107,8 +131,8 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
 
 /// Who the backend is talking to, on behalf of whom.
 pub struct Forwarded<'a> {
-    /// The address this proxy's client connection comes from.
-    pub peer: IpAddr,
+    /// The address this proxy's client connection comes from, as text.
+    pub peer: &'a HeaderValue,
     /// The peer is a trusted proxy: its `X-Forwarded-Proto` and
     /// `X-Forwarded-Host` describe the original request and are kept.
     pub peer_trusted: bool,
@@ -120,21 +144,21 @@ pub struct Forwarded<'a> {
 /// Appends the peer to `X-Forwarded-For` (joining repeated headers into
 /// one) and sets `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`.
 pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let client = f.peer.to_string();
-    let xff = match headers.entry(&X_FORWARDED_FOR) {
-        header::Entry::Vacant(_) => HeaderValue::try_from(client),
-        header::Entry::Occupied(entry) => {
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(f.peer.clone());
+        }
+        header::Entry::Occupied(mut entry) => {
             let mut joined = Vec::with_capacity(64);
             for v in entry.iter() {
                 joined.extend_from_slice(v.as_bytes());
                 joined.extend_from_slice(b", ");
             }
-            joined.extend_from_slice(client.as_bytes());
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
+            joined.extend_from_slice(f.peer.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+                entry.insert(v);
+            }
         }
-    };
-    if let Ok(v) = xff {
-        headers.insert(&X_FORWARDED_FOR, v);
     }
     if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
@@ -161,13 +185,30 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let mut hex = [0u8; 32];
+    new_request_id()
+}
+
+thread_local! {
+    /// Ids are cut from a shared 4 KiB buffer: one allocation per 128 ids.
+    static ID_SLAB: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id = fastrand::u128(..);
+    let mut hex = [0u8; 32];
     for (i, out) in hex.iter_mut().enumerate() {
-        let nibble = (id >> (124 - 4 * i)) & 0xf;
-        *out = b"0123456789abcdef"[nibble as usize];
+        *out = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let bytes = ID_SLAB.with(|slab| {
+        let mut slab = slab.borrow_mut();
+        if slab.capacity() < hex.len() {
+            *slab = bytes::BytesMut::with_capacity(32 * 128);
+        }
+        slab.extend_from_slice(&hex);
+        slab.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -227,7 +268,7 @@ mod tests {
         add_forwarded(
             &mut h,
             &Forwarded {
-                peer: "10.0.0.1".parse().unwrap(),
+                peer: &HeaderValue::from_static("10.0.0.1"),
                 peer_trusted: false,
                 proto: "http",
                 host: None,

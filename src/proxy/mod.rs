@@ -36,12 +36,14 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Connection>) -> Response<P
     let rt = conn.shared.load();
     let client = headers::client_addr(conn.peer.ip(), req.headers(), &rt.trusted_proxies);
     let request_id = headers::request_id(req.headers());
-    let log = rt.access_log.map(|format| LogInfo {
-        format,
-        client,
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        request_id: request_id.clone(),
+    let log = rt.access_log.map(|format| {
+        Box::new(LogInfo {
+            format,
+            client: (client != conn.peer.ip()).then_some(client),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            request_id: request_id.clone(),
+        })
     });
     let mut finish = Finish {
         conn,
@@ -139,7 +141,7 @@ async fn forward(
         headers::add_forwarded(
             headers,
             &Forwarded {
-                peer: finish.conn.peer.ip(),
+                peer: &finish.conn.peer_ip,
                 peer_trusted: headers::is_trusted(finish.conn.peer.ip(), &rt.trusted_proxies),
                 proto: if finish.conn.tls { "https" } else { "http" },
                 host: host.as_ref(),
@@ -184,10 +186,12 @@ async fn forward(
         };
         backend.state.begin_request();
         finish.backend = Some(b);
-        let sent =
-            tokio::time::timeout(rt.timeouts.response_header, sender.try_send_request(req)).await;
+        let sent = finish
+            .conn
+            .response_within(rt.timeouts.response_header, sender.try_send_request(req))
+            .await;
         match sent {
-            Ok(Ok(mut resp)) => {
+            Some(Ok(mut resp)) => {
                 note_placement(pool, b, pick.outcome, resp.headers_mut(), finish.conn.tls);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_upgrade) = client_upgrade else {
@@ -203,7 +207,7 @@ async fn forward(
                 }
                 return Ok(resp);
             }
-            Ok(Err(mut e)) => {
+            Some(Err(mut e)) => {
                 backend.state.end_request();
                 finish.backend = None;
                 match e.take_message() {
@@ -226,7 +230,7 @@ async fn forward(
                     }
                 }
             }
-            Err(_) => {
+            None => {
                 let error = UpstreamError::ResponseTimeout(rt.timeouts.response_header);
                 mark_failed(pool, b, &error);
                 return Err(error.into());

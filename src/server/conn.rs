@@ -8,20 +8,32 @@
 //! deadline (a response ends, a new request head starts) happen while the
 //! connection task polls hyper, so the task re-arms the timer right after,
 //! and only when the deadline moved earlier.
+//!
+//! An HTTP/1 connection idle for `PARK_AFTER` is parked: hyper is detached
+//! from it (without closing the socket), which frees its read and write
+//! buffers (16 KiB), and the socket waits for readability on its own. The
+//! next request builds a new hyper connection over the same socket. An idle
+//! keep-alive connection then costs about what nginx's does, instead of
+//! hyper's buffers for as long as the client keeps it open.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::io::ClientIo;
-use super::worker::{OpenGuard, Worker};
+use super::worker::{OpenGuard, ShutdownSignal, Worker};
 use crate::clock;
 use crate::config::Timeouts;
 use crate::proxy;
@@ -30,6 +42,9 @@ use crate::runtime::Shared;
 /// What the request path knows about the client connection.
 pub struct Connection {
     pub peer: SocketAddr,
+    /// The peer's IP address as text, formatted once: it goes into
+    /// `X-Forwarded-For` and the access log of every request.
+    pub peer_ip: HeaderValue,
     pub tls: bool,
     pub shared: Arc<Shared>,
     worker: Arc<Worker>,
@@ -43,6 +58,15 @@ pub struct Connection {
     idle_since_ms: AtomicU64,
     /// The watchdog's deadline may have moved earlier.
     rearm: AtomicBool,
+    /// hyper is being detached from this idle connection.
+    parking: AtomicBool,
+    /// HTTP/2: streams run concurrently, each with its own timers.
+    h2: bool,
+    /// HTTP/1: when the response head of the request in progress is due
+    /// (0: none), and whether it is late. The watchdog enforces it, so a
+    /// request costs no timer of its own.
+    response_due_ms: AtomicU64,
+    response_late: AtomicBool,
 }
 
 impl Connection {
@@ -77,6 +101,38 @@ impl Connection {
         }
     }
 
+    /// Waits for `response` up to `limit`; `None` when it is late.
+    pub async fn response_within<F: Future>(
+        &self,
+        limit: Duration,
+        response: F,
+    ) -> Option<F::Output> {
+        if self.h2 {
+            return tokio::time::timeout(limit, response).await.ok();
+        }
+        self.response_late.store(false, Ordering::Relaxed);
+        self.response_due_ms
+            .store(clock::now_ms() + ms(limit), Ordering::Relaxed);
+        self.rearm.store(true, Ordering::Relaxed);
+        tokio::pin!(response);
+        let result = std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = response.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if self.response_late.load(Ordering::Relaxed) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        self.response_due_ms.store(0, Ordering::Relaxed);
+        result
+    }
+
+    pub(super) fn is_parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
+    }
+
     /// True when a response head of ours was due (and is now written).
     pub(super) fn take_pending_head(&self) -> bool {
         self.pending_heads
@@ -84,34 +140,49 @@ impl Connection {
             .is_ok()
     }
 
-    /// The next moment the watchdog must look, or why the connection is
-    /// over now.
-    fn deadline(&self, t: &Timeouts) -> Result<u64, Expired> {
+    /// The next moment the watchdog must look, or why it acts now. With
+    /// `park`, an idle connection is parked after `PARK_AFTER` (before it
+    /// would be closed for idleness).
+    fn deadline(&self, t: &Timeouts, park: bool) -> Result<u64, Expired> {
         let now = clock::now_ms();
         if self.active.load(Ordering::Relaxed) > 0 {
-            return Ok(now + ms(t.idle));
+            let due = self.response_due_ms.load(Ordering::Relaxed);
+            if due != 0 && now >= due {
+                self.response_due_ms.store(0, Ordering::Relaxed);
+                self.response_late.store(true, Ordering::Relaxed);
+                return Err(Expired::ResponseHeader);
+            }
+            let check = now + ms(t.idle);
+            return Ok(if due != 0 { due.min(check) } else { check });
         }
         let head = self.head_started_ms.load(Ordering::Relaxed);
+        let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
         let (at, why) = if head != 0 {
             (head + ms(t.request_header), Expired::RequestHeader)
+        } else if park && PARK_AFTER < t.idle {
+            (idle_since + ms(PARK_AFTER), Expired::Park)
         } else {
-            (
-                self.idle_since_ms.load(Ordering::Relaxed) + ms(t.idle),
-                Expired::Idle,
-            )
+            (idle_since + ms(t.idle), Expired::Idle)
         };
         if now >= at { Err(why) } else { Ok(at) }
     }
 }
 
+/// How long an HTTP/1 connection stays idle before it is parked.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expired {
     RequestHeader,
     Idle,
+    Park,
+    /// The backend's response head is late: the request gives up (504),
+    /// the connection stays.
+    ResponseHeader,
 }
 
 /// Serves one accepted client connection until it closes, times out, or
@@ -119,70 +190,276 @@ enum Expired {
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>) {
     let _open = worker.open();
     let _ = stream.set_nodelay(true);
-    let shared = worker.shared.clone();
     let now = clock::now_ms();
+    // A reload applies new timeouts to new connections.
+    let timeouts = worker.shared.load().timeouts;
+    let sniffed = sniff(&stream, &timeouts, now, &worker.shutdown).await;
     let conn = Arc::new(Connection {
         peer,
+        peer_ip: HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
         tls: false,
-        shared: shared.clone(),
+        shared: worker.shared.clone(),
         worker: worker.clone(),
         active: AtomicU32::new(0),
         pending_heads: AtomicU32::new(0),
         head_started_ms: AtomicU64::new(now),
         idle_since_ms: AtomicU64::new(now),
         rearm: AtomicBool::new(false),
+        parking: AtomicBool::new(false),
+        h2: matches!(sniffed, Sniffed::Http2),
+        response_due_ms: AtomicU64::new(0),
+        response_late: AtomicBool::new(false),
     });
-    let io = TokioIo::new(ClientIo::new(stream, conn.clone()));
-    let service_conn = conn.clone();
-    let service = service_fn(move |req| {
-        let conn = service_conn.clone();
+    let result = match sniffed {
+        Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,
+        Sniffed::Http1 => serve_h1(stream, &conn, &worker, &timeouts).await,
+        Sniffed::Gone => Ok(()),
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "client connection closed");
+    }
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum Sniffed {
+    Http1,
+    Http2,
+    Gone,
+}
+
+/// Waits for the first bytes and tells HTTP/2 prior knowledge (h2c) from
+/// HTTP/1 without consuming anything.
+async fn sniff(
+    stream: &TcpStream,
+    t: &Timeouts,
+    accepted_ms: u64,
+    shutdown: &ShutdownSignal,
+) -> Sniffed {
+    let deadline = clock::instant_at(accepted_ms + ms(t.request_header));
+    let mut buf = [0u8; 24];
+    loop {
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)) => peeked,
+            () = shutdown.wait() => return Sniffed::Gone,
+        };
+        match peeked {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Sniffed::Gone,
+            Ok(Ok(n)) if buf[..n] != H2_PREFACE[..n] => return Sniffed::Http1,
+            Ok(Ok(24)) => return Sniffed::Http2,
+            // a partial preface: wait for the rest of it
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+fn service(
+    conn: &Arc<Connection>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<proxy::ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<proxy::ProxyBody>, Infallible>> + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    let conn = conn.clone();
+    service_fn(move |req| {
+        let conn = conn.clone();
         async move { Ok::<_, Infallible>(proxy::handle(req, conn).await) }
-    });
-    let http = worker.http.serve_connection_with_upgrades(io, service);
-    tokio::pin!(http);
-    // A reload applies new timeouts to new connections.
-    let timeouts = shared.load().timeouts;
-    let mut armed = conn.deadline(&timeouts).unwrap_or(now);
+    })
+}
+
+async fn serve_h2(
+    stream: TcpStream,
+    conn: &Arc<Connection>,
+    worker: &Worker,
+    t: &Timeouts,
+) -> Result<(), String> {
+    let io = TokioIo::new(ClientIo::new(stream, Bytes::new(), conn.clone(), true));
+    // boxed, like the HTTP/1 connection, so that the task stays small
+    let mut http = Box::pin(worker.h2.serve_connection(io, service(conn)));
+    drive(http.as_mut(), conn, t, &worker.shutdown, false)
+        .await
+        .map(|_| ())
+}
+
+async fn serve_h1(
+    mut stream: TcpStream,
+    conn: &Arc<Connection>,
+    worker: &Worker,
+    t: &Timeouts,
+) -> Result<(), String> {
+    let mut leftover = Bytes::new();
+    loop {
+        let io = TokioIo::new(ClientIo::new(stream, leftover, conn.clone(), false));
+        let mut http = Box::pin(
+            worker
+                .h1
+                .serve_connection(io, service(conn))
+                .with_upgrades(),
+        );
+        match drive(http.as_mut(), conn, t, &worker.shutdown, true).await? {
+            Ended::Closed => return Ok(()),
+            Ended::Parked => {}
+        }
+        let Some(parts) = Pin::into_inner(http).into_parts() else {
+            return Ok(());
+        };
+        let (s, unread) = parts.io.into_inner().into_parts();
+        stream = s;
+        // Copied out: hyper's read buffer (8 KiB) must not outlive it, and
+        // an empty `Bytes` cut from it would keep it alive all the same.
+        leftover = match (parts.read_buf.is_empty(), unread.is_empty()) {
+            (true, true) => Bytes::new(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(parts.read_buf.len() + unread.len());
+                joined.extend_from_slice(&parts.read_buf);
+                joined.extend_from_slice(&unread);
+                joined.freeze()
+            }
+        };
+        drop(parts.read_buf);
+        conn.parking.store(false, Ordering::Relaxed);
+        super::worker::note_parked();
+        if leftover.is_empty() && !wait_for_request(&stream, conn, t, &worker.shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// A parked connection waits for its next request (true) until it is idle
+/// for too long, closed, or the worker shuts down (false).
+async fn wait_for_request(
+    stream: &TcpStream,
+    conn: &Connection,
+    t: &Timeouts,
+    shutdown: &ShutdownSignal,
+) -> bool {
+    let idle_since = conn.idle_since_ms.load(Ordering::Relaxed);
+    let deadline = clock::instant_at(idle_since + ms(t.idle));
+    tokio::select! {
+        ready = tokio::time::timeout_at(deadline, stream.readable()) => matches!(ready, Ok(Ok(()))),
+        () = shutdown.wait() => false,
+    }
+}
+
+/// How a hyper connection ended.
+enum Ended {
+    /// The client closed, an error, an upgrade, or a shutdown.
+    Closed,
+    /// Detached from an idle socket that stays open.
+    Parked,
+}
+
+/// Graceful close, for both protocols' connection types.
+trait Graceful {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives one hyper connection with the watchdog (timeouts, parking) and
+/// the worker's shutdown signal.
+async fn drive<C>(
+    mut http: Pin<&mut C>,
+    conn: &Connection,
+    t: &Timeouts,
+    shutdown: &ShutdownSignal,
+    can_park: bool,
+) -> Result<Ended, String>
+where
+    C: Future<Output = hyper::Result<()>> + Graceful,
+{
+    let mut armed = conn
+        .deadline(t, can_park)
+        .unwrap_or_else(|_| clock::now_ms());
     let watchdog = tokio::time::sleep_until(clock::instant_at(armed));
     tokio::pin!(watchdog);
-    let shutdown = worker.shutdown.wait();
-    tokio::pin!(shutdown);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
     let mut closing = false;
-    let outcome = std::future::poll_fn(|cx| {
+    let mut parking = false;
+    std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = http.as_mut().poll(cx) {
-                return Poll::Ready(result.map_err(|e| e.to_string()));
+                return Poll::Ready(match result {
+                    Ok(()) if parking => Ok(Ended::Parked),
+                    Ok(()) => Ok(Ended::Closed),
+                    Err(e) => Err(e.to_string()),
+                });
             }
-            if !closing && shutdown.as_mut().poll(cx).is_ready() {
+            if !closing && stop.as_mut().poll(cx).is_ready() {
                 closing = true;
-                http.as_mut().graceful_shutdown();
+                parking = false;
+                conn.parking.store(false, Ordering::Relaxed);
+                http.as_mut().close_gracefully();
                 continue;
             }
+            let park = can_park && !closing && !parking;
             if conn.rearm.load(Ordering::Relaxed) {
                 conn.rearm.store(false, Ordering::Relaxed);
-                match conn.deadline(&timeouts) {
+                match conn.deadline(t, park) {
                     Ok(at) if at < armed => {
                         armed = at;
                         watchdog.as_mut().reset(clock::instant_at(at));
                     }
                     Ok(_) => {}
+                    Err(Expired::ResponseHeader) => {
+                        cx.waker().wake_by_ref();
+                        continue;
+                    }
                     Err(why) => return Poll::Ready(Err(format!("{why:?} timeout"))),
                 }
             }
             if watchdog.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            match conn.deadline(&timeouts) {
+            match conn.deadline(t, park) {
                 Ok(at) => {
                     armed = at;
                     watchdog.as_mut().reset(clock::instant_at(at));
+                }
+                Err(Expired::Park) => {
+                    parking = true;
+                    conn.parking.store(true, Ordering::Relaxed);
+                    http.as_mut().close_gracefully();
+                }
+                Err(Expired::ResponseHeader) => {
+                    // hyper polls the request again, which sees it is late
+                    cx.waker().wake_by_ref();
+                    armed = clock::now_ms() + ms(t.idle);
+                    watchdog.as_mut().reset(clock::instant_at(armed));
                 }
                 Err(why) => return Poll::Ready(Err(format!("{why:?} timeout"))),
             }
         }
     })
-    .await;
-    if let Err(error) = outcome {
-        tracing::debug!(%peer, %error, "client connection closed");
-    }
+    .await
 }

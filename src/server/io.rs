@@ -1,6 +1,9 @@
-//! The client socket as hyper sees it, with two additions: it notes when a
-//! new request head starts arriving (for the slowloris guard), and it gives
-//! hyper's own bodiless 400/414/431 answers to malformed requests a short
+//! The client socket as hyper sees it, with a few additions: bytes already
+//! read (by an earlier hyper connection on the same socket) are served
+//! first; it notes when a new request head starts arriving (for the
+//! slowloris guard); it does not shut the socket down when hyper is only
+//! being detached from an idle connection (parking); and it gives hyper's
+//! own bodiless 400/414/431 answers to malformed requests a short
 //! plain-text body that says what was wrong.
 
 use std::io;
@@ -8,16 +11,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::conn::Connection;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 pub struct ClientIo<S> {
     inner: S,
+    /// Bytes read from the socket earlier, served before it.
+    prefix: Bytes,
     conn: Arc<Connection>,
-    first_read: bool,
     h2: bool,
     /// A replacement response being written, the bytes written so far, and
     /// the length to report to hyper once it is all out.
@@ -25,14 +28,19 @@ pub struct ClientIo<S> {
 }
 
 impl<S> ClientIo<S> {
-    pub fn new(inner: S, conn: Arc<Connection>) -> Self {
+    pub fn new(inner: S, prefix: Bytes, conn: Arc<Connection>, h2: bool) -> Self {
         ClientIo {
             inner,
+            prefix,
             conn,
-            first_read: true,
-            h2: false,
+            h2,
             rewrite: None,
         }
+    }
+
+    /// The socket back, with the bytes of the prefix hyper did not read.
+    pub fn into_parts(self) -> (S, Bytes) {
+        (self.inner, self.prefix)
     }
 }
 
@@ -42,18 +50,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let read = &buf.filled()[before..];
-        if !read.is_empty() {
-            if self.first_read {
-                self.first_read = false;
-                let n = read.len().min(H2_PREFACE.len());
-                self.h2 = read[..n] == H2_PREFACE[..n];
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+        } else {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Ok(()));
             }
-            if !self.h2 {
-                self.conn.bytes_arrived();
-            }
+        }
+        if !self.h2 {
+            self.conn.bytes_arrived();
         }
         Poll::Ready(Ok(()))
     }
@@ -167,6 +176,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.is_parking() {
+            // hyper is being detached from an idle connection, not closing it
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

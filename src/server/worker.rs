@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -51,7 +51,8 @@ impl ShutdownSignal {
 
 pub struct Worker {
     pub shared: Arc<Shared>,
-    pub http: auto::Builder<TokioExecutor>,
+    pub h1: http1::Builder,
+    pub h2: http2::Builder<TokioExecutor>,
     pub shutdown: Arc<ShutdownSignal>,
     open: AtomicUsize,
     drained: Notify,
@@ -92,16 +93,47 @@ impl Worker {
     }
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+fn h1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    // hyper's own header-read timer would also run on idle keep-alive
+    // connections and costs a timer per request; the connection watchdog
+    // (conn.rs) enforces request_header and idle instead.
+    b.timer(TokioTimer::new())
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
     b
+}
+
+fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new()).max_concurrent_streams(256);
+    b
+}
+
+thread_local! {
+    /// Connections this worker parked since it last returned memory.
+    static PARKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a connection whose hyper buffers were just freed.
+pub fn note_parked() {
+    PARKED.with(|p| p.set(p.get() + 1));
+}
+
+/// Freed buffers of parked connections sit in the allocator's free lists,
+/// still resident; glibc gives such pages back only when asked.
+fn return_memory() {
+    if PARKED.with(|p| p.get()) < 64 {
+        return;
+    }
+    PARKED.with(|p| p.set(0));
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Runs one worker until shutdown has been signalled and every connection
@@ -125,7 +157,8 @@ pub fn run(
     runtime.block_on(async move {
         let worker = Arc::new(Worker {
             shared,
-            http: http_builder(),
+            h1: h1_builder(),
+            h2: h2_builder(),
             shutdown,
             open: AtomicUsize::new(0),
             drained: Notify::new(),
@@ -180,6 +213,9 @@ async fn housekeeping() {
         tick.tick().await;
         access_log::flush();
         n += 1;
+        if n.is_multiple_of(10) {
+            return_memory();
+        }
         if n.is_multiple_of(100) {
             upstream::sweep();
         }
