@@ -44,7 +44,7 @@ fn selection(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("select/{name}"));
         for n in [3, 100, 1000] {
             let p = pool(policy, n);
-            let token = p.sticky.as_ref().map(|s| s.token(n / 2).to_string());
+            let pinned = p.sticky.as_ref().map(|_| n / 2);
             let tried = Tried::default();
             let mut i = 0;
             group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -52,7 +52,7 @@ fn selection(c: &mut Criterion) {
                     i = (i + 1) & 1023;
                     let target = Target {
                         client: clients[i],
-                        route: token.as_deref(),
+                        pinned,
                     };
                     black_box(p.select(black_box(&target), &tried))
                 })

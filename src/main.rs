@@ -108,7 +108,13 @@ fn run_file(path: &Path) -> anyhow::Result<()> {
     }
     init_tracing(&config.log.level);
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
-    serve(config, Some(path.to_owned()))
+    let main_loop = MainLoop::new()?;
+    let shared = Shared::new(config);
+    let server = Server::start(shared.clone())?;
+    for addr in server.local_addrs() {
+        tracing::info!(%addr, "listening");
+    }
+    main_loop.run(server, shared, Some(path.to_owned()))
 }
 
 fn demo(listen: SocketAddr) -> anyhow::Result<()> {
@@ -119,6 +125,7 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     init_tracing(&config.log.level);
+    let main_loop = MainLoop::new()?;
     let shared = Shared::new(config);
     let server = Server::start(shared.clone())?;
     let addr = server.local_addrs()[0];
@@ -132,31 +139,48 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     println!("  curl -s http://{addr}/          # again and again: backends 1, 2 and 3 take turns");
     println!("  curl -s --http2-prior-knowledge http://{addr}/   # the same over HTTP/2 (h2c)");
     println!("Each request is also logged below (access log on stdout). Ctrl-C stops.");
-    wait_for_signals(server, shared, None)
+    main_loop.run(server, shared, None)
 }
 
-fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let shared = Shared::new(config);
-    let server = Server::start(shared.clone())?;
-    for addr in server.local_addrs() {
-        tracing::info!(%addr, "listening");
+/// The main thread's event loop. Its signal handlers are installed before
+/// anything starts, so that an early SIGINT or SIGTERM is handled, not fatal.
+struct MainLoop {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl MainLoop {
+    fn new() -> anyhow::Result<MainLoop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the main event loop")?;
+        let (term, int, hup) = rt
+            .block_on(async {
+                Ok::<_, std::io::Error>((
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::hangup())?,
+                ))
+            })
+            .context("installing signal handlers")?;
+        Ok(MainLoop { rt, term, int, hup })
     }
-    wait_for_signals(server, shared, path)
-}
 
-/// Runs until SIGTERM or SIGINT, reloading on SIGHUP and serving the admin
-/// listener; then shuts down gracefully within `server.shutdown_timeout`.
-fn wait_for_signals(
-    server: Server,
-    shared: Arc<Shared>,
-    path: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the main event loop")?;
-    rt.block_on(async {
+    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and serving the
+    /// admin listener; then shuts down gracefully within
+    /// `server.shutdown_timeout`.
+    fn run(self, server: Server, shared: Arc<Shared>, path: Option<PathBuf>) -> anyhow::Result<()> {
+        let MainLoop {
+            rt,
+            mut term,
+            mut int,
+            mut hup,
+        } = self;
+        rt.block_on(async {
         if let Some(addr) = shared.load().config.server.admin_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -169,9 +193,6 @@ fn wait_for_signals(
                 path.clone(),
             ));
         }
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
         let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
         loop {
             tokio::select! {
@@ -186,18 +207,19 @@ fn wait_for_signals(
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    let timeout = shared.load().config.server.shutdown_timeout;
-    server.shutdown();
-    if server.wait(timeout) {
-        tracing::info!("all connections finished; bye");
-    } else {
-        tracing::warn!(
-            ?timeout,
-            "shutdown_timeout reached; closing the remaining connections"
-        );
+        let timeout = shared.load().config.server.shutdown_timeout;
+        server.shutdown();
+        if server.wait(timeout) {
+            tracing::info!("all connections finished; bye");
+        } else {
+            tracing::warn!(
+                ?timeout,
+                "shutdown_timeout reached; closing the remaining connections"
+            );
+        }
+        sessionlb::access_log::flush();
+        Ok(())
     }
-    sessionlb::access_log::flush();
-    Ok(())
 }
 
 /// How often the log says what draining backends still serve.

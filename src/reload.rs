@@ -35,7 +35,6 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, Vec<Problem>> {
             let generation = shared.swap(config);
             shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
             tracing::info!(generation, "configuration reloaded");
-            shared.report_draining();
             Ok(generation)
         }
         Err(problems) => {

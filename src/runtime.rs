@@ -88,8 +88,7 @@ impl Shared {
         self.current.load_full()
     }
 
-    /// Logs what draining backends still serve (called periodically, and
-    /// right after a reload so that a new drain is seen from its start).
+    /// Logs what draining backends still serve (called periodically).
     pub fn report_draining(&self) {
         let rt = self.load();
         self.drain_report
@@ -102,6 +101,13 @@ impl Shared {
     pub fn swap(&self, config: Config) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let runtime = Runtime::build(config, &self.registry, generation);
+        // Backends that start draining are noted before any request can
+        // see them draining, so the report counts their pinned traffic from
+        // the first request.
+        self.drain_report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .report(&runtime.pools);
         self.current.store(Arc::new(runtime));
         generation
     }

@@ -196,9 +196,10 @@ class Bench:
             cookie = {"rr": ("", "", "", ""), "cookie": ("cookie SRV insert indirect nocache",
                                                       "cookie s1", "cookie s2", "cookie s3")}[policy]
             conf = d / "haproxy.cfg"
+            maxconn = max(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2 - 100)
             conf.write_text(f"""global
   nbthread {w}
-  maxconn 40000
+  maxconn {maxconn}
 defaults
   mode http
   timeout connect 5s

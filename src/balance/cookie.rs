@@ -9,7 +9,6 @@
 //! that matches no backend is treated as no cookie at all.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -101,24 +100,25 @@ impl StickyRoutes {
     }
 }
 
+/// The request path resolves the client's token to a backend
+/// (`StickyRoutes::backend_for`) before asking; the policy follows the pin
+/// when it can and places anew by round robin when it cannot.
 #[derive(Debug)]
 pub struct CookiePolicy {
-    routes: Arc<StickyRoutes>,
     rr: RoundRobin,
 }
 
 impl CookiePolicy {
-    pub fn new(routes: Arc<StickyRoutes>, weights: &[u32]) -> Self {
+    pub fn new(weights: &[u32]) -> Self {
         CookiePolicy {
-            routes,
             rr: RoundRobin::new(weights),
         }
     }
 }
 
 impl Policy for CookiePolicy {
-    fn pick(&self, target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick> {
-        let pinned = target.route.and_then(|t| self.routes.backend_for(t));
+    fn pick(&self, target: &Target, c: &Candidates<'_>) -> Option<Pick> {
+        let pinned = target.pinned;
         if let Some(i) = pinned
             && c.pinnable(i)
         {
@@ -189,10 +189,9 @@ mod tests {
         let p = pool_with_ids(PolicyKind::Cookie, &["a", "b", "c"]);
         let routes = p.sticky.clone().unwrap();
         let client = IpAddr::from([192, 0, 2, 1]);
-        let tb = routes.token(1).to_string();
         let pinned = Target {
             client,
-            route: Some(&tb),
+            pinned: routes.backend_for(routes.token(1)),
         };
         for _ in 0..10 {
             assert_eq!(
@@ -205,7 +204,7 @@ mod tests {
         }
         let forged = Target {
             client,
-            route: Some("forged-token"),
+            pinned: routes.backend_for("forged-token"),
         };
         let picks: Vec<Pick> = (0..3)
             .map(|_| p.select(&forged, &Tried::default()).unwrap())

@@ -127,7 +127,7 @@ fn slot_of(key: u64) -> usize {
 }
 
 impl Policy for IpHash {
-    fn pick(&self, target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick> {
+    fn pick(&self, target: &Target, c: &Candidates<'_>) -> Option<Pick> {
         let key = client_key(target.client);
         let slot = slot_of(key);
         let owner = self.table[slot] as usize;
@@ -289,7 +289,7 @@ mod tests {
         let clients = random_clients(3_000);
         let target = |ip| Target {
             client: ip,
-            route: None,
+            pinned: None,
         };
         let first: Vec<usize> = clients
             .iter()
@@ -321,7 +321,7 @@ mod tests {
         let clients = random_clients(600);
         let target = |ip| Target {
             client: ip,
-            route: None,
+            pinned: None,
         };
         let (old, new) = clients.split_at(300);
         for &ip in old {

@@ -20,7 +20,7 @@ impl LeastConn {
 }
 
 impl Policy for LeastConn {
-    fn pick(&self, _target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick> {
+    fn pick(&self, _target: &Target, c: &Candidates<'_>) -> Option<Pick> {
         let n = c.len();
         if n == 0 {
             return None;

@@ -48,11 +48,12 @@ pub struct Backend {
 
 /// What a policy may know about the request it places.
 #[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
+pub struct Target {
     /// The client's address (after `trusted_proxies`).
     pub client: IpAddr,
-    /// The route token the request carries, for sticky policies.
-    pub route: Option<&'a str>,
+    /// The backend the request's route token names, when it names one
+    /// (`cookie` policy).
+    pub pinned: Option<usize>,
 }
 
 /// How a sticky policy placed a request; `Balanced` for the others.
@@ -93,7 +94,7 @@ impl Pick {
 pub trait Policy: Send + Sync + Debug {
     /// The backend for this request among `c`, or `None` when no
     /// candidate is usable.
-    fn pick(&self, target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick>;
+    fn pick(&self, target: &Target, c: &Candidates<'_>) -> Option<Pick>;
 }
 
 /// The backends of a pool with what is known about them for one request.
@@ -246,7 +247,7 @@ impl Pool {
                     &ids,
                 ));
                 sticky = Some(routes.clone());
-                Box::new(CookiePolicy::new(routes, &weights))
+                Box::new(CookiePolicy::new(&weights))
             }
         };
         Pool {
@@ -260,7 +261,7 @@ impl Pool {
     }
 
     /// The next backend to try for this request, skipping those in `tried`.
-    pub fn select(&self, target: &Target<'_>, tried: &Tried) -> Option<Pick> {
+    pub fn select(&self, target: &Target, tried: &Tried) -> Option<Pick> {
         let c = Candidates {
             backends: &self.backends,
             tried,
@@ -316,10 +317,10 @@ pub(crate) mod test_util {
         Pool::build(&cfg, &registry)
     }
 
-    pub fn target() -> Target<'static> {
+    pub fn target() -> Target {
         Target {
             client: IpAddr::from([192, 0, 2, 1]),
-            route: None,
+            pinned: None,
         }
     }
 }

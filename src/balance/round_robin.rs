@@ -44,7 +44,7 @@ impl RoundRobin {
 }
 
 impl Policy for RoundRobin {
-    fn pick(&self, _target: &Target<'_>, c: &Candidates<'_>) -> Option<Pick> {
+    fn pick(&self, _target: &Target, c: &Candidates<'_>) -> Option<Pick> {
         self.next(c).map(Pick::balanced)
     }
 }

@@ -155,15 +155,14 @@ async fn forward(
     }
     *req.version_mut() = Version::HTTP_11;
 
-    let routes = pool.sticky.as_deref();
-    let route = routes.and_then(|r| match &r.prefix {
-        Some(app_cookie) => sticky::take_prefixed_token(req.headers_mut(), app_cookie),
-        None => sticky::find_cookie(req.headers(), &r.cookie).map(str::to_owned),
+    let pinned = pool.sticky.as_deref().and_then(|r| match &r.prefix {
+        Some(app_cookie) => sticky::take_prefixed_token(req.headers_mut(), app_cookie)
+            .and_then(|token| r.backend_for(&token)),
+        None => {
+            sticky::find_cookie(req.headers(), &r.cookie).and_then(|token| r.backend_for(token))
+        }
     });
-    let target = Target {
-        client,
-        route: route.as_deref(),
-    };
+    let target = Target { client, pinned };
     let mut tried = Tried::default();
     let mut last_error: Option<UpstreamError> = None;
     loop {
