@@ -198,45 +198,30 @@ impl Collector for Metrics {
                 )?;
         }
 
-        let mut m = e.encode_descriptor(
+        per_backend(
+            &mut e,
+            &rt,
             "sessionlb_backend_up",
             "1 when the backend takes requests.",
-            None,
             MetricType::Gauge,
+            |b| Some(ConstGauge::new(i64::from(b.state.is_up()))),
         )?;
-        for pool in rt.pools.iter() {
-            for b in pool.backends.iter() {
-                ConstGauge::new(i64::from(b.state.is_up())).encode(
-                    m.encode_family(&[("pool", &*pool.name), ("backend", &*b.state.name)])?,
-                )?;
-            }
-        }
-        let mut m = e.encode_descriptor(
+        per_backend(
+            &mut e,
+            &rt,
             "sessionlb_backend_in_flight",
             "Requests in flight to the backend.",
-            None,
             MetricType::Gauge,
+            |b| Some(ConstGauge::new(i64::from(b.state.in_flight()))),
         )?;
-        for pool in rt.pools.iter() {
-            for b in pool.backends.iter() {
-                ConstGauge::new(i64::from(b.state.in_flight())).encode(
-                    m.encode_family(&[("pool", &*pool.name), ("backend", &*b.state.name)])?,
-                )?;
-            }
-        }
-        let mut m = e.encode_descriptor(
+        per_backend(
+            &mut e,
+            &rt,
             "sessionlb_backend_draining_pinned",
             "Requests a draining backend served for clients pinned to it.",
-            None,
             MetricType::Counter,
+            |b| b.drain.then(|| ConstCounter::new(b.state.drain_pinned())),
         )?;
-        for pool in rt.pools.iter() {
-            for b in pool.backends.iter().filter(|b| b.drain) {
-                ConstCounter::new(b.state.drain_pinned()).encode(
-                    m.encode_family(&[("pool", &*pool.name), ("backend", &*b.state.name)])?,
-                )?;
-            }
-        }
         let mut m = e.encode_descriptor(
             "sessionlb_sticky",
             "Sticky placements by outcome: hit (followed the pin), new (pinned now), redispatch (pinned backend unavailable, re-pinned).",
@@ -282,6 +267,27 @@ impl Collector for Metrics {
         ConstGauge::new(rt.generation as i64).encode(m)?;
         Ok(())
     }
+}
+
+/// One series per backend (labels pool, backend); `value` returns None to
+/// leave a backend out.
+fn per_backend<M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    rt: &crate::runtime::Runtime,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: impl Fn(&crate::balance::Backend) -> Option<M>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for pool in rt.pools.iter() {
+        for b in pool.backends.iter() {
+            if let Some(v) = value(b) {
+                v.encode(m.encode_family(&[("pool", &*pool.name), ("backend", &*b.state.name)])?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_ip_hash(rt: &crate::runtime::Runtime, pool: &str) -> bool {
