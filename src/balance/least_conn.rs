@@ -140,7 +140,7 @@ mod tests {
         for _ in 0..10_000 {
             let i = p.select(&target(), &tried).unwrap().index;
             assert_ne!(i, 1);
-            on_busy += usize::from(i % 2 == 0);
+            on_busy += usize::from(i.is_multiple_of(2));
         }
         // two random draws both land on busy backends a quarter of the time
         assert!(on_busy < 3_000, "{on_busy}");
