@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::config::PolicyKind;
 use crate::reload;
 use crate::runtime::Shared;
 
@@ -117,8 +118,7 @@ fn pools_json(shared: &Shared) -> String {
     let pools: Vec<serde_json::Value> = rt
         .pools
         .iter()
-        .zip(&rt.config.pools)
-        .map(|(pool, cfg)| {
+        .map(|pool| {
             let backends: Vec<serde_json::Value> = pool
                 .backends
                 .iter()
@@ -134,7 +134,7 @@ fn pools_json(shared: &Shared) -> String {
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": &*pool.name, "policy": cfg.policy.name(), "backends": backends })
+            serde_json::json!({ "name": &*pool.name, "policy": pool.policy_kind.name(), "backends": backends })
         })
         .collect();
     serde_json::json!({ "generation": rt.generation, "pools": pools }).to_string() + "\n"
@@ -155,32 +155,19 @@ impl Collector for Metrics {
             None,
             MetricType::Counter,
         )?;
-        for (code, n) in rt.unrouted.responses() {
-            let code = code.to_string();
-            ConstCounter::new(n).encode(m.encode_family(&[
-                ("pool", ""),
-                ("backend", ""),
-                ("code", &code),
-            ])?)?;
-        }
-        for pool in rt.pools.iter() {
-            for (code, n) in pool.stats.responses() {
+        let mut by_code = |pool: &str, backend: &str, counts: Vec<(u16, u64)>| {
+            for (code, n) in counts {
                 let code = code.to_string();
-                ConstCounter::new(n).encode(m.encode_family(&[
-                    ("pool", &*pool.name),
-                    ("backend", ""),
-                    ("code", &code),
-                ])?)?;
+                let labels = [("pool", pool), ("backend", backend), ("code", &code)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
             }
+            Ok::<_, std::fmt::Error>(())
+        };
+        by_code("", "", rt.unrouted.responses())?;
+        for pool in rt.pools.iter() {
+            by_code(&pool.name, "", pool.stats.responses())?;
             for b in pool.backends.iter() {
-                for (code, n) in b.state.responses() {
-                    let code = code.to_string();
-                    ConstCounter::new(n).encode(m.encode_family(&[
-                        ("pool", &*pool.name),
-                        ("backend", &*b.state.name),
-                        ("code", &code),
-                    ])?)?;
-                }
+                by_code(&pool.name, &b.state.name, b.state.responses())?;
             }
         }
 
@@ -231,7 +218,7 @@ impl Collector for Metrics {
         for pool in rt
             .pools
             .iter()
-            .filter(|p| p.sticky.is_some() || is_ip_hash(&rt, &p.name))
+            .filter(|p| matches!(p.policy_kind, PolicyKind::Cookie | PolicyKind::IpHash))
         {
             let [hit, new, redispatch] = pool.stats.sticky();
             for (outcome, n) in [("hit", hit), ("new", new), ("redispatch", redispatch)] {
@@ -288,10 +275,4 @@ fn per_backend<M: EncodeMetric>(
         }
     }
     Ok(())
-}
-
-fn is_ip_hash(rt: &crate::runtime::Runtime, pool: &str) -> bool {
-    rt.config
-        .pool(pool)
-        .is_some_and(|p| p.policy == crate::config::PolicyKind::IpHash)
 }

@@ -90,11 +90,14 @@ impl Shared {
 
     /// Logs what draining backends still serve (called periodically).
     pub fn report_draining(&self) {
-        let rt = self.load();
+        self.report_draining_of(&self.load().pools);
+    }
+
+    fn report_draining_of(&self, pools: &[Pool]) {
         self.drain_report
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .report(&rt.pools);
+            .report(pools);
     }
 
     /// Replaces the snapshot; requests in flight keep the one they loaded.
@@ -104,10 +107,7 @@ impl Shared {
         // Backends that start draining are noted before any request can
         // see them draining, so the report counts their pinned traffic from
         // the first request.
-        self.drain_report
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .report(&runtime.pools);
+        self.report_draining_of(&runtime.pools);
         self.current.store(Arc::new(runtime));
         generation
     }

@@ -29,6 +29,7 @@ use crate::config::{self, PolicyKind};
 #[derive(Debug)]
 pub struct Pool {
     pub name: Arc<str>,
+    pub policy_kind: PolicyKind,
     pub backends: Box<[Backend]>,
     pub health: config::Health,
     /// Route tokens and cookies, for `policy = "cookie"`.
@@ -159,10 +160,6 @@ impl Tried {
             self.high.push(i);
         }
     }
-
-    pub fn count(&self) -> usize {
-        self.low.count_ones() as usize + self.high.len()
-    }
 }
 
 /// Tells the operator, every few seconds, how much pinned traffic each
@@ -252,6 +249,7 @@ impl Pool {
         };
         Pool {
             name: cfg.name.as_str().into(),
+            policy_kind: cfg.policy,
             backends,
             health: cfg.health.clone(),
             sticky,

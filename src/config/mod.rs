@@ -345,10 +345,6 @@ impl Config {
         v
     }
 
-    pub fn pool(&self, name: &str) -> Option<&Pool> {
-        self.pools.iter().find(|p| p.name == name)
-    }
-
     /// The one-screen summary `sessionlb check` prints.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
