@@ -422,41 +422,33 @@ where
                 http.as_mut().close_gracefully();
                 continue;
             }
-            let park = can_park && !closing && !parking;
-            if conn.rearm.load(Ordering::Relaxed) {
+            // The watchdog looks when its timer fires, or right away when
+            // the deadline may have moved earlier (rearm).
+            let rearm = conn.rearm.load(Ordering::Relaxed);
+            if rearm {
                 conn.rearm.store(false, Ordering::Relaxed);
-                match conn.deadline(t, park) {
-                    Ok(at) if at < armed => {
-                        armed = at;
-                        watchdog.as_mut().reset(clock::instant_at(at));
-                    }
-                    Ok(_) => {}
-                    Err(Expired::ResponseHeader) => {
-                        cx.waker().wake_by_ref();
-                        continue;
-                    }
-                    Err(why) => return Poll::Ready(Err(format!("{why:?} timeout"))),
-                }
             }
-            if watchdog.as_mut().poll(cx).is_pending() {
+            let fired = watchdog.as_mut().poll(cx).is_ready();
+            if !rearm && !fired {
                 return Poll::Pending;
             }
-            match conn.deadline(t, park) {
-                Ok(at) => {
+            match conn.deadline(t, can_park && !closing && !parking) {
+                Ok(at) if fired || at < armed => {
                     armed = at;
                     watchdog.as_mut().reset(clock::instant_at(at));
+                    // register the timer for its new deadline
+                    if watchdog.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
+                Ok(_) => return Poll::Pending,
                 Err(Expired::Park) => {
                     parking = true;
                     conn.parking.store(true, Ordering::Relaxed);
                     http.as_mut().close_gracefully();
                 }
-                Err(Expired::ResponseHeader) => {
-                    // hyper polls the request again, which sees it is late
-                    cx.waker().wake_by_ref();
-                    armed = clock::now_ms() + ms(t.idle);
-                    watchdog.as_mut().reset(clock::instant_at(armed));
-                }
+                // hyper polls the request again, which sees it is late
+                Err(Expired::ResponseHeader) => {}
                 Err(why) => return Poll::Ready(Err(format!("{why:?} timeout"))),
             }
         }
