@@ -1,6 +1,10 @@
 //! A process-wide millisecond clock for state shared between threads
 //! (health penalties, connection deadlines), read through tokio so that
 //! tests can pause and advance time.
+//!
+//! The request path reads the clock about three times per request (start,
+//! first byte of the next head, end); everything else is derived from those
+//! readings with [`ms_of`].
 
 use std::sync::OnceLock;
 
@@ -8,15 +12,39 @@ use tokio::time::Instant;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
+fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// Milliseconds since the first call, starting at 1 so that 0 can mean
 /// "never" in atomics.
 pub fn now_ms() -> u64 {
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_millis() as u64 + 1
+    ms_of(Instant::now())
+}
+
+/// `now_ms()` as it read at `at`.
+pub fn ms_of(at: Instant) -> u64 {
+    let d = at.saturating_duration_since(epoch());
+    // no u128 division (Duration::as_millis): this runs per request
+    d.as_secs() * 1000 + u64::from(d.subsec_millis()) + 1
 }
 
 /// The instant at which `now_ms()` reads `ms`.
 pub fn instant_at(ms: u64) -> Instant {
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch + std::time::Duration::from_millis(ms.saturating_sub(1))
+    epoch() + std::time::Duration::from_millis(ms.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_and_instants_agree() {
+        let now = Instant::now();
+        let ms = ms_of(now);
+        assert!(ms >= 1);
+        let back = instant_at(ms);
+        assert!(back <= now && now - back < std::time::Duration::from_millis(1));
+        assert_eq!(ms_of(instant_at(ms + 250)), ms + 250);
+    }
 }

@@ -113,6 +113,8 @@ pub(super) struct Finish {
     pub conn: Arc<Connection>,
     pub rt: Arc<Runtime>,
     pub start: Instant,
+    /// `start` on the process clock (`clock::now_ms`).
+    pub start_ms: u64,
     pub pool: Option<usize>,
     /// A backend whose in-flight count this request holds.
     pub backend: Option<usize>,
@@ -127,7 +129,7 @@ pub(super) struct Finish {
 impl Finish {
     fn release_upstream(&mut self) {
         if let Some((id, sender)) = self.lease.take() {
-            upstream::checkin(id, sender);
+            upstream::checkin(id, sender, self.start_ms);
         }
     }
 }
@@ -150,8 +152,9 @@ impl Drop for Finish {
                 None
             }
         };
-        self.conn.request_finished();
-        let elapsed = self.start.elapsed();
+        let end = Instant::now();
+        self.conn.request_finished(crate::clock::ms_of(end));
+        let elapsed = end.saturating_duration_since(self.start);
         if let Some(p) = self.pool {
             self.rt.pools[p].stats.observe_duration(elapsed);
         }

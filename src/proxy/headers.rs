@@ -10,22 +10,92 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, never the message (RFC 9110
-/// §7.6.1, plus the legacy `Proxy-Connection`).
-static HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &header::TRANSFER_ENCODING,
-    &header::TE,
-    &header::TRAILER,
-    &header::UPGRADE,
-    &header::PROXY_AUTHORIZATION,
-    &header::PROXY_AUTHENTICATE,
-    &PROXY_CONNECTION,
-    &KEEP_ALIVE,
+/// §7.6.1, plus the legacy `Proxy-Connection`), by their bit in [`Seen`].
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
 ];
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const CONNECTION_BIT: u16 = 1 << 0;
+const UPGRADE_BIT: u16 = 1 << 4;
+
+/// What one pass over a message's header names found: the request path
+/// looks at a dozen names, and one scan costs less than a dozen lookups.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Bit `i`: `HOP_BY_HOP[i]` is present.
+    hop: u16,
+    pub expect: bool,
+    pub host: Option<HeaderValue>,
+    /// The first `X-Request-Id`, and whether there are more.
+    request_id: Option<HeaderValue>,
+    request_ids: u8,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+}
+
+impl Seen {
+    pub fn scan(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            let Some(bit) = hop_bit(name) else {
+                match name {
+                    "host" if seen.host.is_none() => seen.host = Some(value.clone()),
+                    "expect" => seen.expect = true,
+                    "x-request-id" => {
+                        seen.request_ids = seen.request_ids.saturating_add(1);
+                        if seen.request_id.is_none() {
+                            seen.request_id = Some(value.clone());
+                        }
+                    }
+                    "x-forwarded-for" => seen.forwarded_for = true,
+                    "x-forwarded-proto" => seen.forwarded_proto = true,
+                    "x-forwarded-host" => seen.forwarded_host = true,
+                    _ => {}
+                }
+                continue;
+            };
+            seen.hop |= 1 << bit;
+        }
+        seen
+    }
+
+    /// The request asks to upgrade the connection (`Upgrade` and
+    /// `Connection: upgrade`).
+    pub fn upgrade(&self, headers: &HeaderMap) -> bool {
+        self.hop & UPGRADE_BIT != 0
+            && self.hop & CONNECTION_BIT != 0
+            && connection_has(headers, "upgrade")
+    }
+}
+
+/// The bit of a hop-by-hop header name in [`HOP_BY_HOP`]. Names are
+/// lowercase; matching on the text is a length switch and a compare, with
+/// no hashing.
+fn hop_bit(name: &str) -> Option<u8> {
+    Some(match name {
+        "connection" => 0,
+        "transfer-encoding" => 1,
+        "te" => 2,
+        "trailer" => 3,
+        "upgrade" => 4,
+        "proxy-authorization" => 5,
+        "proxy-authenticate" => 6,
+        "proxy-connection" => 7,
+        "keep-alive" => 8,
+        _ => return None,
+    })
+}
 
 /// True when `Connection` lists `token` (case-insensitive).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -35,27 +105,32 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
-/// Removes hop-by-hop headers and every header that `Connection` names.
-/// With `upgrade`, the backend still gets `Upgrade` and
-/// `Connection: upgrade` so that a WebSocket handshake passes.
-///
-/// One pass over the names finds what is there (usually nothing, or
-/// `Connection: keep-alive`), so the common request costs no lookup and no
-/// allocation.
+/// Removes hop-by-hop headers and every header that `Connection` names
+/// from a response. With `upgrade`, `Upgrade` and `Connection: upgrade`
+/// stay, so that a WebSocket handshake passes.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut found: u16 = 0;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
-            found |= 1 << i;
+        if let Some(bit) = hop_bit(name.as_str()) {
+            found |= 1 << bit;
         }
     }
+    strip(headers, found, upgrade);
+}
+
+/// Removes what [`Seen::scan`] found hop-by-hop (see [`strip_hop_by_hop`]).
+pub fn strip_seen(headers: &mut HeaderMap, seen: &Seen, upgrade: bool) {
+    strip(headers, seen.hop, upgrade);
+}
+
+fn strip(headers: &mut HeaderMap, mut found: u16, upgrade: bool) {
     if upgrade {
-        found &= !(1 << 4); // keep Upgrade
+        found &= !UPGRADE_BIT; // keep Upgrade
     }
     if found == 0 {
         return;
     }
-    if found & 1 != 0 {
+    if found & CONNECTION_BIT != 0 {
         // allocated only when Connection names more than the usual tokens
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
@@ -78,7 +153,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if found & (1 << i) != 0 {
-            headers.remove(*name);
+            headers.remove(name);
         }
     }
     if upgrade {
@@ -94,6 +169,8 @@ fn is_end_to_end(token: &str) -> bool {
         "content-length",
         "cookie",
         "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
         "x-request-id",
     ]
     .iter()
@@ -143,43 +220,46 @@ pub struct Forwarded<'a> {
 
 /// Appends the peer to `X-Forwarded-For` (joining repeated headers into
 /// one) and sets `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`.
-pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    match headers.entry(&X_FORWARDED_FOR) {
-        header::Entry::Vacant(entry) => {
-            entry.insert(f.peer.clone());
+/// `seen` says which of them the request has, so that adding one that is
+/// absent costs a single insertion.
+pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, seen: &Seen) {
+    if !seen.forwarded_for {
+        headers.insert(&X_FORWARDED_FOR, f.peer.clone());
+    } else if let header::Entry::Occupied(mut entry) = headers.entry(&X_FORWARDED_FOR) {
+        let mut joined = Vec::with_capacity(64);
+        for v in entry.iter() {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
         }
-        header::Entry::Occupied(mut entry) => {
-            let mut joined = Vec::with_capacity(64);
-            for v in entry.iter() {
-                joined.extend_from_slice(v.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(f.peer.as_bytes());
-            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
-                entry.insert(v);
-            }
+        joined.extend_from_slice(f.peer.as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+            entry.insert(v);
         }
     }
-    if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+    if !(f.peer_trusted && seen.forwarded_proto) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     }
-    if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+    if !(f.peer_trusted && seen.forwarded_host) {
         match f.host {
             Some(h) => {
                 headers.insert(&X_FORWARDED_HOST, h.clone());
             }
-            None => {
+            None if seen.forwarded_host => {
                 headers.remove(&X_FORWARDED_HOST);
             }
+            None => {}
         }
     }
-    headers.insert(&X_REQUEST_ID, f.request_id.clone());
+    let kept = seen.request_ids == 1 && seen.request_id.as_ref() == Some(f.request_id);
+    if !kept {
+        headers.insert(&X_REQUEST_ID, f.request_id.clone());
+    }
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a new random
 /// 128-bit id in hex.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
+pub fn request_id(seen: &Seen) -> HeaderValue {
+    if let Some(v) = &seen.request_id {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
             return v.clone();
@@ -265,6 +345,7 @@ mod tests {
             ("x-forwarded-host", "evil"),
         ]);
         let rid = HeaderValue::from_static("abc");
+        let seen = Seen::scan(&h);
         add_forwarded(
             &mut h,
             &Forwarded {
@@ -274,6 +355,7 @@ mod tests {
                 host: None,
                 request_id: &rid,
             },
+            &seen,
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
@@ -314,13 +396,14 @@ mod tests {
 
     #[test]
     fn request_ids() {
+        let id = |h: &HeaderMap| request_id(&Seen::scan(h));
         let h = map(&[("x-request-id", "given-1")]);
-        assert_eq!(request_id(&h), "given-1");
-        let a = request_id(&HeaderMap::new());
-        let b = request_id(&HeaderMap::new());
+        assert_eq!(id(&h), "given-1");
+        let a = id(&HeaderMap::new());
+        let b = id(&HeaderMap::new());
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
         let h = map(&[("x-request-id", "has space")]);
-        assert_ne!(request_id(&h), "has space");
+        assert_ne!(id(&h), "has space");
     }
 }

@@ -8,6 +8,8 @@ mod route;
 pub mod sticky;
 pub mod upstream;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -23,19 +25,27 @@ pub use error::{Reject, UpstreamError};
 pub use route::Router;
 
 use crate::balance::{Outcome, Pool, Target, Tried};
-use crate::runtime::Runtime;
 use crate::server::Connection;
 use body::{Finish, LogInfo};
-use headers::Forwarded;
+use headers::{Forwarded, Seen};
 
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
-pub async fn handle(req: Request<Incoming>, conn: Arc<Connection>) -> Response<ProxyBody> {
+///
+/// Everything up to sending is synchronous; the future that waits for the
+/// backend holds the request once (it is moved several times by hyper and
+/// tokio, so its size is paid per request).
+pub fn handle(
+    mut req: Request<Incoming>,
+    conn: Arc<Connection>,
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
     let start = Instant::now();
+    let start_ms = crate::clock::ms_of(start);
     conn.request_started();
     let rt = conn.shared.load();
     let client = headers::client_addr(conn.peer.ip(), req.headers(), &rt.trusted_proxies);
-    let request_id = headers::request_id(req.headers());
+    let seen = Seen::scan(req.headers());
+    let request_id = headers::request_id(&seen);
     let log = rt.access_log.map(|format| {
         Box::new(LogInfo {
             format,
@@ -47,8 +57,9 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Connection>) -> Response<P
     });
     let mut finish = Finish {
         conn,
-        rt: rt.clone(),
+        rt,
         start,
+        start_ms,
         pool: None,
         backend: None,
         lease: None,
@@ -56,7 +67,24 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<Connection>) -> Response<P
         bytes: 0,
         log,
     };
-    match forward(req, &rt, &mut finish, client, &request_id).await {
+    let prepared = prepare(&mut req, &seen, &mut finish, client, &request_id);
+    let mut req = Some(req);
+    async move {
+        let result = match prepared {
+            Ok(mut prepared) => exchange(&mut req, &mut prepared, &mut finish).await,
+            Err(reject) => Err(reject),
+        };
+        Ok(respond(result, finish, &request_id))
+    }
+}
+
+/// The response to send for what the exchange with the backend gave.
+fn respond(
+    result: Result<Response<Incoming>, Reject>,
+    mut finish: Finish,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    match result {
         Ok(mut resp) => {
             finish.status = resp.status().as_u16();
             let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -99,15 +127,26 @@ fn local_response(status: StatusCode, body: &'static str, finish: Finish) -> Res
     resp
 }
 
-async fn forward(
-    mut req: Request<Incoming>,
-    rt: &Runtime,
+/// A request ready to be sent: where it goes and what it asked for.
+struct Prepared {
+    pool: usize,
+    target: Target,
+    /// The client's side of a WebSocket (or other) upgrade.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Routes the request and rewrites it for the backend (hop-by-hop headers,
+/// forwarding headers, origin-form target, route cookie).
+fn prepare(
+    req: &mut Request<Incoming>,
+    seen: &Seen,
     finish: &mut Finish,
     client: IpAddr,
     request_id: &HeaderValue,
-) -> Result<Response<Incoming>, Reject> {
+) -> Result<Prepared, Reject> {
+    let rt = &*finish.rt;
     let h1 = req.version() != Version::HTTP_2;
-    let host = match req.headers().get(header::HOST) {
+    let host = match &seen.host {
         Some(h) => Some(h.clone()),
         None => req
             .uri()
@@ -125,15 +164,15 @@ async fn forward(
     finish.pool = Some(pool_index);
     let pool = &rt.pools[pool_index];
 
-    let upgrade = h1
-        && req.headers().contains_key(header::UPGRADE)
-        && headers::connection_has(req.headers(), "upgrade");
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upgrade = h1 && seen.upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     {
         let headers = req.headers_mut();
-        headers::strip_hop_by_hop(headers, upgrade);
-        headers.remove(header::EXPECT);
-        if !headers.contains_key(header::HOST)
+        headers::strip_seen(headers, seen, upgrade);
+        if seen.expect {
+            headers.remove(header::EXPECT);
+        }
+        if seen.host.is_none()
             && let Some(h) = &host
         {
             headers.insert(header::HOST, h.clone());
@@ -147,6 +186,7 @@ async fn forward(
                 host: host.as_ref(),
                 request_id,
             },
+            seen,
         );
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -162,18 +202,35 @@ async fn forward(
             sticky::find_cookie(req.headers(), &r.cookie).and_then(|token| r.backend_for(token))
         }
     });
-    let target = Target { client, pinned };
+    Ok(Prepared {
+        pool: pool_index,
+        target: Target { client, pinned },
+        client_upgrade,
+    })
+}
+
+/// Picks a backend, sends, and retries elsewhere while nothing reached a
+/// backend. `req` is taken when sent and put back when it comes back unsent.
+async fn exchange(
+    req: &mut Option<Request<Incoming>>,
+    prepared: &mut Prepared,
+    finish: &mut Finish,
+) -> Result<Response<Incoming>, Reject> {
+    let rt = finish.rt.clone();
+    let pool = &rt.pools[prepared.pool];
     let mut tried = Tried::default();
     let mut last_error: Option<UpstreamError> = None;
     loop {
-        let Some(pick) = pool.select(&target, &tried) else {
+        let Some(pick) = pool.select(&prepared.target, &tried) else {
             return Err(last_error.map_or(Reject::NoBackend, Reject::Upstream));
         };
         let b = pick.index;
         let backend = &pool.backends[b];
-        let (mut sender, reused) = match upstream::checkout(backend.state.id) {
+        let (mut sender, reused) = match upstream::checkout(backend.state.id, finish.start_ms) {
             Some(s) => (s, true),
-            None => match upstream::connect(backend.addr, rt.timeouts.connect).await {
+            // boxed: a new connection is rare, and its large future would
+            // otherwise make every request's future larger
+            None => match Box::pin(upstream::connect(backend.addr, rt.timeouts.connect)).await {
                 Ok(s) => (s, false),
                 Err(error) => {
                     mark_failed(pool, b, &error);
@@ -183,17 +240,23 @@ async fn forward(
                 }
             },
         };
+        let Some(unsent) = req.take() else {
+            return Err(last_error.map_or(Reject::NoBackend, Reject::Upstream));
+        };
         backend.state.begin_request();
         finish.backend = Some(b);
         let sent = finish
             .conn
-            .response_within(rt.timeouts.response_header, sender.try_send_request(req))
+            .response_within(
+                finish.start_ms + rt.timeouts.response_header.as_millis() as u64,
+                sender.try_send_request(unsent),
+            )
             .await;
         match sent {
             Some(Ok(mut resp)) => {
                 note_placement(pool, b, pick.outcome, resp.headers_mut(), finish.conn.tls);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let Some(client_upgrade) = client_upgrade else {
+                    let Some(client_upgrade) = prepared.client_upgrade.take() else {
                         return Err(UpstreamError::UnsolicitedUpgrade.into());
                     };
                     tunnel(
@@ -212,7 +275,7 @@ async fn forward(
                 match e.take_message() {
                     // Nothing reached the backend: safe to send elsewhere.
                     Some(unsent) => {
-                        req = unsent;
+                        *req = Some(unsent);
                         if !reused {
                             let error = UpstreamError::Exchange(e.into_error());
                             mark_failed(pool, b, &error);

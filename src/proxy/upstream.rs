@@ -15,19 +15,22 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 pub type Sender = http1::SendRequest<Incoming>;
 
 /// Idle connections kept per backend and per worker (nginx's `keepalive`).
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
 
-/// An idle connection older than this is closed rather than reused.
+/// A pooled connection whose last request started longer ago than this is
+/// closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const IDLE_MS: u64 = IDLE_TIMEOUT.as_millis() as u64;
 
 struct Idle {
     sender: Sender,
-    since: Instant,
+    /// When the request that used it last started (`clock::now_ms`): the
+    /// request path's own clock reading, so pooling reads no clock.
+    since_ms: u64,
 }
 
 thread_local! {
@@ -35,13 +38,14 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<Idle>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A ready pooled connection to backend `id`, most recently used first.
-pub fn checkout(id: usize) -> Option<Sender> {
+/// A ready pooled connection to backend `id`, most recently used first,
+/// for a request that started at `now_ms`.
+pub fn checkout(id: usize, now_ms: u64) -> Option<Sender> {
     POOL.with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
         let idle = pool.get_mut(id)?;
         while let Some(conn) = idle.pop() {
-            if conn.sender.is_ready() && conn.since.elapsed() < IDLE_TIMEOUT {
+            if conn.sender.is_ready() && now_ms.saturating_sub(conn.since_ms) < IDLE_MS {
                 return Some(conn.sender);
             }
         }
@@ -49,8 +53,9 @@ pub fn checkout(id: usize) -> Option<Sender> {
     })
 }
 
-/// Returns a connection whose last response was read to its end.
-pub fn checkin(id: usize, sender: Sender) {
+/// Returns a connection whose last response was read to its end; its
+/// request started at `started_ms`.
+pub fn checkin(id: usize, sender: Sender, started_ms: u64) {
     if sender.is_closed() {
         return;
     }
@@ -67,7 +72,7 @@ pub fn checkin(id: usize, sender: Sender) {
         }
         idle.push(Idle {
             sender,
-            since: Instant::now(),
+            since_ms: started_ms,
         });
     });
 }
@@ -75,12 +80,13 @@ pub fn checkin(id: usize, sender: Sender) {
 /// Closes this worker's connections that are idle for too long or that
 /// their backend closed.
 pub fn sweep() {
+    let now_ms = crate::clock::now_ms();
     POOL.with(|pool| {
         let Ok(mut pool) = pool.try_borrow_mut() else {
             return;
         };
         for idle in pool.iter_mut() {
-            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
+            idle.retain(|c| !c.sender.is_closed() && now_ms.saturating_sub(c.since_ms) < IDLE_MS);
         }
     });
 }

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -76,9 +76,10 @@ impl Connection {
         self.head_started_ms.store(0, Ordering::Relaxed);
     }
 
-    pub fn request_finished(&self) {
+    /// A response ended at `now_ms`.
+    pub fn request_finished(&self, now_ms: u64) {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.idle_since_ms.store(clock::now_ms(), Ordering::Relaxed);
+            self.idle_since_ms.store(now_ms, Ordering::Relaxed);
             self.rearm.store(true, Ordering::Relaxed);
         }
     }
@@ -101,32 +102,19 @@ impl Connection {
         }
     }
 
-    /// Waits for `response` up to `limit`; `None` when it is late.
-    pub async fn response_within<F: Future>(
-        &self,
-        limit: Duration,
-        response: F,
-    ) -> Option<F::Output> {
-        if self.h2 {
-            return tokio::time::timeout(limit, response).await.ok();
+    /// Waits for `response` until `due_ms`; `None` when it is late.
+    pub fn response_within<F: Future>(&self, due_ms: u64, response: F) -> ResponseWithin<'_, F> {
+        if !self.h2 {
+            self.response_late.store(false, Ordering::Relaxed);
+            self.response_due_ms.store(due_ms, Ordering::Relaxed);
+            self.rearm.store(true, Ordering::Relaxed);
         }
-        self.response_late.store(false, Ordering::Relaxed);
-        self.response_due_ms
-            .store(clock::now_ms() + ms(limit), Ordering::Relaxed);
-        self.rearm.store(true, Ordering::Relaxed);
-        tokio::pin!(response);
-        let result = std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = response.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            if self.response_late.load(Ordering::Relaxed) {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await;
-        self.response_due_ms.store(0, Ordering::Relaxed);
-        result
+        ResponseWithin {
+            conn: self,
+            due_ms,
+            timer: None,
+            response,
+        }
     }
 
     pub(super) fn is_parking(&self) -> bool {
@@ -140,33 +128,76 @@ impl Connection {
             .is_ok()
     }
 
-    /// The next moment the watchdog must look, or why it acts now. With
-    /// `park`, an idle connection is parked after `PARK_AFTER` (before it
-    /// would be closed for idleness).
-    fn deadline(&self, t: &Timeouts, park: bool) -> Result<u64, Expired> {
-        let now = clock::now_ms();
+    /// When the watchdog must look next, and what it enforces then. Reads
+    /// no clock: the events that move a deadline record their own time.
+    /// With `park`, an idle connection is parked after `PARK_AFTER`
+    /// (before it would be closed for idleness).
+    fn next_deadline(&self, t: &Timeouts, park: bool) -> (u64, Due) {
         if self.active.load(Ordering::Relaxed) > 0 {
-            let due = self.response_due_ms.load(Ordering::Relaxed);
-            if due != 0 && now >= due {
-                self.response_due_ms.store(0, Ordering::Relaxed);
-                self.response_late.store(true, Ordering::Relaxed);
-                return Err(Expired::ResponseHeader);
-            }
-            let check = now + ms(t.idle);
-            return Ok(if due != 0 { due.min(check) } else { check });
+            return match self.response_due_ms.load(Ordering::Relaxed) {
+                0 => (NEVER, Due::Busy),
+                due => (due, Due::ResponseHeader),
+            };
         }
         let head = self.head_started_ms.load(Ordering::Relaxed);
+        if head != 0 {
+            return (head + ms(t.request_header), Due::RequestHeader);
+        }
         let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
-        let (at, why) = if head != 0 {
-            (head + ms(t.request_header), Expired::RequestHeader)
-        } else if park && PARK_AFTER < t.idle {
-            (idle_since + ms(PARK_AFTER), Expired::Park)
+        if park && PARK_AFTER < t.idle {
+            (idle_since + ms(PARK_AFTER), Due::Park)
         } else {
-            (idle_since + ms(t.idle), Expired::Idle)
-        };
-        if now >= at { Err(why) } else { Ok(at) }
+            (idle_since + ms(t.idle), Due::Idle)
+        }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// The future of [`Connection::response_within`]. Written out by hand
+    /// so that it holds `F` once: it is part of every request's future,
+    /// which is moved more than once.
+    pub struct ResponseWithin<'a, F> {
+        conn: &'a Connection,
+        due_ms: u64,
+        // HTTP/2 streams run concurrently, so each has a timer of its own
+        // (boxed: HTTP/1 requests, the common case, need none).
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        #[pin]
+        response: F,
+    }
+}
+
+impl<F: Future> Future for ResponseWithin<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.response.poll(cx) {
+            if !this.conn.h2 {
+                this.conn.response_due_ms.store(0, Ordering::Relaxed);
+            }
+            return Poll::Ready(Some(out));
+        }
+        if !this.conn.h2 {
+            // the connection's watchdog says when it is late
+            return match this.conn.response_late.load(Ordering::Relaxed) {
+                true => Poll::Ready(None),
+                false => Poll::Pending,
+            };
+        }
+        let due = *this.due_ms;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(clock::instant_at(due))));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A deadline that is not set.
+const NEVER: u64 = u64::MAX;
 
 /// How long an HTTP/1 connection stays idle before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
@@ -175,14 +206,18 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// What the watchdog enforces at its next deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expired {
+enum Due {
     RequestHeader,
     Idle,
     Park,
     /// The backend's response head is late: the request gives up (504),
     /// the connection stays.
     ResponseHeader,
+    /// A request is in progress with no deadline of its own (its body is
+    /// streaming): look again later.
+    Busy,
 }
 
 /// Serves one accepted client connection until it closes, times out, or
@@ -265,10 +300,7 @@ fn service(
 + Send
 + 'static {
     let conn = conn.clone();
-    service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(req, conn).await) }
-    })
+    service_fn(move |req| proxy::handle(req, conn.clone()))
 }
 
 async fn serve_h2(
@@ -387,6 +419,11 @@ where
 
 /// Drives one hyper connection with the watchdog (timeouts, parking) and
 /// the worker's shutdown signal.
+///
+/// The task is woken for every read, write and response of the connection;
+/// the watchdog's timer and the shutdown signal are registered with the
+/// task's waker once (again only if the waker changes), and each wake-up
+/// only reads two flags to see whether either fired.
 async fn drive<C>(
     mut http: Pin<&mut C>,
     conn: &Connection,
@@ -397,13 +434,17 @@ async fn drive<C>(
 where
     C: Future<Output = hyper::Result<()>> + Graceful,
 {
-    let mut armed = conn
-        .deadline(t, can_park)
-        .unwrap_or_else(|_| clock::now_ms());
+    let (first, _) = conn.next_deadline(t, can_park);
+    let mut armed = if first == NEVER {
+        clock::now_ms() + ms(t.idle)
+    } else {
+        first
+    };
     let watchdog = tokio::time::sleep_until(clock::instant_at(armed));
     tokio::pin!(watchdog);
     let stop = shutdown.wait();
     tokio::pin!(stop);
+    let mut registered: Option<Waker> = None;
     let mut closing = false;
     let mut parking = false;
     std::future::poll_fn(|cx| {
@@ -415,7 +456,15 @@ where
                     Err(e) => Err(e.to_string()),
                 });
             }
-            if !closing && stop.as_mut().poll(cx).is_ready() {
+            let fresh = !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if fresh {
+                registered = Some(cx.waker().clone());
+            }
+            let stopped = match fresh {
+                true => stop.as_mut().poll(cx).is_ready(),
+                false => shutdown.is_fired(),
+            };
+            if !closing && stopped {
                 closing = true;
                 parking = false;
                 conn.parking.store(false, Ordering::Relaxed);
@@ -428,28 +477,46 @@ where
             if rearm {
                 conn.rearm.store(false, Ordering::Relaxed);
             }
-            let fired = watchdog.as_mut().poll(cx).is_ready();
+            let fired = match fresh {
+                true => watchdog.as_mut().poll(cx).is_ready(),
+                false => watchdog.is_elapsed(),
+            };
             if !rearm && !fired {
                 return Poll::Pending;
             }
-            match conn.deadline(t, can_park && !closing && !parking) {
-                Ok(at) if fired || at < armed => {
-                    armed = at;
-                    watchdog.as_mut().reset(clock::instant_at(at));
-                    // register the timer for its new deadline
-                    if watchdog.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
+            let (at, due) = conn.next_deadline(t, can_park && !closing && !parking);
+            if fired {
+                let now = clock::now_ms();
+                if now >= at {
+                    match due {
+                        Due::Park => {
+                            parking = true;
+                            conn.parking.store(true, Ordering::Relaxed);
+                            http.as_mut().close_gracefully();
+                        }
+                        // hyper polls the request again, which sees it is late
+                        Due::ResponseHeader => {
+                            conn.response_due_ms.store(0, Ordering::Relaxed);
+                            conn.response_late.store(true, Ordering::Relaxed);
+                        }
+                        Due::RequestHeader | Due::Idle => {
+                            return Poll::Ready(Err(format!("{due:?} timeout")));
+                        }
+                        Due::Busy => {}
                     }
+                    continue;
                 }
-                Ok(_) => return Poll::Pending,
-                Err(Expired::Park) => {
-                    parking = true;
-                    conn.parking.store(true, Ordering::Relaxed);
-                    http.as_mut().close_gracefully();
-                }
-                // hyper polls the request again, which sees it is late
-                Err(Expired::ResponseHeader) => {}
-                Err(why) => return Poll::Ready(Err(format!("{why:?} timeout"))),
+                armed = if at == NEVER { now + ms(t.idle) } else { at };
+            } else if at < armed {
+                armed = at;
+            } else {
+                return Poll::Pending;
+            }
+            watchdog.as_mut().reset(clock::instant_at(armed));
+            // register the timer for its new deadline; one already past
+            // fires at once, and the loop looks again
+            if watchdog.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
         }
     })
