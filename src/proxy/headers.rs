@@ -134,6 +134,10 @@ fn strip(headers: &mut HeaderMap, mut found: u16, upgrade: bool) {
         // allocated only when Connection names more than the usual tokens
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
+            let v = value.as_bytes();
+            if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+                continue; // what nearly every message says
+            }
             let Ok(s) = value.to_str() else { continue };
             for token in s.split(',').map(str::trim) {
                 let known = ["keep-alive", "close", "upgrade", ""]
@@ -268,25 +272,46 @@ pub fn request_id(seen: &Seen) -> HeaderValue {
     new_request_id()
 }
 
+/// Where a worker's new request ids come from: 64 random bits drawn once
+/// per thread, then a counter, so that an id costs 16 hex digits rather
+/// than 32 random ones, and ids of two workers or two processes do not
+/// collide in practice. Ids are cut from a shared 4 KiB buffer: one
+/// allocation per 128 ids.
+struct IdSource {
+    prefix: [u8; 16],
+    next: u64,
+    slab: bytes::BytesMut,
+}
+
 thread_local! {
-    /// Ids are cut from a shared 4 KiB buffer: one allocation per 128 ids.
-    static ID_SLAB: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+    static IDS: std::cell::RefCell<IdSource> = std::cell::RefCell::new(IdSource {
+        prefix: hex16(fastrand::u64(..)),
+        next: 0,
+        slab: bytes::BytesMut::new(),
+    });
+}
+
+fn hex16(n: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 16];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    hex
 }
 
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id = fastrand::u128(..);
-    let mut hex = [0u8; 32];
-    for (i, out) in hex.iter_mut().enumerate() {
-        *out = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    let bytes = ID_SLAB.with(|slab| {
-        let mut slab = slab.borrow_mut();
-        if slab.capacity() < hex.len() {
-            *slab = bytes::BytesMut::with_capacity(32 * 128);
+    let bytes = IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        let ids = &mut *ids;
+        if ids.slab.capacity() < 32 {
+            ids.slab = bytes::BytesMut::with_capacity(32 * 128);
         }
-        slab.extend_from_slice(&hex);
-        slab.split().freeze()
+        ids.slab.extend_from_slice(&ids.prefix);
+        ids.slab.extend_from_slice(&hex16(ids.next));
+        ids.next = ids.next.wrapping_add(1);
+        ids.slab.split().freeze()
     });
     HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }

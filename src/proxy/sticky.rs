@@ -21,7 +21,7 @@ fn cookie_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a str> {
     loop {
         let start = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
         rest = &rest[start..];
-        let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+        let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
         let pair = &rest[..end];
         if pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'=' {
             let mut value = &pair[name.len() + 1..];
