@@ -460,11 +460,13 @@ where
             if fresh {
                 registered = Some(cx.waker().clone());
             }
-            let stopped = match fresh {
-                true => stop.as_mut().poll(cx).is_ready(),
-                false => shutdown.is_fired(),
-            };
-            if !closing && stopped {
+            // (a finished `stop` must not be polled again)
+            let stopped = !closing
+                && match fresh {
+                    true => stop.as_mut().poll(cx).is_ready(),
+                    false => shutdown.is_fired(),
+                };
+            if stopped {
                 closing = true;
                 parking = false;
                 conn.parking.store(false, Ordering::Relaxed);
