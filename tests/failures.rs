@@ -54,14 +54,20 @@ async fn response_header_timeout_gives_504() {
     let proxy = Proxy::start(&config(
         "round_robin",
         &[b.entry()],
-        "[timeouts]\nresponse_header = \"300ms\"\n",
+        // passive health off: the one backend stays in use after a timeout
+        "[pools.web.health]\nmax_fails = 0\n\n[timeouts]\nresponse_header = \"300ms\"\n",
     ));
-    let r = get(&client::h1(), &proxy.url("/sleep/5000")).await;
-    assert_eq!(r.status, 504);
-    assert_eq!(
-        r.body,
-        "504 Gateway Timeout: the backend did not answer in time\n"
-    );
+    // HTTP/1 (the connection's watchdog) and h2c (a timer per stream)
+    for client in [client::h1(), client::h2()] {
+        let r = get(&client, &proxy.url("/sleep/5000")).await;
+        assert_eq!(r.status, 504);
+        assert_eq!(
+            r.body,
+            "504 Gateway Timeout: the backend did not answer in time\n"
+        );
+        // the connection stays usable
+        assert_eq!(get(&client, &proxy.url("/")).await.status, 200);
+    }
 }
 
 /// Reads until the peer closes; returns how long that took, or None when
