@@ -86,11 +86,14 @@ impl StickyRoutes {
         &self.tokens[i]
     }
 
-    pub fn backend_for(&self, token: &str) -> Option<usize> {
+    /// The backend a route token names. Takes the cookie's bytes as they
+    /// came: tokens are ASCII, so no UTF-8 check is needed to compare them.
+    pub fn backend_for(&self, token: &[u8]) -> Option<usize> {
         if self.tokens.len() <= 16 {
             // a few 16-byte compares beat hashing the token
-            return self.tokens.iter().position(|t| **t == *token);
+            return self.tokens.iter().position(|t| t.as_bytes() == token);
         }
+        let token = std::str::from_utf8(token).ok()?;
         self.by_token.get(token).copied()
     }
 
@@ -195,7 +198,7 @@ mod tests {
         let client = IpAddr::from([192, 0, 2, 1]);
         let pinned = Target {
             client,
-            pinned: routes.backend_for(routes.token(1)),
+            pinned: routes.backend_for(routes.token(1).as_bytes()),
         };
         for _ in 0..10 {
             assert_eq!(
@@ -208,7 +211,7 @@ mod tests {
         }
         let forged = Target {
             client,
-            pinned: routes.backend_for("forged-token"),
+            pinned: routes.backend_for(b"forged-token"),
         };
         let picks: Vec<Pick> = (0..3)
             .map(|_| p.select(&forged, &Tried::default()).unwrap())

@@ -197,7 +197,7 @@ fn prepare(
 
     let pinned = pool.sticky.as_deref().and_then(|r| match &r.prefix {
         Some(app_cookie) => sticky::take_prefixed_token(req.headers_mut(), app_cookie)
-            .and_then(|token| r.backend_for(&token)),
+            .and_then(|token| r.backend_for(token.as_bytes())),
         None => {
             sticky::find_cookie(req.headers(), &r.cookie).and_then(|token| r.backend_for(token))
         }

@@ -5,8 +5,8 @@
 use http::HeaderValue;
 use http::header::{COOKIE, HeaderMap, SET_COOKIE};
 
-/// The value of the first cookie called `name` in the request.
-pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The value of the first cookie called `name` in the request, as bytes.
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -16,7 +16,7 @@ pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Scans one `Cookie` header (`a=1; b=2`) byte by byte: on the request
 /// path of every sticky request, `str` splitting and trimming cost several
 /// times more.
-fn cookie_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a str> {
+fn cookie_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let mut rest = header;
     loop {
         let start = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
@@ -28,7 +28,7 @@ fn cookie_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a str> {
             while let [head @ .., b' ' | b'\t'] = value {
                 value = head;
             }
-            return std::str::from_utf8(value).ok();
+            return Some(value);
         }
         if end == rest.len() {
             return None;
@@ -146,13 +146,13 @@ mod tests {
     #[test]
     fn finds_cookies() {
         let h = cookies(&["a=1; slb_route=tok ; b=2", "c=3;", "slb_routeX=no"]);
-        assert_eq!(find_cookie(&h, "slb_route"), Some("tok"));
-        assert_eq!(find_cookie(&h, "c"), Some("3"));
-        assert_eq!(find_cookie(&h, "a"), Some("1"));
+        assert_eq!(find_cookie(&h, "slb_route"), Some(&b"tok"[..]));
+        assert_eq!(find_cookie(&h, "c"), Some(&b"3"[..]));
+        assert_eq!(find_cookie(&h, "a"), Some(&b"1"[..]));
         assert_eq!(find_cookie(&h, "slb"), None);
-        assert_eq!(find_cookie(&h, "b"), Some("2"));
+        assert_eq!(find_cookie(&h, "b"), Some(&b"2"[..]));
         let h = cookies(&["x=; y=2"]);
-        assert_eq!(find_cookie(&h, "x"), Some(""));
+        assert_eq!(find_cookie(&h, "x"), Some(&b""[..]));
         assert_eq!(find_cookie(&cookies(&[""]), "x"), None);
     }
 
