@@ -33,6 +33,8 @@ const UPGRADE_BIT: u16 = 1 << 4;
 pub struct Seen {
     /// Bit `i`: `HOP_BY_HOP[i]` is present.
     hop: u16,
+    /// A `Connection` header says more than `keep-alive` or `close`.
+    connection_names_others: bool,
     pub expect: bool,
     pub host: Option<HeaderValue>,
     /// The first `X-Request-Id`, and whether there are more.
@@ -66,6 +68,7 @@ impl Seen {
                 continue;
             };
             seen.hop |= 1 << bit;
+            seen.connection_names_others |= bit == 0 && !is_plain_connection(value);
         }
         seen
     }
@@ -110,34 +113,41 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// stay, so that a WebSocket handshake passes.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut found: u16 = 0;
-    for name in headers.keys() {
+    let mut names_others = false;
+    for (name, value) in headers.iter() {
         if let Some(bit) = hop_bit(name.as_str()) {
             found |= 1 << bit;
+            names_others |= bit == 0 && !is_plain_connection(value);
         }
     }
-    strip(headers, found, upgrade);
+    strip(headers, found, names_others, upgrade);
+}
+
+/// `Connection: keep-alive` or `close`, what nearly every message says:
+/// it names no other header.
+fn is_plain_connection(value: &HeaderValue) -> bool {
+    let v = value.as_bytes();
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
 }
 
 /// Removes what [`Seen::scan`] found hop-by-hop (see [`strip_hop_by_hop`]).
 pub fn strip_seen(headers: &mut HeaderMap, seen: &Seen, upgrade: bool) {
-    strip(headers, seen.hop, upgrade);
+    strip(headers, seen.hop, seen.connection_names_others, upgrade);
 }
 
-fn strip(headers: &mut HeaderMap, mut found: u16, upgrade: bool) {
+/// Removes the hop-by-hop headers in `found` (bits of [`HOP_BY_HOP`]) and,
+/// when `names_others`, the headers that `Connection` names.
+fn strip(headers: &mut HeaderMap, mut found: u16, names_others: bool, upgrade: bool) {
     if upgrade {
         found &= !UPGRADE_BIT; // keep Upgrade
     }
     if found == 0 {
         return;
     }
-    if found & CONNECTION_BIT != 0 {
+    if found & CONNECTION_BIT != 0 && names_others {
         // allocated only when Connection names more than the usual tokens
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
-            let v = value.as_bytes();
-            if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
-                continue; // what nearly every message says
-            }
             let Ok(s) = value.to_str() else { continue };
             for token in s.split(',').map(str::trim) {
                 let known = ["keep-alive", "close", "upgrade", ""]
