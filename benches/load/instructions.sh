@@ -9,10 +9,13 @@
 #   sessionlb round robin, sessionlb cookie (steady state: the route cookie
 #   replayed), hyper_floor (examples/hyper_floor.rs: hyper's http1 server and
 #   client with a connection pool and nothing else, the floor under
-#   sessionlb's design), nginx round robin (one worker).
+#   sessionlb's design), exchange_floor (examples/exchange_floor.rs: the same
+#   with a hand-written backend exchange instead of hyper's client, a
+#   prototype that measures what hyper's client side costs), nginx round
+#   robin (one worker).
 #
 # Usage, from the repository root:
-#   cargo build --release --bin sessionlb --example hyper_floor
+#   cargo build --release --bin sessionlb --example hyper_floor --example exchange_floor
 #   bash benches/load/instructions.sh [N1 N2]
 # Installs valgrind, h2load (nghttp2-client) and nginx from the Debian
 # packages when missing. Loopback only; every process is stopped at exit.
@@ -23,6 +26,7 @@ N2=${2:-11000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SLB=${SESSIONLB_BIN:-$ROOT/target/release/sessionlb}
 FLOOR=${FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
+EXCHANGE=${EXCHANGE_BIN:-$ROOT/target/release/examples/exchange_floor}
 PORT=${PORT:-29080}
 B1=$((PORT + 1)) B2=$((PORT + 2)) B3=$((PORT + 3))
 WORK=$(mktemp -d /tmp/sessionlb-instructions-XXXXXX)
@@ -46,8 +50,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-for bin in "$SLB" "$FLOOR"; do
-  [ -x "$bin" ] || { echo "missing $bin: cargo build --release --bin sessionlb --example hyper_floor" >&2; exit 1; }
+for bin in "$SLB" "$FLOOR" "$EXCHANGE"; do
+  [ -x "$bin" ] || { echo "missing $bin: cargo build --release --bin sessionlb --example hyper_floor --example exchange_floor" >&2; exit 1; }
 done
 
 BODY=$(printf 'a%.0s' $(seq 1 1024))
@@ -144,4 +148,5 @@ echo "|---|---|"
 echo "| sessionlb round robin | $(per_request slb_rr "" "$SLB" run -c "$WORK/rr.toml") |"
 echo "| sessionlb cookie (steady state) | $(per_request slb_cookie "$ROUTE" "$SLB" run -c "$WORK/cookie.toml") |"
 echo "| hyper_floor (hyper + tokio, nothing else) | $(per_request floor "" "$FLOOR" "127.0.0.1:$PORT" "127.0.0.1:$B1" "127.0.0.1:$B2" "127.0.0.1:$B3") |"
+echo "| exchange_floor (hyper server, hand-written backend exchange) | $(per_request exchange "" "$EXCHANGE" "127.0.0.1:$PORT" "127.0.0.1:$B1" "127.0.0.1:$B2" "127.0.0.1:$B3") |"
 echo "| nginx round robin | $(per_request nginx "" "$NGINX" -c "$WORK/nginx.conf" -p "$WORK") |"
