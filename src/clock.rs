@@ -29,6 +29,11 @@ pub fn ms_of(at: Instant) -> u64 {
     d.as_secs() * 1000 + u64::from(d.subsec_millis()) + 1
 }
 
+/// A duration in the clock's unit.
+pub const fn millis(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+
 /// The instant at which `now_ms()` reads `ms`.
 pub fn instant_at(ms: u64) -> Instant {
     epoch() + std::time::Duration::from_millis(ms.saturating_sub(1))

@@ -116,7 +116,7 @@ impl BackendState {
             return false;
         }
         let now = clock::now_ms();
-        let window = fail_timeout.as_millis() as u64;
+        let window = clock::millis(fail_timeout);
         let start = self.window_start_ms.load(Ordering::Relaxed);
         let fails = if start == 0 || now.saturating_sub(start) >= window {
             self.window_start_ms.store(now, Ordering::Relaxed);

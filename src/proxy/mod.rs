@@ -248,7 +248,7 @@ async fn exchange(
         let sent = finish
             .conn
             .response_within(
-                finish.start_ms + rt.timeouts.response_header.as_millis() as u64,
+                finish.start_ms + crate::clock::millis(rt.timeouts.response_header),
                 sender.try_send_request(unsent),
             )
             .await;

@@ -24,7 +24,7 @@ pub const MAX_IDLE_PER_BACKEND: usize = 128;
 /// A pooled connection whose last request started longer ago than this is
 /// closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const IDLE_MS: u64 = IDLE_TIMEOUT.as_millis() as u64;
+const IDLE_MS: u64 = crate::clock::millis(IDLE_TIMEOUT);
 
 struct Idle {
     sender: Sender,

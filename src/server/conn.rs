@@ -141,13 +141,13 @@ impl Connection {
         }
         let head = self.head_started_ms.load(Ordering::Relaxed);
         if head != 0 {
-            return (head + ms(t.request_header), Due::RequestHeader);
+            return (head + clock::millis(t.request_header), Due::RequestHeader);
         }
         let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
         if park && PARK_AFTER < t.idle {
-            (idle_since + ms(PARK_AFTER), Due::Park)
+            (idle_since + clock::millis(PARK_AFTER), Due::Park)
         } else {
-            (idle_since + ms(t.idle), Due::Idle)
+            (idle_since + clock::millis(t.idle), Due::Idle)
         }
     }
 }
@@ -199,12 +199,18 @@ impl<F: Future> Future for ResponseWithin<'_, F> {
 /// A deadline that is not set.
 const NEVER: u64 = u64::MAX;
 
+/// When the watchdog's timer goes off for deadline `at`: with none set (a
+/// request is busy), it looks again after `idle`.
+fn arm_at(at: u64, now: u64, t: &Timeouts) -> u64 {
+    if at == NEVER {
+        now + clock::millis(t.idle)
+    } else {
+        at
+    }
+}
+
 /// How long an HTTP/1 connection stays idle before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
 
 /// What the watchdog enforces at its next deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +278,7 @@ async fn sniff(
     accepted_ms: u64,
     shutdown: &ShutdownSignal,
 ) -> Sniffed {
-    let deadline = clock::instant_at(accepted_ms + ms(t.request_header));
+    let deadline = clock::instant_at(accepted_ms + clock::millis(t.request_header));
     let mut buf = [0u8; 24];
     loop {
         let peeked = tokio::select! {
@@ -370,7 +376,7 @@ async fn wait_for_request(
     shutdown: &ShutdownSignal,
 ) -> bool {
     let idle_since = conn.idle_since_ms.load(Ordering::Relaxed);
-    let deadline = clock::instant_at(idle_since + ms(t.idle));
+    let deadline = clock::instant_at(idle_since + clock::millis(t.idle));
     tokio::select! {
         ready = tokio::time::timeout_at(deadline, stream.readable()) => matches!(ready, Ok(Ok(()))),
         () = shutdown.wait() => false,
@@ -435,11 +441,7 @@ where
     C: Future<Output = hyper::Result<()>> + Graceful,
 {
     let (first, _) = conn.next_deadline(t, can_park);
-    let mut armed = if first == NEVER {
-        clock::now_ms() + ms(t.idle)
-    } else {
-        first
-    };
+    let mut armed = arm_at(first, clock::now_ms(), t);
     let watchdog = tokio::time::sleep_until(clock::instant_at(armed));
     tokio::pin!(watchdog);
     let stop = shutdown.wait();
@@ -508,7 +510,7 @@ where
                     }
                     continue;
                 }
-                armed = if at == NEVER { now + ms(t.idle) } else { at };
+                armed = arm_at(at, now, t);
             } else if at < armed {
                 armed = at;
             } else {
