@@ -12,7 +12,7 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, never the message (RFC 9110
-/// §7.6.1, plus the legacy `Proxy-Connection`), by their bit in [`Seen`].
+/// §7.6.1, plus the legacy `Proxy-Connection`), by their bit in [`Hop`].
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
@@ -27,14 +27,33 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 const CONNECTION_BIT: u16 = 1 << 0;
 const UPGRADE_BIT: u16 = 1 << 4;
 
+/// The hop-by-hop headers of a message, as one pass over its names finds
+/// them (both directions use it).
+#[derive(Debug, Default, Clone, Copy)]
+struct Hop {
+    /// Bit `i`: `HOP_BY_HOP[i]` is present.
+    found: u16,
+    /// A `Connection` header says more than `keep-alive` or `close`.
+    names_others: bool,
+}
+
+impl Hop {
+    /// Notes `name` if it is hop-by-hop; false when it is not.
+    fn note(&mut self, name: &str, value: &HeaderValue) -> bool {
+        let Some(bit) = hop_bit(name) else {
+            return false;
+        };
+        self.found |= 1 << bit;
+        self.names_others |= bit == 0 && !is_plain_connection(value);
+        true
+    }
+}
+
 /// What one pass over a message's header names found: the request path
 /// looks at a dozen names, and one scan costs less than a dozen lookups.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// Bit `i`: `HOP_BY_HOP[i]` is present.
-    hop: u16,
-    /// A `Connection` header says more than `keep-alive` or `close`.
-    connection_names_others: bool,
+    hop: Hop,
     pub expect: bool,
     pub host: Option<HeaderValue>,
     /// The first `X-Request-Id`, and whether there are more.
@@ -50,7 +69,7 @@ impl Seen {
         let mut seen = Seen::default();
         for (name, value) in headers {
             let name = name.as_str();
-            let Some(bit) = hop_bit(name) else {
+            if !seen.hop.note(name, value) {
                 match name {
                     "host" if seen.host.is_none() => seen.host = Some(value.clone()),
                     "expect" => seen.expect = true,
@@ -65,10 +84,7 @@ impl Seen {
                     "x-forwarded-host" => seen.forwarded_host = true,
                     _ => {}
                 }
-                continue;
-            };
-            seen.hop |= 1 << bit;
-            seen.connection_names_others |= bit == 0 && !is_plain_connection(value);
+            }
         }
         seen
     }
@@ -76,8 +92,8 @@ impl Seen {
     /// The request asks to upgrade the connection (`Upgrade` and
     /// `Connection: upgrade`).
     pub fn upgrade(&self, headers: &HeaderMap) -> bool {
-        self.hop & UPGRADE_BIT != 0
-            && self.hop & CONNECTION_BIT != 0
+        self.hop.found & UPGRADE_BIT != 0
+            && self.hop.found & CONNECTION_BIT != 0
             && connection_has(headers, "upgrade")
     }
 }
@@ -112,15 +128,11 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// from a response. With `upgrade`, `Upgrade` and `Connection: upgrade`
 /// stay, so that a WebSocket handshake passes.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut found: u16 = 0;
-    let mut names_others = false;
+    let mut hop = Hop::default();
     for (name, value) in headers.iter() {
-        if let Some(bit) = hop_bit(name.as_str()) {
-            found |= 1 << bit;
-            names_others |= bit == 0 && !is_plain_connection(value);
-        }
+        hop.note(name.as_str(), value);
     }
-    strip(headers, found, names_others, upgrade);
+    strip(headers, hop, upgrade);
 }
 
 /// `Connection: keep-alive` or `close`, what nearly every message says:
@@ -132,19 +144,20 @@ fn is_plain_connection(value: &HeaderValue) -> bool {
 
 /// Removes what [`Seen::scan`] found hop-by-hop (see [`strip_hop_by_hop`]).
 pub fn strip_seen(headers: &mut HeaderMap, seen: &Seen, upgrade: bool) {
-    strip(headers, seen.hop, seen.connection_names_others, upgrade);
+    strip(headers, seen.hop, upgrade);
 }
 
-/// Removes the hop-by-hop headers in `found` (bits of [`HOP_BY_HOP`]) and,
-/// when `names_others`, the headers that `Connection` names.
-fn strip(headers: &mut HeaderMap, mut found: u16, names_others: bool, upgrade: bool) {
+/// Removes the hop-by-hop headers `hop` found and, when `Connection` names
+/// others, those too.
+fn strip(headers: &mut HeaderMap, hop: Hop, upgrade: bool) {
+    let mut found = hop.found;
     if upgrade {
         found &= !UPGRADE_BIT; // keep Upgrade
     }
     if found == 0 {
         return;
     }
-    if found & CONNECTION_BIT != 0 && names_others {
+    if found & CONNECTION_BIT != 0 && hop.names_others {
         // allocated only when Connection names more than the usual tokens
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
@@ -270,8 +283,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, seen: &Seen) {
     }
 }
 
-/// The client's `X-Request-Id` when it is a sane token, else a new random
-/// 128-bit id in hex.
+/// The client's `X-Request-Id` when it is a sane token, else a new id of
+/// 32 hex digits (see [`IdSource`]).
 pub fn request_id(seen: &Seen) -> HeaderValue {
     if let Some(v) = &seen.request_id {
         let b = v.as_bytes();
