@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+#[path = "floor/mod.rs"]
+mod floor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -118,33 +119,7 @@ async fn proxy(
 }
 
 fn main() {
-    let usage = "usage: exchange_floor LISTEN BACKEND...";
-    let args: Vec<SocketAddr> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect(usage))
-        .collect();
-    let (listen, backends) = args.split_first().expect(usage);
-    assert!(!backends.is_empty(), "{usage}");
-    let backends: &'static [SocketAddr] = Vec::leak(backends.to_vec());
+    let (listen, backends) = floor::args("exchange_floor");
     POOL.with(|p| p.borrow_mut().resize_with(backends.len(), Vec::new));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
-        eprintln!("exchange_floor listening on {listen}");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req| proxy(req, backends));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    floor::serve("exchange_floor", listen, backends, proxy);
 }

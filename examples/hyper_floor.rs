@@ -23,6 +23,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+#[path = "floor/mod.rs"]
+mod floor;
+
 thread_local! {
     static POOL: RefCell<Vec<Vec<SendRequest<Incoming>>>> = const { RefCell::new(Vec::new()) };
     static NEXT: Cell<usize> = const { Cell::new(0) };
@@ -102,34 +105,7 @@ async fn proxy(
 }
 
 fn main() {
-    let args: Vec<SocketAddr> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("usage: hyper_floor LISTEN BACKEND..."))
-        .collect();
-    let (listen, backends) = args
-        .split_first()
-        .expect("usage: hyper_floor LISTEN BACKEND...");
-    assert!(!backends.is_empty(), "usage: hyper_floor LISTEN BACKEND...");
-    let backends: &'static [SocketAddr] = Vec::leak(backends.to_vec());
+    let (listen, backends) = floor::args("hyper_floor");
     POOL.with(|p| p.borrow_mut().resize_with(backends.len(), Vec::new));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
-        eprintln!("hyper_floor listening on {listen}");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req| proxy(req, backends));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    floor::serve("hyper_floor", listen, backends, proxy);
 }
