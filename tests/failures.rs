@@ -4,6 +4,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -196,9 +199,15 @@ async fn passive_health_takes_a_failing_backend_out_and_back() {
         "[pools.web.health]\nmax_fails = 2\nfail_timeout = \"1s\"\n",
     ));
     let client = client::h1_fresh();
+    let post = || {
+        Request::post(proxy.url("/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // a POST is not sent twice: the client learns it failed
     let mut failed = 0;
     for _ in 0..20 {
-        let r = get(&client, &proxy.url("/")).await;
+        let r = client::send(&client, post()).await;
         if r.status != 200 {
             assert_eq!(r.status, 502);
             assert_eq!(
@@ -228,6 +237,26 @@ async fn passive_health_takes_a_failing_backend_out_and_back() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn an_idempotent_request_a_backend_drops_is_sent_to_another() {
+    let bad = Slammer::start();
+    let good = Backend::start("good");
+    let proxy = Proxy::start(&config(
+        "round_robin",
+        &[entry(bad.addr), good.entry()],
+        "[pools.web.health]\nmax_fails = 0\n",
+    ));
+    let client = client::h1_fresh();
+    for _ in 0..10 {
+        let r = get(&client, &proxy.url("/")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.backend(), "good");
+    }
+    // round robin offered the dropping backend half of them
+    assert!(bad.accepted() >= 5, "{}", bad.accepted());
+    assert_eq!(good.hits(), 10);
 }
 
 #[tokio::test]

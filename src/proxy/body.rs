@@ -1,7 +1,8 @@
 //! The response body sessionlb sends: a backend's body streamed through, or
 //! a short message of the proxy's own. Its end (or its drop, if the client
 //! goes away) closes the books on the request: the backend connection goes
-//! back to the pool, in-flight counts drop, the access-log line is written.
+//! back to the pool (at the end) or is closed (at a drop), in-flight counts
+//! drop, the access-log line is written.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -11,10 +12,9 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::upstream::{self, Sender};
+use super::upstream::{self, Exchange, ExchangeError};
 use crate::access_log;
 use crate::config::AccessFormat;
 use crate::runtime::Runtime;
@@ -27,73 +27,90 @@ pub struct ProxyBody {
 
 enum Inner {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(Exchange),
+    /// The backend's body ended or failed; its connection is pooled or
+    /// closed.
+    Ended,
 }
 
 impl ProxyBody {
-    pub(super) fn upstream(body: Incoming, mut finish: Finish) -> ProxyBody {
-        if body.is_end_stream() {
-            finish.release_upstream();
-        }
-        ProxyBody {
-            inner: Inner::Upstream(body),
+    pub(super) fn upstream(exchange: Exchange, finish: Finish) -> ProxyBody {
+        let mut body = ProxyBody {
+            inner: Inner::Upstream(exchange),
             finish,
-        }
+        };
+        body.release_if_done();
+        body
     }
 
     pub(super) fn full(data: Bytes, finish: Finish) -> ProxyBody {
         let inner = Inner::Full((!data.is_empty()).then_some(data));
         ProxyBody { inner, finish }
     }
+
+    /// Pools the backend connection as soon as the response is complete,
+    /// before the client asks for more.
+    fn release_if_done(&mut self) {
+        if let Inner::Upstream(exchange) = &self.inner
+            && exchange.is_end_stream()
+            && let Inner::Upstream(exchange) = std::mem::replace(&mut self.inner, Inner::Ended)
+            && let Some(conn) = exchange.into_reusable()
+        {
+            upstream::checkin(conn, self.finish.start_ms);
+        }
+    }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| {
                 this.finish.bytes += d.len() as u64;
                 Ok(Frame::data(d))
             })),
-            Inner::Upstream(body) => {
-                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
-                match &frame {
-                    Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
-                            this.finish.bytes += d.len() as u64;
-                        }
-                        if body.is_end_stream() {
-                            this.finish.release_upstream();
-                        }
-                    }
-                    None => this.finish.release_upstream(),
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "backend response body failed");
-                        this.finish.lease = None;
-                    }
+            Inner::Upstream(exchange) => match ready!(exchange.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    this.finish.bytes += data.len() as u64;
+                    this.release_if_done();
+                    Poll::Ready(Some(Ok(Frame::data(data))))
                 }
-                Poll::Ready(frame)
-            }
+                None => {
+                    this.release_if_done();
+                    Poll::Ready(None)
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "backend response body failed");
+                    this.inner = Inner::Ended;
+                    Poll::Ready(Some(Err(error)))
+                }
+            },
+            Inner::Ended => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(data) => data.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream(exchange) => exchange.is_end_stream(),
+            Inner::Ended => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream(exchange) => match exchange.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Inner::Ended => SizeHint::with_exact(0),
         }
     }
 }
@@ -118,20 +135,10 @@ pub(super) struct Finish {
     pub pool: Option<usize>,
     /// A backend whose in-flight count this request holds.
     pub backend: Option<usize>,
-    /// The backend connection, with the backend's registry id.
-    pub lease: Option<(usize, Sender)>,
     pub status: u16,
     pub bytes: u64,
     /// Boxed: only requests that are logged pay for it.
     pub log: Option<Box<LogInfo>>,
-}
-
-impl Finish {
-    fn release_upstream(&mut self) {
-        if let Some((id, sender)) = self.lease.take() {
-            upstream::checkin(id, sender, self.start_ms);
-        }
-    }
 }
 
 impl Drop for Finish {

@@ -2,7 +2,7 @@
 
 use http::StatusCode;
 
-use super::upstream::ConnectError;
+use super::upstream::{ConnectError, ExchangeError};
 
 /// A request the proxy answers itself.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,8 @@ pub enum UpstreamError {
     Connect(#[from] ConnectError),
     #[error("backend sent no response header within {0:?}")]
     ResponseTimeout(std::time::Duration),
-    #[error("backend failed before responding: {0}")]
-    Exchange(#[source] hyper::Error),
+    #[error("{0}")]
+    Exchange(#[source] ExchangeError),
     #[error("backend switched protocols though the client did not ask to")]
     UnsolicitedUpgrade,
 }
@@ -38,6 +38,9 @@ impl Reject {
             Reject::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Upstream(UpstreamError::Connect(ConnectError::Timeout { .. }))
             | Reject::Upstream(UpstreamError::ResponseTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Reject::Upstream(UpstreamError::Exchange(ExchangeError::RequestBody(_))) => {
+                StatusCode::BAD_REQUEST
+            }
             Reject::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -56,6 +59,9 @@ impl Reject {
             }
             Reject::Upstream(UpstreamError::ResponseTimeout(_)) => {
                 "504 Gateway Timeout: the backend did not answer in time\n"
+            }
+            Reject::Upstream(UpstreamError::Exchange(ExchangeError::RequestBody(_))) => {
+                "400 Bad Request: the request body could not be read\n"
             }
             Reject::Upstream(UpstreamError::Connect(_)) => {
                 "502 Bad Gateway: could not connect to a backend\n"

@@ -18,6 +18,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 pub use body::ProxyBody;
@@ -28,6 +29,7 @@ use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
 use body::{Finish, LogInfo};
 use headers::{Forwarded, Seen};
+use upstream::{Exchange, ExchangeError, Outgoing};
 
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
@@ -62,16 +64,15 @@ pub fn handle(
         start_ms,
         pool: None,
         backend: None,
-        lease: None,
         status: 0,
         bytes: 0,
         log,
     };
     let prepared = prepare(&mut req, &seen, &mut finish, client, &request_id);
-    let mut req = Some(req);
+    let mut out = Some(Outgoing::new(req));
     async move {
         let result = match prepared {
-            Ok(mut prepared) => exchange(&mut req, &mut prepared, &mut finish).await,
+            Ok(mut prepared) => exchange(&mut out, &mut prepared, &mut finish).await,
             Err(reject) => Err(reject),
         };
         Ok(respond(result, finish, &request_id))
@@ -80,17 +81,26 @@ pub fn handle(
 
 /// The response to send for what the exchange with the backend gave.
 fn respond(
-    result: Result<Response<Incoming>, Reject>,
+    result: Result<Answer, Reject>,
     mut finish: Finish,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     match result {
-        Ok(mut resp) => {
-            finish.status = resp.status().as_u16();
-            let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            headers::strip_hop_by_hop(resp.headers_mut(), upgraded);
-            let (parts, body) = resp.into_parts();
-            Response::from_parts(parts, ProxyBody::upstream(body, finish))
+        Ok(Answer {
+            status,
+            mut headers,
+            body,
+        }) => {
+            finish.status = status.as_u16();
+            headers::strip_hop_by_hop(&mut headers, body.is_none());
+            let body = match body {
+                Some(exchange) => ProxyBody::upstream(exchange, finish),
+                None => ProxyBody::full(Bytes::new(), finish),
+            };
+            let mut resp = Response::new(body);
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp
         }
         Err(reject) => {
             let status = reject.status();
@@ -209,13 +219,22 @@ fn prepare(
     })
 }
 
-/// Picks a backend, sends, and retries elsewhere while nothing reached a
-/// backend. `req` is taken when sent and put back when it comes back unsent.
+/// A backend's response head, with the exchange that reads its body
+/// (`None` after `101 Switching Protocols`: the connection is a tunnel).
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Option<Exchange>,
+}
+
+/// Picks a backend, sends, and retries elsewhere while that cannot repeat
+/// the request's effect. `out` is taken when sent and put back when it may
+/// be sent again.
 async fn exchange(
-    req: &mut Option<Request<Incoming>>,
+    out: &mut Option<Outgoing>,
     prepared: &mut Prepared,
     finish: &mut Finish,
-) -> Result<Response<Incoming>, Reject> {
+) -> Result<Answer, Reject> {
     let rt = finish.rt.clone();
     let pool = &rt.pools[prepared.pool];
     let mut tried = Tried::default();
@@ -226,68 +245,81 @@ async fn exchange(
         };
         let b = pick.index;
         let backend = &pool.backends[b];
-        let (mut sender, reused) = match upstream::checkout(backend.state.id, finish.start_ms) {
-            Some(s) => (s, true),
+        let id = backend.state.id;
+        let conn = match upstream::checkout(id, finish.start_ms) {
+            Some(conn) => conn,
             // boxed: a new connection is rare, and its large future would
             // otherwise make every request's future larger
-            None => match Box::pin(upstream::connect(backend.addr, rt.timeouts.connect)).await {
-                Ok(s) => (s, false),
-                Err(error) => {
-                    mark_failed(pool, b, &error);
-                    tried.insert(b);
-                    last_error = Some(error.into());
-                    continue;
+            None => {
+                match Box::pin(upstream::connect(id, backend.addr, rt.timeouts.connect)).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        mark_failed(pool, b, &error);
+                        tried.insert(b);
+                        last_error = Some(error.into());
+                        continue;
+                    }
                 }
-            },
+            }
         };
-        let Some(unsent) = req.take() else {
+        let reused = conn.reused();
+        let Some(unsent) = out.take() else {
             return Err(last_error.map_or(Reject::NoBackend, Reject::Upstream));
         };
         backend.state.begin_request();
         finish.backend = Some(b);
-        let sent = finish
+        let mut ex = Exchange::new(conn, unsent);
+        let head = finish
             .conn
             .response_within(
                 finish.start_ms + crate::clock::millis(rt.timeouts.response_header),
-                sender.try_send_request(unsent),
+                std::future::poll_fn(|cx| ex.poll_head(cx)),
             )
             .await;
-        match sent {
-            Some(Ok(mut resp)) => {
-                note_placement(pool, b, pick.outcome, resp.headers_mut(), finish.conn.tls);
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        match head {
+            Some(Ok((status, mut headers))) => {
+                note_placement(pool, b, pick.outcome, &mut headers, finish.conn.tls);
+                let body = if status == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_upgrade) = prepared.client_upgrade.take() else {
                         return Err(UpstreamError::UnsolicitedUpgrade.into());
                     };
-                    tunnel(
-                        client_upgrade,
-                        hyper::upgrade::on(&mut resp),
-                        finish.conn.clone(),
-                    );
+                    tunnel(client_upgrade, ex, finish.conn.clone());
+                    None
                 } else {
-                    finish.lease = Some((backend.state.id, sender));
-                }
-                return Ok(resp);
+                    Some(ex)
+                };
+                return Ok(Answer {
+                    status,
+                    headers,
+                    body,
+                });
             }
-            Some(Err(mut e)) => {
+            Some(Err(error)) => {
                 backend.state.end_request();
                 finish.backend = None;
-                match e.take_message() {
-                    // Nothing reached the backend: safe to send elsewhere.
-                    Some(unsent) => {
-                        *req = Some(unsent);
-                        if !reused {
-                            let error = UpstreamError::Exchange(e.into_error());
-                            mark_failed(pool, b, &error);
-                            tried.insert(b);
-                            last_error = Some(error);
-                        }
-                        // A pooled connection that turned out closed is not
-                        // the backend's fault: try again without counting it.
+                if let ExchangeError::RequestBody(_) = error {
+                    // the client's fault, not the backend's
+                    return Err(UpstreamError::Exchange(error).into());
+                }
+                let error = UpstreamError::Exchange(error);
+                if reused {
+                    // A pooled connection the backend had closed (it
+                    // restarted, or its idle timeout was shorter): the
+                    // others to it are suspect too; not the backend's fault.
+                    upstream::discard(id);
+                } else {
+                    mark_failed(pool, b, &error);
+                    tried.insert(b);
+                }
+                match ex.into_retry() {
+                    Some(again) => {
+                        *out = Some(again);
+                        last_error = Some(error);
                     }
                     None => {
-                        let error = UpstreamError::Exchange(e.into_error());
-                        mark_failed(pool, b, &error);
+                        if reused {
+                            mark_failed(pool, b, &error);
+                        }
                         return Err(error.into());
                     }
                 }
@@ -345,25 +377,28 @@ fn mark_failed(pool: &Pool, b: usize, error: &dyn std::fmt::Display) {
     }
 }
 
-/// Splices an upgraded client connection to the upgraded backend
-/// connection until either side closes.
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    conn: Arc<Connection>,
-) {
+/// Splices an upgraded client connection to the backend connection that
+/// switched protocols, until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Exchange, conn: Arc<Connection>) {
     let guard = conn.tunnel_guard();
+    let (mut backend, early) = backend.into_upgraded();
     tokio::spawn(async move {
         let _guard = guard;
-        let (client, backend) = match (client.await, backend.await) {
-            (Ok(c), Ok(b)) => (c, b),
-            (Err(error), _) | (_, Err(error)) => {
+        let client = match client.await {
+            Ok(c) => c,
+            Err(error) => {
                 tracing::debug!(%error, "upgrade did not complete");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut backend = TokioIo::new(backend);
+        // what the backend sent right after its 101 belongs to the client
+        if !early.is_empty()
+            && let Err(error) = client.write_all(&early).await
+        {
+            tracing::debug!(%error, "tunnel closed with an error");
+            return;
+        }
         if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             tracing::debug!(%error, "tunnel closed with an error");
         }

@@ -3,8 +3,11 @@
 //!
 //! - `/headers`: the request's headers, one `name: value` per line
 //! - `/sleep/<ms>`: answers after that many milliseconds
-//! - `/download/<bytes>`: streams that many bytes
+//! - `/download/<bytes>`: streams that many bytes (with a Content-Length)
+//! - `/chunked/<bytes>`: streams that many bytes without saying how many
 //! - `/upload`: reads the body as it comes and answers its length
+//! - `/echo`: streams the request body back as it reads it
+//! - `/early/<code>`: answers that status at once, without reading the body
 //! - `/status/<code>`: answers with that status
 //! - `/ws`: WebSocket echo
 //! - `/hop-response`: a response with hop-by-hop headers the proxy must drop
@@ -195,6 +198,23 @@ async fn handle(
             r.headers_mut().insert("x-backend", name.parse().unwrap());
             r
         }
+        "chunked" => {
+            let n: u64 = arg.parse().unwrap_or(0);
+            let mut r = Response::new(TestBody::Unsized(n));
+            r.headers_mut().insert("x-backend", name.parse().unwrap());
+            r
+        }
+        "echo" => {
+            let mut r = Response::new(TestBody::Echo(req.into_body()));
+            r.headers_mut().insert("x-backend", name.parse().unwrap());
+            r
+        }
+        "early" => {
+            let mut r = full(&name, format!("status {arg}"));
+            *r.status_mut() = StatusCode::from_u16(arg.parse().unwrap_or(500))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            r
+        }
         "upload" => {
             let mut body = req.into_body();
             let mut n: u64 = 0;
@@ -336,6 +356,10 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 pub enum TestBody {
     Full(Full<Bytes>),
     Zeros(u64),
+    /// Zeros whose length the body does not tell (sent chunked).
+    Unsized(u64),
+    /// A request body, passed on as it comes.
+    Echo(Incoming),
 }
 
 impl Body for TestBody {
@@ -348,7 +372,7 @@ impl Body for TestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             TestBody::Full(f) => Pin::new(f).poll_frame(cx),
-            TestBody::Zeros(left) => {
+            TestBody::Zeros(left) | TestBody::Unsized(left) => {
                 if *left == 0 {
                     return Poll::Ready(None);
                 }
@@ -356,13 +380,23 @@ impl Body for TestBody {
                 *left -= n as u64;
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n])))))
             }
+            TestBody::Echo(body) => loop {
+                match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Err(_) => continue,
+                    },
+                    Some(Err(_)) | None => return Poll::Ready(None),
+                }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             TestBody::Full(f) => f.is_end_stream(),
-            TestBody::Zeros(left) => *left == 0,
+            TestBody::Zeros(left) | TestBody::Unsized(left) => *left == 0,
+            TestBody::Echo(body) => body.is_end_stream(),
         }
     }
 
@@ -370,6 +404,7 @@ impl Body for TestBody {
         match self {
             TestBody::Full(f) => f.size_hint(),
             TestBody::Zeros(left) => hyper::body::SizeHint::with_exact(*left),
+            TestBody::Unsized(_) | TestBody::Echo(_) => hyper::body::SizeHint::default(),
         }
     }
 }

@@ -298,6 +298,57 @@ impl Slammer {
     }
 }
 
+/// A backend that answers every request with the same bytes, written by
+/// hand: the framings, interim responses and mistakes a hyper server
+/// would not produce. It reads one request head (no body) per answer;
+/// with `close`, it closes the connection after each answer without
+/// saying so.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Scripted {
+    pub fn start(reply: &[u8], close: bool) -> Scripted {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = accepted.clone();
+        let reply = reply.to_vec();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        if stream.write_all(&reply).is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted { addr, accepted }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A minimal config: one pool over `backends`, listening on port 0,
 /// followed by `extra` TOML.
 pub fn config(policy: &str, backends: &[String], extra: &str) -> String {

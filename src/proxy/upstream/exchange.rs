@@ -1,0 +1,320 @@
+//! One request and its response on a backend connection, driven from the
+//! client connection's own task: no task or channel per backend
+//! connection. The request (head, then body) is written while the
+//! response is read, so a backend that answers before it has read the
+//! whole body, or echoes as it reads, never deadlocks against the proxy.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::Conn;
+use super::wire::{self, Decoded, Decoder, WireError};
+
+/// Bytes asked of the kernel per read; a buffer with less room than
+/// `MIN_READ` grows by this much first.
+const READ_SIZE: usize = 16 * 1024;
+const MIN_READ: usize = 2 * 1024;
+
+/// Why an exchange with a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("backend connection failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("backend closed the connection before responding")]
+    Closed,
+    #[error("backend closed the connection before the end of the response body")]
+    Truncated,
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("reading the request body from the client failed: {0}")]
+    RequestBody(#[source] hyper::Error),
+}
+
+/// A request ready for any backend: its head written out once, its body
+/// still to stream. It survives a failed attempt that may be replayed.
+pub struct Outgoing {
+    head: Vec<u8>,
+    method: Method,
+    /// Boxed: most requests have no body.
+    body: Option<Box<Streaming>>,
+}
+
+/// A request body on its way: what the client sends, re-framed for the
+/// backend.
+struct Streaming {
+    incoming: Incoming,
+    /// Unknown length (HTTP/2, or chunked from the client): sent chunked.
+    chunked: bool,
+    /// Bytes waiting to be written: chunk size line, data, CRLF.
+    queue: [Bytes; 3],
+    /// The client's body has ended; what is queued is the last of it.
+    ended: bool,
+}
+
+impl Outgoing {
+    /// Takes a request whose headers are already rewritten for the backend
+    /// (origin-form target, no hop-by-hop headers).
+    pub fn new(req: Request<Incoming>) -> Outgoing {
+        let (parts, incoming) = req.into_parts();
+        let body = (!incoming.is_end_stream()).then(|| {
+            let chunked = !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+            Box::new(Streaming {
+                incoming,
+                chunked,
+                queue: Default::default(),
+                ended: false,
+            })
+        });
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let chunked = body.as_ref().is_some_and(|b| b.chunked);
+        Outgoing {
+            head: wire::request_head(&parts.method, target, &parts.headers, chunked),
+            method: parts.method,
+            body,
+        }
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    Writing,
+    Done,
+    /// The backend stopped taking the request; its response may still come.
+    Failed,
+}
+
+/// A request in flight on a backend connection, then its response body.
+pub struct Exchange {
+    conn: Conn,
+    out: Outgoing,
+    /// Bytes of the head written so far.
+    written: usize,
+    send: Send,
+    body_polled: bool,
+    /// Some byte of a response arrived.
+    received: bool,
+    recv: Decoder,
+    keep_alive: bool,
+}
+
+impl Exchange {
+    pub fn new(conn: Conn, out: Outgoing) -> Exchange {
+        Exchange {
+            conn,
+            out,
+            written: 0,
+            send: Send::Writing,
+            body_polled: false,
+            received: false,
+            recv: Decoder::Done,
+            keep_alive: false,
+        }
+    }
+
+    /// Writes the request and reads the final response head (1xx interim
+    /// responses are skipped).
+    pub fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(StatusCode, HeaderMap), ExchangeError>> {
+        self.drive_send(cx)?;
+        loop {
+            if let Some(head) = wire::parse_response(&mut self.conn.buf, &self.out.method)? {
+                self.recv = head.body;
+                self.keep_alive = head.keep_alive;
+                // the head is not needed again: no replay after a response
+                self.out.head = Vec::new();
+                return Poll::Ready(Ok((head.status, head.headers)));
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(ExchangeError::Closed)),
+                Ok(_) => self.received = true,
+                Err(error) => return Poll::Ready(Err(ExchangeError::Io(error))),
+            }
+        }
+    }
+
+    /// The next piece of the response body; `None` at its end.
+    pub fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, ExchangeError>>> {
+        if let Err(error) = self.drive_send(cx) {
+            return Poll::Ready(Some(Err(error)));
+        }
+        loop {
+            match self.recv.decode(&mut self.conn.buf) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => {}
+                Err(error) => return Poll::Ready(Some(Err(error.into()))),
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if self.recv.eof() => return Poll::Ready(None),
+                Ok(0) => return Poll::Ready(Some(Err(ExchangeError::Truncated))),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(ExchangeError::Io(error)))),
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.recv.is_done()
+    }
+
+    /// The response body's exact remaining length, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        self.recv.remaining()
+    }
+
+    /// After a failure: the request back, when sending it again (to this
+    /// backend or another) cannot repeat its effect — nothing of it was
+    /// written, or it is idempotent without a body and no response came.
+    pub fn into_retry(self) -> Option<Outgoing> {
+        let unsent = self.written == 0 && !self.body_polled;
+        let replayable = !self.body_polled && self.out.method.is_idempotent();
+        (!self.received && (unsent || replayable)).then_some(self.out)
+    }
+
+    /// The connection, when it can carry another request: the response
+    /// was read to its end, the request written to its end, and the
+    /// backend keeps the connection open.
+    pub fn into_reusable(self) -> Option<Conn> {
+        let clean = self.keep_alive
+            && self.recv.is_done()
+            && self.send == Send::Done
+            && self.conn.buf.is_empty();
+        clean.then_some(self.conn)
+    }
+
+    /// After `101 Switching Protocols`: the raw connection and what the
+    /// backend sent after the response head.
+    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+        (self.conn.stream, self.conn.buf)
+    }
+
+    pub fn backend_id(&self) -> usize {
+        self.conn.id
+    }
+
+    fn drive_send(&mut self, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
+        if self.send != Send::Writing {
+            return Ok(());
+        }
+        match self.poll_send(cx) {
+            Poll::Ready(Ok(())) => self.send = Send::Done,
+            Poll::Ready(Err(SendError::Client(error))) => {
+                self.send = Send::Failed;
+                return Err(ExchangeError::RequestBody(error));
+            }
+            Poll::Ready(Err(SendError::Backend(error))) => {
+                // keep reading: a backend that refuses a body often says why
+                tracing::debug!(%error, "backend stopped reading the request");
+                self.send = Send::Failed;
+            }
+            Poll::Pending => {}
+        }
+        Ok(())
+    }
+
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let stream = &mut self.conn.stream;
+        while self.written < self.out.head.len() {
+            let n = ready!(Pin::new(&mut *stream).poll_write(cx, &self.out.head[self.written..]))
+                .map_err(SendError::Backend)?;
+            if n == 0 {
+                return Poll::Ready(Err(SendError::Backend(io::ErrorKind::WriteZero.into())));
+            }
+            self.written += n;
+        }
+        let Some(body) = self.out.body.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        self.body_polled = true;
+        loop {
+            if body.queue.iter().any(|b| !b.is_empty()) {
+                let slices = [
+                    IoSlice::new(&body.queue[0]),
+                    IoSlice::new(&body.queue[1]),
+                    IoSlice::new(&body.queue[2]),
+                ];
+                let mut n = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices))
+                    .map_err(SendError::Backend)?;
+                if n == 0 {
+                    return Poll::Ready(Err(SendError::Backend(io::ErrorKind::WriteZero.into())));
+                }
+                for part in &mut body.queue {
+                    let k = n.min(part.len());
+                    part.advance(k);
+                    n -= k;
+                }
+                continue;
+            }
+            if body.ended {
+                self.out.body = None;
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut body.incoming).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // trailers are dropped, as most proxies do
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if body.chunked {
+                        body.queue = [
+                            Bytes::from(format!("{:x}\r\n", data.len())),
+                            data,
+                            Bytes::from_static(b"\r\n"),
+                        ];
+                    } else {
+                        body.queue[1] = data;
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Err(SendError::Client(error))),
+                None => {
+                    body.ended = true;
+                    if body.chunked {
+                        body.queue[1] = Bytes::from_static(b"0\r\n\r\n");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what the backend sent into the connection's buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let buf = &mut self.conn.buf;
+        if buf.capacity() - buf.len() < MIN_READ {
+            buf.reserve(READ_SIZE);
+        }
+        loop {
+            ready!(self.conn.stream.poll_read_ready(cx))?;
+            match self.conn.stream.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+enum SendError {
+    /// The client's request body failed (client gone, bad framing).
+    Client(hyper::Error),
+    /// Writing to the backend failed.
+    Backend(io::Error),
+}

@@ -1,0 +1,490 @@
+//! HTTP/1.1 on the wire to a backend: the request head sessionlb writes,
+//! the response head it parses, and how a response body is delimited.
+//!
+//! The response head is parsed once, with `httparse`, straight from the
+//! connection's read buffer; header values are slices of that buffer, not
+//! copies.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+/// The largest response head accepted from a backend.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields accepted in a response head.
+pub const MAX_HEADERS: usize = 100;
+/// A chunk-size line or trailer section longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// A backend's response that cannot be read as HTTP/1.1.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("invalid response head: {0}")]
+    Head(httparse::Error),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("invalid chunked body")]
+    Chunked,
+}
+
+/// Writes the request head for a backend: origin-form target, HTTP/1.1,
+/// the (already rewritten) headers, and `Transfer-Encoding: chunked` when
+/// a body of unknown length follows.
+pub fn request_head(method: &Method, target: &str, headers: &HeaderMap, chunked: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + 64 * headers.len() + target.len());
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// A final response head (interim 1xx responses are skipped).
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Decoder,
+    /// The backend keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses the response head at the start of `buf`, removing it (and any
+/// interim 1xx responses before it) from `buf`. `Ok(None)`: more bytes
+/// are needed.
+pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, WireError> {
+    loop {
+        // position of each header's name and value in the head
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let (len, code, http11, count) = {
+            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let status = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut resp, buf, &mut fields)
+                .map_err(WireError::Head)?;
+            let httparse::Status::Complete(len) = status else {
+                if buf.len() > MAX_HEAD {
+                    return Err(WireError::HeadTooLarge);
+                }
+                return Ok(None);
+            };
+            if len > MAX_HEAD {
+                return Err(WireError::HeadTooLarge);
+            }
+            let base = buf.as_ptr() as usize;
+            for (h, span) in resp.headers.iter().zip(spans.iter_mut()) {
+                *span = (
+                    (h.name.as_ptr() as usize - base) as u32,
+                    h.name.len() as u32,
+                    (h.value.as_ptr() as usize - base) as u32,
+                    h.value.len() as u32,
+                );
+            }
+            let code = resp.code.unwrap_or(0);
+            (len, code, resp.version == Some(1), resp.headers.len())
+        };
+        if (100..200).contains(&code) && code != 101 {
+            // 100 Continue, 103 Early Hints: the final response follows
+            buf.advance(len);
+            continue;
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| WireError::Head(httparse::Error::Status))?;
+        let head = buf.split_to(len).freeze();
+        return build(&head, &spans[..count], status, http11, method).map(Some);
+    }
+}
+
+fn build(
+    head: &Bytes,
+    spans: &[(u32, u32, u32, u32)],
+    status: StatusCode,
+    http11: bool,
+    method: &Method,
+) -> Result<Head, WireError> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let (mut close, mut keep_alive) = (false, false);
+    for &(name, name_len, value, value_len) in spans {
+        let (name, value) = (name as usize, value as usize);
+        let Ok(name) = HeaderName::from_bytes(&head[name..name + name_len as usize]) else {
+            return Err(WireError::Head(httparse::Error::HeaderName));
+        };
+        let value = head.slice(value..value + value_len as usize);
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(&value).ok_or(WireError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(WireError::ContentLength);
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            // the last coding decides; `chunked` must be it
+            chunked = Some(last_token(&value).eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        let Ok(value) = HeaderValue::from_maybe_shared(value) else {
+            return Err(WireError::Head(httparse::Error::HeaderValue));
+        };
+        headers.append(name, value);
+    }
+    let mut keep_alive = if http11 { !close } else { keep_alive && !close };
+    let bodiless = method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let body = if bodiless {
+        Decoder::Done
+    } else if let Some(chunked) = chunked {
+        // Transfer-Encoding wins over Content-Length, and a message with
+        // both is not trusted to frame the next one
+        if length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        if chunked {
+            Decoder::Chunked(Chunk::Size)
+        } else {
+            Decoder::Close
+        }
+    } else {
+        match length {
+            Some(0) => Decoder::Done,
+            Some(n) => Decoder::Length(n),
+            None => Decoder::Close,
+        }
+    };
+    if matches!(body, Decoder::Close) {
+        keep_alive = false;
+    }
+    Ok(Head {
+        status,
+        headers,
+        body,
+        keep_alive,
+    })
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn last_token(value: &[u8]) -> &[u8] {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
+/// Where a response body ends, and how much of it is left.
+#[derive(Debug)]
+pub enum Decoder {
+    /// This many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunk),
+    /// Everything until the backend closes the connection.
+    Close,
+    /// The body has ended.
+    Done,
+}
+
+/// Where a chunked body decoder is.
+#[derive(Debug)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    /// Trailer fields (dropped), with how many bytes of them were seen.
+    Trailers(usize),
+}
+
+/// What the decoder made of the bytes it has.
+pub enum Decoded {
+    Data(Bytes),
+    /// More bytes from the backend are needed.
+    More,
+    End,
+}
+
+impl Decoder {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Decoder::Done)
+    }
+
+    /// The body's exact remaining length, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next piece of body from `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, WireError> {
+        loop {
+            match self {
+                Decoder::Done => return Ok(Decoded::End),
+                Decoder::Length(n) | Decoder::Chunked(Chunk::Data(n)) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let take = usize::try_from(*n).unwrap_or(usize::MAX).min(buf.len());
+                    *n -= take as u64;
+                    if *n == 0 {
+                        *self = match self {
+                            Decoder::Length(_) => Decoder::Done,
+                            _ => Decoder::Chunked(Chunk::DataEnd),
+                        };
+                    }
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                Decoder::Close => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                Decoder::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        *self = Decoder::Chunked(if size == 0 {
+                            Chunk::Trailers(0)
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
+                        return Ok(Decoded::More);
+                    }
+                    _ => return Err(WireError::Chunked),
+                },
+                Decoder::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(WireError::Chunked);
+                    }
+                    buf.advance(2);
+                    *self = Decoder::Chunked(Chunk::Size);
+                }
+                Decoder::Chunked(Chunk::Trailers(seen)) => {
+                    let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+                        if *seen + buf.len() > MAX_CHUNK_LINE {
+                            return Err(WireError::Chunked);
+                        }
+                        return Ok(Decoded::More);
+                    };
+                    buf.advance(end + 2);
+                    if end == 0 {
+                        *self = Decoder::Done;
+                    } else {
+                        *seen += end + 2;
+                        if *seen > MAX_CHUNK_LINE {
+                            return Err(WireError::Chunked);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The backend closed the connection: the end of a close-delimited
+    /// body, a truncated body otherwise.
+    pub fn eof(&mut self) -> bool {
+        match self {
+            Decoder::Close | Decoder::Done => {
+                *self = Decoder::Done;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, method: &Method) -> (Result<Option<Head>, WireError>, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        (parse_response(&mut buf, method), buf)
+    }
+
+    fn body(decoder: &mut Decoder, wire: &[u8], split: usize) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::new();
+        let mut buf = BytesMut::new();
+        for piece in wire.chunks(split) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf)? {
+                    Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::More => break,
+                    Decoded::End => return Ok(out),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn heads_and_their_framing() {
+        let (head, rest) = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
+            &Method::GET,
+        );
+        let head = head.unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert!(matches!(head.body, Decoder::Length(5)) && head.keep_alive);
+        assert_eq!(&rest[..], b"hello");
+
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert!(head.unwrap().unwrap().body.is_done());
+        let (head, _) = parse(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(head.unwrap().unwrap().body.is_done());
+
+        let (head, _) = parse("HTTP/1.1 200 OK\r\n\r\n", &Method::GET);
+        let head = head.unwrap().unwrap();
+        assert!(matches!(head.body, Decoder::Close) && !head.keep_alive);
+
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            &Method::GET,
+        );
+        let head = head.unwrap().unwrap();
+        assert!(matches!(head.body, Decoder::Chunked(_)) && !head.keep_alive);
+        assert!(head.headers.get("content-length").is_none());
+
+        let (head, _) = parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &Method::GET);
+        assert!(!head.unwrap().unwrap().keep_alive);
+        let (head, _) = parse(
+            "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(head.unwrap().unwrap().keep_alive);
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(!head.unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_partial_heads_wait() {
+        let (head, _) = parse(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            &Method::POST,
+        );
+        assert_eq!(head.unwrap().unwrap().status, 201);
+        let (head, rest) = parse("HTTP/1.1 200 OK\r\nContent-Le", &Method::GET);
+        assert!(head.unwrap().is_none());
+        assert_eq!(rest.len(), 27);
+        let (head, _) = parse(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(head.unwrap().unwrap().status, 101);
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+            "HTTP/1.1 abc OK\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert!(parse(bad, &Method::GET).0.is_err(), "{bad:?}");
+        }
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(parse(&many, &Method::GET).0.is_err());
+        let large = format!("HTTP/1.1 200 OK\r\nX-A: {}", "a".repeat(MAX_HEAD));
+        assert!(matches!(
+            parse(&large, &Method::GET).0,
+            Err(WireError::HeadTooLarge)
+        ));
+        // equal repeated lengths are one length
+        let (head, _) = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(matches!(head.unwrap().unwrap().body, Decoder::Length(3)));
+    }
+
+    #[test]
+    fn chunked_bodies_in_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\nC\r\nworld, again\r\n0\r\nTrailer: x\r\n\r\n";
+        for split in [1, 2, 3, 7, wire.len()] {
+            let mut d = Decoder::Chunked(Chunk::Size);
+            assert_eq!(
+                body(&mut d, wire, split).unwrap(),
+                b"hello world, again",
+                "split {split}"
+            );
+            assert!(d.is_done());
+        }
+        let mut d = Decoder::Chunked(Chunk::Size);
+        assert!(body(&mut d, b"5\r\nhelloXX", 64).is_err());
+        let mut d = Decoder::Chunked(Chunk::Size);
+        assert!(body(&mut d, b"zz\r\n", 64).is_err());
+    }
+
+    #[test]
+    fn length_and_close_bodies() {
+        let mut d = Decoder::Length(5);
+        assert_eq!(body(&mut d, b"hello", 2).unwrap(), b"hello");
+        assert!(d.is_done());
+        let mut d = Decoder::Close;
+        assert_eq!(body(&mut d, b"until the end", 4).unwrap(), b"until the end");
+        assert!(d.eof() && d.is_done());
+        assert!(!Decoder::Length(3).eof());
+    }
+
+    #[test]
+    fn request_heads() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.com"));
+        let head = request_head(&Method::POST, "/a?b", &h, true);
+        assert_eq!(
+            head,
+            b"POST /a?b HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+}
