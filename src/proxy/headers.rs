@@ -6,40 +6,26 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use super::upstream::RequestHead;
 
-/// Headers that describe one connection, never the message (RFC 9110
-/// §7.6.1, plus the legacy `Proxy-Connection`), by their bit in [`Hop`].
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-];
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 const CONNECTION_BIT: u16 = 1 << 0;
 const UPGRADE_BIT: u16 = 1 << 4;
 
 /// The hop-by-hop headers of a message, as one pass over its names finds
 /// them (both directions use it).
 #[derive(Debug, Default, Clone, Copy)]
-struct Hop {
-    /// Bit `i`: `HOP_BY_HOP[i]` is present.
+pub struct Hop {
+    /// Bit `i`: the field [`hop_bit`] numbers `i` is present.
     found: u16,
     /// A `Connection` header says more than `keep-alive` or `close`.
-    names_others: bool,
+    pub names_others: bool,
 }
 
 impl Hop {
     /// Notes `name` if it is hop-by-hop; false when it is not.
-    fn note(&mut self, name: &str, value: &HeaderValue) -> bool {
+    pub fn note(&mut self, name: &str, value: &[u8]) -> bool {
         let Some(bit) = hop_bit(name) else {
             return false;
         };
@@ -69,7 +55,7 @@ impl Seen {
         let mut seen = Seen::default();
         for (name, value) in headers {
             let name = name.as_str();
-            if !seen.hop.note(name, value) {
+            if !seen.hop.note(name, value.as_bytes()) {
                 match name {
                     "host" if seen.host.is_none() => seen.host = Some(value.clone()),
                     "expect" => seen.expect = true,
@@ -98,9 +84,10 @@ impl Seen {
     }
 }
 
-/// The bit of a hop-by-hop header name in [`HOP_BY_HOP`]. Names are
-/// lowercase; matching on the text is a length switch and a compare, with
-/// no hashing.
+/// The bit of a hop-by-hop header name in [`Hop`]: the fields that
+/// describe one connection, never the message (RFC 9110 §7.6.1, plus the
+/// legacy `Proxy-Connection`). Names are lowercase; matching on the text is
+/// a length switch and a compare, with no hashing.
 fn hop_bit(name: &str) -> Option<u8> {
     Some(match name {
         "connection" => 0,
@@ -124,68 +111,48 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
-/// Removes hop-by-hop headers and every header that `Connection` names
-/// from a response. With `upgrade`, `Upgrade` and `Connection: upgrade`
-/// stay, so that a WebSocket handshake passes.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut hop = Hop::default();
-    for (name, value) in headers.iter() {
-        hop.note(name.as_str(), value);
-    }
-    strip(headers, hop, upgrade);
-}
-
-/// `Connection: keep-alive` or `close`, what nearly every message says:
-/// it names no other header.
-fn is_plain_connection(value: &HeaderValue) -> bool {
-    let v = value.as_bytes();
-    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
-}
-
-/// Removes what [`Seen::scan`] found hop-by-hop (see [`strip_hop_by_hop`]).
-pub fn strip_seen(headers: &mut HeaderMap, seen: &Seen, upgrade: bool) {
-    strip(headers, seen.hop, upgrade);
-}
-
-/// Removes the hop-by-hop headers `hop` found and, when `Connection` names
-/// others, those too.
-fn strip(headers: &mut HeaderMap, hop: Hop, upgrade: bool) {
-    let mut found = hop.found;
-    if upgrade {
-        found &= !UPGRADE_BIT; // keep Upgrade
-    }
-    if found == 0 {
-        return;
-    }
-    if found & CONNECTION_BIT != 0 && hop.names_others {
-        // allocated only when Connection names more than the usual tokens
-        let mut named: Vec<HeaderName> = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            let Ok(s) = value.to_str() else { continue };
-            for token in s.split(',').map(str::trim) {
-                let known = ["keep-alive", "close", "upgrade", ""]
-                    .iter()
-                    .any(|k| token.eq_ignore_ascii_case(k));
-                if known || is_end_to_end(token) {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
-                }
-            }
-        }
-        for name in &named {
+/// Completes a response's fields, whose hop-by-hop fields were left out
+/// as it was parsed (`hop` says which it had): the fields `Connection`
+/// named go too, and a `101 Switching Protocols` (`upgrade`), which keeps
+/// its `Upgrade`, says `Connection: upgrade`.
+pub fn finish_response_fields(headers: &mut HeaderMap, hop: Hop, upgrade: bool) {
+    if hop.names_others {
+        // the parser kept `Connection` for this
+        for name in &connection_named(headers) {
             headers.remove(name);
         }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if found & (1 << i) != 0 {
-            headers.remove(name);
-        }
+        headers.remove(header::CONNECTION);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// `Connection: keep-alive` or `close`, what nearly every message says:
+/// it names no other header.
+fn is_plain_connection(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+}
+
+/// The headers `Connection` names beyond the usual tokens: hop-by-hop too.
+/// Allocates, so it is asked only when [`Hop::names_others`] says so.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(s) = value.to_str() else { continue };
+        for token in s.split(',').map(str::trim) {
+            let known = ["keep-alive", "close", "upgrade", ""]
+                .iter()
+                .any(|k| token.eq_ignore_ascii_case(k));
+            if known || is_end_to_end(token) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    named
 }
 
 /// Headers a client may not make disappear by naming them in `Connection`:
@@ -245,41 +212,80 @@ pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Appends the peer to `X-Forwarded-For` (joining repeated headers into
-/// one) and sets `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`.
-/// `seen` says which of them the request has, so that adding one that is
-/// absent costs a single insertion.
-pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, seen: &Seen) {
-    if !seen.forwarded_for {
-        headers.insert(&X_FORWARDED_FOR, f.peer.clone());
-    } else if let header::Entry::Occupied(mut entry) = headers.entry(&X_FORWARDED_FOR) {
-        let mut joined = Vec::with_capacity(64);
-        for v in entry.iter() {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
+/// Writes the request's fields for the backend: without hop-by-hop
+/// fields (an upgrade keeps `Upgrade` and says `Connection: upgrade`) or
+/// `Expect`, with `Host` (from the target when the request had none), the
+/// peer appended to `X-Forwarded-For` (repeated fields joined into one),
+/// and `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id` set.
+///
+/// Written straight into the head rather than edited in the map: a request
+/// without any of these fields (nearly all) is copied field by field.
+pub fn write_request_fields(
+    head: &mut RequestHead,
+    headers: &HeaderMap,
+    seen: &Seen,
+    f: &Forwarded<'_>,
+    upgrade: bool,
+) {
+    let keep_proto = f.peer_trusted && seen.forwarded_proto;
+    let keep_host = f.peer_trusted && seen.forwarded_host;
+    let special = seen.hop.found != 0
+        || seen.expect
+        || seen.forwarded_for
+        || seen.forwarded_proto
+        || seen.forwarded_host
+        || seen.request_ids != 0;
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    if !special {
+        for (name, value) in headers {
+            head.field(name.as_str(), value.as_bytes());
         }
-        joined.extend_from_slice(f.peer.as_bytes());
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
-            entry.insert(v);
-        }
-    }
-    if !(f.peer_trusted && seen.forwarded_proto) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
-    }
-    if !(f.peer_trusted && seen.forwarded_host) {
-        match f.host {
-            Some(h) => {
-                headers.insert(&X_FORWARDED_HOST, h.clone());
+    } else {
+        let named = if seen.hop.names_others {
+            connection_named(headers)
+        } else {
+            Vec::new()
+        };
+        for (name, value) in headers {
+            let n = name.as_str();
+            let skip = match hop_bit(n) {
+                Some(bit) => !(upgrade && 1 << bit == UPGRADE_BIT),
+                None => match n {
+                    "expect" | "x-request-id" => true,
+                    "x-forwarded-proto" => !keep_proto,
+                    "x-forwarded-host" => !keep_host,
+                    "x-forwarded-for" => {
+                        forwarded_for.push(value.as_bytes());
+                        true
+                    }
+                    _ => named.contains(name),
+                },
+            };
+            if !skip {
+                head.field(n, value.as_bytes());
             }
-            None if seen.forwarded_host => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-            None => {}
         }
     }
-    let kept = seen.request_ids == 1 && seen.request_id.as_ref() == Some(f.request_id);
-    if !kept {
-        headers.insert(&X_REQUEST_ID, f.request_id.clone());
+    if seen.host.is_none()
+        && let Some(host) = f.host
+    {
+        head.field("host", host.as_bytes());
+    }
+    if forwarded_for.is_empty() {
+        head.field("x-forwarded-for", f.peer.as_bytes());
+    } else {
+        forwarded_for.push(f.peer.as_bytes());
+        head.list("x-forwarded-for", forwarded_for);
+    }
+    if !keep_proto {
+        head.field("x-forwarded-proto", f.proto.as_bytes());
+    }
+    if !keep_host && let Some(host) = f.host {
+        head.field("x-forwarded-host", host.as_bytes());
+    }
+    head.field("x-request-id", f.request_id.as_bytes());
+    if upgrade {
+        head.field("connection", b"upgrade");
     }
 }
 
@@ -354,62 +360,87 @@ mod tests {
         h
     }
 
+    /// The fields `write_request_fields` writes, as text.
+    fn written(h: &HeaderMap, trusted: bool, host: Option<&str>, upgrade: bool) -> String {
+        let rid = HeaderValue::from_static("abc");
+        let host = host.map(|h| HeaderValue::from_str(h).unwrap());
+        let mut head = RequestHead::new(&http::Method::GET, "/", h.len());
+        write_request_fields(
+            &mut head,
+            h,
+            &Seen::scan(h),
+            &Forwarded {
+                peer: &HeaderValue::from_static("10.0.0.1"),
+                peer_trusted: trusted,
+                proto: "http",
+                host: host.as_ref(),
+                request_id: &rid,
+            },
+            upgrade,
+        );
+        let head = String::from_utf8(head.finish(false)).unwrap();
+        head.trim_start_matches("GET / HTTP/1.1\r\n")
+            .replace("\r\n", "\n")
+    }
+
     #[test]
-    fn strips_hop_by_hop_and_connection_named() {
-        let mut h = map(&[
+    fn forwarded_headers() {
+        let h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "abc"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(
+            written(&h, false, None, false),
+            "accept: */*\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\nx-forwarded-proto: http\nx-request-id: abc\n\n"
+        );
+        // a trusted peer's proto and host describe the original request
+        assert_eq!(
+            written(&h, true, Some("a.example"), false),
+            "x-forwarded-host: evil\nx-forwarded-proto: https\naccept: */*\nhost: a.example\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\nx-request-id: abc\n\n"
+        );
+        // the common case: fields copied, forwarding fields added
+        let h = map(&[("host", "a.example"), ("accept", "*/*")]);
+        assert_eq!(
+            written(&h, false, Some("a.example"), false),
+            "host: a.example\naccept: */*\nx-forwarded-for: 10.0.0.1\nx-forwarded-proto: http\nx-forwarded-host: a.example\nx-request-id: abc\n\n"
+        );
+        // HTTP/2: Host comes from the target
+        assert!(
+            written(&HeaderMap::new(), false, Some("b.example"), false)
+                .starts_with("host: b.example\n")
+        );
+    }
+
+    #[test]
+    fn requests_lose_their_hop_by_hop_fields() {
+        let h = map(&[
             ("connection", "keep-alive, X-Secret, host"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("te", "trailers"),
             ("proxy-connection", "keep-alive"),
             ("upgrade", "websocket"),
+            ("expect", "100-continue"),
             ("host", "a"),
-            ("accept", "*/*"),
         ]);
-        strip_hop_by_hop(&mut h, false);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, vec!["accept", "host"]);
-    }
-
-    #[test]
-    fn upgrade_keeps_its_handshake() {
-        let mut h = map(&[
+        let text = written(&h, false, Some("a"), false);
+        assert!(text.starts_with("host: a\nx-forwarded-for"), "{text}");
+        // an upgrade keeps its handshake
+        let h = map(&[
             ("connection", "Upgrade, x-a"),
             ("upgrade", "websocket"),
             ("x-a", "1"),
         ]);
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["upgrade"], "websocket");
-        assert!(h.get("x-a").is_none());
-    }
-
-    #[test]
-    fn forwarded_headers() {
-        let mut h = map(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
-            ("x-forwarded-host", "evil"),
-        ]);
-        let rid = HeaderValue::from_static("abc");
-        let seen = Seen::scan(&h);
-        add_forwarded(
-            &mut h,
-            &Forwarded {
-                peer: &HeaderValue::from_static("10.0.0.1"),
-                peer_trusted: false,
-                proto: "http",
-                host: None,
-                request_id: &rid,
-            },
-            &seen,
+        let text = written(&h, false, None, true);
+        assert!(
+            text.starts_with("upgrade: websocket\nx-forwarded-for"),
+            "{text}"
         );
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(h.get("x-forwarded-host").is_none());
-        assert_eq!(h["x-request-id"], "abc");
+        assert!(text.ends_with("connection: upgrade\n\n"), "{text}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -29,7 +29,7 @@ use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
 use body::{Finish, LogInfo};
 use headers::{Forwarded, Seen};
-use upstream::{Exchange, ExchangeError, Outgoing};
+use upstream::{Exchange, ExchangeError, Head, Outgoing, RequestHead};
 
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
@@ -38,7 +38,7 @@ use upstream::{Exchange, ExchangeError, Outgoing};
 /// backend holds the request once (it is moved several times by hyper and
 /// tokio, so its size is paid per request).
 pub fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: Arc<Connection>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
     let start = Instant::now();
@@ -68,11 +68,10 @@ pub fn handle(
         bytes: 0,
         log,
     };
-    let prepared = prepare(&mut req, &seen, &mut finish, client, &request_id);
-    let mut out = Some(Outgoing::new(req));
+    let prepared = prepare(req, &seen, &mut finish, client, &request_id);
     async move {
         let result = match prepared {
-            Ok(mut prepared) => exchange(&mut out, &mut prepared, &mut finish).await,
+            Ok(mut prepared) => exchange(&mut prepared, &mut finish).await,
             Err(reject) => Err(reject),
         };
         Ok(respond(result, finish, &request_id))
@@ -87,12 +86,17 @@ fn respond(
 ) -> Response<ProxyBody> {
     match result {
         Ok(Answer {
-            status,
-            mut headers,
+            head:
+                Head {
+                    status,
+                    mut headers,
+                    hop,
+                    ..
+                },
             body,
         }) => {
             finish.status = status.as_u16();
-            headers::strip_hop_by_hop(&mut headers, body.is_none());
+            headers::finish_response_fields(&mut headers, hop, body.is_none());
             let body = match body {
                 Some(exchange) => ProxyBody::upstream(exchange, finish),
                 None => ProxyBody::full(Bytes::new(), finish),
@@ -141,14 +145,16 @@ fn local_response(status: StatusCode, body: &'static str, finish: Finish) -> Res
 struct Prepared {
     pool: usize,
     target: Target,
+    /// The request as the backend gets it; taken while an attempt has it.
+    out: Option<Outgoing>,
     /// The client's side of a WebSocket (or other) upgrade.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
-/// Routes the request and rewrites it for the backend (hop-by-hop headers,
+/// Routes the request and writes it for the backend (hop-by-hop headers,
 /// forwarding headers, origin-form target, route cookie).
 fn prepare(
-    req: &mut Request<Incoming>,
+    mut req: Request<Incoming>,
     seen: &Seen,
     finish: &mut Finish,
     client: IpAddr,
@@ -156,54 +162,27 @@ fn prepare(
 ) -> Result<Prepared, Reject> {
     let rt = &*finish.rt;
     let h1 = req.version() != Version::HTTP_2;
+    let from_target;
     let host = match &seen.host {
-        Some(h) => Some(h.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        Some(h) => Some(h),
+        None => {
+            from_target = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            from_target.as_ref()
+        }
     };
     if host.is_none() && req.version() == Version::HTTP_11 {
         return Err(Reject::MissingHost);
     }
-    let host_name = host.as_ref().and_then(|h| h.to_str().ok());
+    let host_name = host.and_then(|h| h.to_str().ok());
     let pool_index = rt
         .router
         .route(host_name, req.uri().path())
         .ok_or(Reject::NoRoute)?;
     finish.pool = Some(pool_index);
     let pool = &rt.pools[pool_index];
-
-    let upgrade = h1 && seen.upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
-    {
-        let headers = req.headers_mut();
-        headers::strip_seen(headers, seen, upgrade);
-        if seen.expect {
-            headers.remove(header::EXPECT);
-        }
-        if seen.host.is_none()
-            && let Some(h) = &host
-        {
-            headers.insert(header::HOST, h.clone());
-        }
-        headers::add_forwarded(
-            headers,
-            &Forwarded {
-                peer: &finish.conn.peer_ip,
-                peer_trusted: headers::is_trusted(finish.conn.peer.ip(), &rt.trusted_proxies),
-                proto: if finish.conn.tls { "https" } else { "http" },
-                host: host.as_ref(),
-                request_id,
-            },
-            seen,
-        );
-    }
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let origin_form = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        *req.uri_mut() = Uri::try_from(origin_form).unwrap_or_else(|_| Uri::from_static("/"));
-    }
-    *req.version_mut() = Version::HTTP_11;
 
     let pinned = pool.sticky.as_deref().and_then(|r| match &r.prefix {
         Some(app_cookie) => sticky::take_prefixed_token(req.headers_mut(), app_cookie)
@@ -212,9 +191,30 @@ fn prepare(
             sticky::find_cookie(req.headers(), &r.cookie).and_then(|token| r.backend_for(token))
         }
     });
+
+    let upgrade = h1 && seen.upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = RequestHead::new(&parts.method, target, parts.headers.len());
+    headers::write_request_fields(
+        &mut head,
+        &parts.headers,
+        seen,
+        &Forwarded {
+            peer: &finish.conn.peer_ip,
+            peer_trusted: headers::is_trusted(finish.conn.peer.ip(), &rt.trusted_proxies),
+            proto: if finish.conn.tls { "https" } else { "http" },
+            host,
+            request_id,
+        },
+        upgrade,
+    );
+    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     Ok(Prepared {
         pool: pool_index,
         target: Target { client, pinned },
+        out: Some(Outgoing::new(head, parts.method, body, has_length)),
         client_upgrade,
     })
 }
@@ -222,19 +222,14 @@ fn prepare(
 /// A backend's response head, with the exchange that reads its body
 /// (`None` after `101 Switching Protocols`: the connection is a tunnel).
 struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
+    head: Head,
     body: Option<Exchange>,
 }
 
 /// Picks a backend, sends, and retries elsewhere while that cannot repeat
-/// the request's effect. `out` is taken when sent and put back when it may
-/// be sent again.
-async fn exchange(
-    out: &mut Option<Outgoing>,
-    prepared: &mut Prepared,
-    finish: &mut Finish,
-) -> Result<Answer, Reject> {
+/// the request's effect. The request is taken when sent and put back when
+/// it may be sent again.
+async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer, Reject> {
     let rt = finish.rt.clone();
     let pool = &rt.pools[prepared.pool];
     let mut tried = Tried::default();
@@ -263,7 +258,7 @@ async fn exchange(
             }
         };
         let reused = conn.reused();
-        let Some(unsent) = out.take() else {
+        let Some(unsent) = prepared.out.take() else {
             return Err(last_error.map_or(Reject::NoBackend, Reject::Upstream));
         };
         backend.state.begin_request();
@@ -277,9 +272,9 @@ async fn exchange(
             )
             .await;
         match head {
-            Some(Ok((status, mut headers))) => {
-                note_placement(pool, b, pick.outcome, &mut headers, finish.conn.tls);
-                let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+            Some(Ok(mut head)) => {
+                note_placement(pool, b, pick.outcome, &mut head.headers, finish.conn.tls);
+                let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_upgrade) = prepared.client_upgrade.take() else {
                         return Err(UpstreamError::UnsolicitedUpgrade.into());
                     };
@@ -288,11 +283,7 @@ async fn exchange(
                 } else {
                     Some(ex)
                 };
-                return Ok(Answer {
-                    status,
-                    headers,
-                    body,
-                });
+                return Ok(Answer { head, body });
             }
             Some(Err(error)) => {
                 backend.state.end_request();
@@ -313,7 +304,7 @@ async fn exchange(
                 }
                 match ex.into_retry() {
                     Some(again) => {
-                        *out = Some(again);
+                        prepared.out = Some(again);
                         last_error = Some(error);
                     }
                     None => {

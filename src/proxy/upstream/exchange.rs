@@ -9,14 +9,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::Method;
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::Conn;
-use super::wire::{self, Decoded, Decoder, WireError};
+use super::wire::{self, Decoded, Decoder, Head, RequestHead, WireError};
 
 /// Bytes asked of the kernel per read; a buffer with less room than
 /// `MIN_READ` grows by this much first.
@@ -60,30 +60,29 @@ struct Streaming {
 }
 
 impl Outgoing {
-    /// Takes a request whose headers are already rewritten for the backend
-    /// (origin-form target, no hop-by-hop headers).
-    pub fn new(req: Request<Incoming>) -> Outgoing {
-        let (parts, incoming) = req.into_parts();
+    /// A request whose head (without its end) is written, and its body.
+    /// A body without a `Content-Length` (HTTP/2, or chunked from the
+    /// client) is sent chunked.
+    pub fn new(
+        head: RequestHead,
+        method: Method,
+        incoming: Incoming,
+        has_length: bool,
+    ) -> Outgoing {
         let body = (!incoming.is_end_stream()).then(|| {
-            let chunked = !parts.headers.contains_key(http::header::CONTENT_LENGTH);
             Box::new(Streaming {
                 incoming,
-                chunked,
+                chunked: !has_length,
                 queue: Default::default(),
                 ended: false,
             })
         });
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let chunked = body.as_ref().is_some_and(|b| b.chunked);
         Outgoing {
-            head: wire::request_head(&parts.method, target, &parts.headers, chunked),
-            method: parts.method,
+            head: head.finish(chunked),
+            method,
             body,
         }
-    }
-
-    pub fn method(&self) -> &Method {
-        &self.method
     }
 }
 
@@ -124,19 +123,18 @@ impl Exchange {
     }
 
     /// Writes the request and reads the final response head (1xx interim
-    /// responses are skipped).
-    pub fn poll_head(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(StatusCode, HeaderMap), ExchangeError>> {
+    /// responses are skipped). The head's `body` stays with the exchange.
+    pub fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, ExchangeError>> {
         self.drive_send(cx)?;
         loop {
-            if let Some(head) = wire::parse_response(&mut self.conn.buf, &self.out.method)? {
-                self.recv = head.body;
+            if !self.conn.buf.is_empty()
+                && let Some(mut head) = wire::parse_response(&mut self.conn.buf, &self.out.method)?
+            {
+                self.recv = std::mem::replace(&mut head.body, Decoder::Done);
                 self.keep_alive = head.keep_alive;
                 // the head is not needed again: no replay after a response
                 self.out.head = Vec::new();
-                return Poll::Ready(Ok((head.status, head.headers)));
+                return Poll::Ready(Ok(head));
             }
             match ready!(self.poll_fill(cx)) {
                 Ok(0) => return Poll::Ready(Err(ExchangeError::Closed)),

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 pub use exchange::{Exchange, ExchangeError, Outgoing};
-pub use wire::WireError;
+pub use wire::{Head, RequestHead, WireError};
 
 /// Idle connections kept per backend and per worker (nginx's `keepalive`).
 pub const MAX_IDLE_PER_BACKEND: usize = 128;

@@ -11,6 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
+use crate::proxy::headers::Hop;
+
 /// The largest response head accepted from a backend.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields accepted in a response head.
@@ -31,33 +33,61 @@ pub enum WireError {
     Chunked,
 }
 
-/// Writes the request head for a backend: origin-form target, HTTP/1.1,
-/// the (already rewritten) headers, and `Transfer-Encoding: chunked` when
-/// a body of unknown length follows.
-pub fn request_head(method: &Method, target: &str, headers: &HeaderMap, chunked: bool) -> Vec<u8> {
-    let mut head = Vec::with_capacity(256 + 64 * headers.len() + target.len());
-    head.extend_from_slice(method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
+/// A request head being written for a backend, field by field: the
+/// request line, then fields as the header rules decide, then
+/// [`RequestHead::finish`].
+pub struct RequestHead(Vec<u8>);
+
+impl RequestHead {
+    /// Starts with the request line: origin-form `target`, HTTP/1.1.
+    pub fn new(method: &Method, target: &str, fields: usize) -> RequestHead {
+        let mut head = Vec::with_capacity(256 + 64 * fields + target.len());
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        RequestHead(head)
+    }
+
+    pub fn field(&mut self, name: &str, value: &[u8]) {
+        self.list(name, [value]);
+    }
+
+    /// One field whose value is `values` joined by ", ".
+    pub fn list<'a>(&mut self, name: &str, values: impl IntoIterator<Item = &'a [u8]>) {
+        let head = &mut self.0;
+        head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                head.extend_from_slice(b", ");
+            }
+            head.extend_from_slice(value);
+        }
         head.extend_from_slice(b"\r\n");
     }
-    if chunked {
-        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+
+    /// Ends the head; `chunked` announces a body of unknown length.
+    pub fn finish(mut self, chunked: bool) -> Vec<u8> {
+        if chunked {
+            self.0.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        self.0.extend_from_slice(b"\r\n");
+        self.0
     }
-    head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// A final response head (interim 1xx responses are skipped).
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
+    /// Without hop-by-hop fields (see [`Head::hop`]), except `Upgrade` in
+    /// a `101`.
     pub headers: HeaderMap,
+    /// The hop-by-hop fields the response had; `Connection` is kept in
+    /// `headers` when it names other fields, for
+    /// `headers::finish_response_fields`.
+    pub hop: Hop,
     pub body: Decoder,
     /// The backend keeps the connection open after this response.
     pub keep_alive: bool,
@@ -117,6 +147,7 @@ fn build(
     method: &Method,
 ) -> Result<Head, WireError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut hop = Hop::default();
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let (mut close, mut keep_alive) = (false, false);
@@ -140,6 +171,13 @@ fn build(
                 let token = token.trim_ascii();
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        if hop.note(name.as_str(), &value) {
+            let named = hop.names_others && name == header::CONNECTION;
+            let upgrade = status == StatusCode::SWITCHING_PROTOCOLS && name == header::UPGRADE;
+            if !named && !upgrade {
+                continue;
             }
         }
         let Ok(value) = HeaderValue::from_maybe_shared(value) else {
@@ -179,6 +217,7 @@ fn build(
     Ok(Head {
         status,
         headers,
+        hop,
         body,
         keep_alive,
     })
@@ -387,6 +426,7 @@ mod tests {
         let head = head.unwrap().unwrap();
         assert!(matches!(head.body, Decoder::Chunked(_)) && !head.keep_alive);
         assert!(head.headers.get("content-length").is_none());
+        assert!(head.headers.get("transfer-encoding").is_none());
 
         let (head, _) = parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &Method::GET);
         assert!(!head.unwrap().unwrap().keep_alive);
@@ -400,6 +440,27 @@ mod tests {
             &Method::GET,
         );
         assert!(!head.unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn responses_lose_their_hop_by_hop_fields() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret, content-length\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nContent-Length: 0\r\nAccept-Ranges: bytes\r\n\r\n";
+        let Head {
+            mut headers, hop, ..
+        } = parse(text, &Method::GET).0.unwrap().unwrap();
+        crate::proxy::headers::finish_response_fields(&mut headers, hop, false);
+        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["accept-ranges", "content-length"]);
+        // a 101 keeps its handshake
+        let text = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, x-a\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n";
+        let Head {
+            mut headers, hop, ..
+        } = parse(text, &Method::GET).0.unwrap().unwrap();
+        crate::proxy::headers::finish_response_fields(&mut headers, hop, true);
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(headers["upgrade"], "websocket");
+        assert!(headers.get("x-a").is_none());
     }
 
     #[test]
@@ -479,12 +540,12 @@ mod tests {
 
     #[test]
     fn request_heads() {
-        let mut h = HeaderMap::new();
-        h.insert("host", HeaderValue::from_static("example.com"));
-        let head = request_head(&Method::POST, "/a?b", &h, true);
+        let mut head = RequestHead::new(&Method::POST, "/a?b", 2);
+        head.field("host", b"example.com");
+        head.list("x-forwarded-for", [&b"1.1.1.1"[..], b"2.2.2.2"]);
         assert_eq!(
-            head,
-            b"POST /a?b HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n"
+            head.finish(true),
+            b"POST /a?b HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 }
