@@ -294,19 +294,15 @@ impl Exchange {
         }
     }
 
-    /// Reads what the backend sent into the connection's buffer.
+    /// Reads what the backend sent into the connection's buffer. Through
+    /// `AsyncRead`, which notes a short read as "drained": the next poll
+    /// waits for the poller instead of asking the kernel in vain.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let buf = &mut self.conn.buf;
         if buf.capacity() - buf.len() < MIN_READ {
             buf.reserve(READ_SIZE);
         }
-        loop {
-            ready!(self.conn.stream.poll_read_ready(cx))?;
-            match self.conn.stream.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.conn.stream), cx, buf)
     }
 }
 
