@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Uri};
+use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::headers::RequestId;
 use super::upstream::{self, Exchange, ExchangeError};
 use crate::access_log;
 use crate::config::AccessFormat;
@@ -122,7 +123,7 @@ pub(super) struct LogInfo {
     pub client: Option<IpAddr>,
     pub method: Method,
     pub uri: Uri,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
 }
 
 /// The end of a request's life, run when its response body ends or drops.
@@ -181,7 +182,7 @@ impl Drop for Finish {
                     duration: elapsed,
                     pool,
                     backend: backend.map_or("", |b| &*b.state.name),
-                    request_id: log.request_id.to_str().unwrap_or("-"),
+                    request_id: log.request_id.as_str(),
                 },
             );
         }

@@ -41,6 +41,8 @@ impl Hop {
 pub struct Seen {
     hop: Hop,
     pub expect: bool,
+    /// The request has a `Content-Length` (hyper drops it beside chunked).
+    pub content_length: bool,
     pub host: Option<HeaderValue>,
     /// The first `X-Request-Id`, and whether there are more.
     request_id: Option<HeaderValue>,
@@ -59,6 +61,7 @@ impl Seen {
                 match name {
                     "host" if seen.host.is_none() => seen.host = Some(value.clone()),
                     "expect" => seen.expect = true,
+                    "content-length" => seen.content_length = true,
                     "x-request-id" => {
                         seen.request_ids = seen.request_ids.saturating_add(1);
                         if seen.request_id.is_none() {
@@ -209,7 +212,7 @@ pub struct Forwarded<'a> {
     pub peer_trusted: bool,
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a RequestId,
 }
 
 /// Writes the request's fields for the backend: without hop-by-hop
@@ -289,34 +292,54 @@ pub fn write_request_fields(
     }
 }
 
-/// The client's `X-Request-Id` when it is a sane token, else a new id of
-/// 32 hex digits (see [`IdSource`]).
-pub fn request_id(seen: &Seen) -> HeaderValue {
+/// A request's id, sent to the backend as `X-Request-Id` and logged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestId {
+    /// The client's own, a sane token.
+    Given(HeaderValue),
+    /// A new one: 32 hex digits (see [`IdSource`]).
+    New([u8; 32]),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(v) => v.as_bytes(),
+            RequestId::New(hex) => hex,
+        }
+    }
+
+    /// The id as text; `-` if it is not (a given id may hold obs-text).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a new id.
+pub fn request_id(seen: &Seen) -> RequestId {
     if let Some(v) = &seen.request_id {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
+            return RequestId::Given(v.clone());
         }
     }
-    new_request_id()
+    RequestId::New(new_request_id())
 }
 
 /// Where a worker's new request ids come from: 64 random bits drawn once
 /// per thread, then a counter, so that an id costs 16 hex digits rather
 /// than 32 random ones, and ids of two workers or two processes do not
-/// collide in practice. Ids are cut from a shared 4 KiB buffer: one
-/// allocation per 128 ids.
+/// collide in practice.
+#[derive(Clone, Copy)]
 struct IdSource {
     prefix: [u8; 16],
     next: u64,
-    slab: bytes::BytesMut,
 }
 
 thread_local! {
-    static IDS: std::cell::RefCell<IdSource> = std::cell::RefCell::new(IdSource {
+    static IDS: std::cell::Cell<IdSource> = std::cell::Cell::new(IdSource {
         prefix: hex16(fastrand::u64(..)),
         next: 0,
-        slab: bytes::BytesMut::new(),
     });
 }
 
@@ -330,19 +353,19 @@ fn hex16(n: u64) -> [u8; 16] {
     hex
 }
 
-fn new_request_id() -> HeaderValue {
-    let bytes = IDS.with(|ids| {
-        let mut ids = ids.borrow_mut();
-        let ids = &mut *ids;
-        if ids.slab.capacity() < 32 {
-            ids.slab = bytes::BytesMut::with_capacity(32 * 128);
-        }
-        ids.slab.extend_from_slice(&ids.prefix);
-        ids.slab.extend_from_slice(&hex16(ids.next));
-        ids.next = ids.next.wrapping_add(1);
-        ids.slab.split().freeze()
+fn new_request_id() -> [u8; 32] {
+    let source = IDS.with(|ids| {
+        let source = ids.get();
+        ids.set(IdSource {
+            next: source.next.wrapping_add(1),
+            ..source
+        });
+        source
     });
-    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(&source.prefix);
+    id[16..].copy_from_slice(&hex16(source.next));
+    id
 }
 
 #[cfg(test)]
@@ -362,7 +385,7 @@ mod tests {
 
     /// The fields `write_request_fields` writes, as text.
     fn written(h: &HeaderMap, trusted: bool, host: Option<&str>, upgrade: bool) -> String {
-        let rid = HeaderValue::from_static("abc");
+        let rid = RequestId::Given(HeaderValue::from_static("abc"));
         let host = host.map(|h| HeaderValue::from_str(h).unwrap());
         let mut head = RequestHead::new(&http::Method::GET, "/", h.len());
         write_request_fields(
@@ -477,12 +500,13 @@ mod tests {
     fn request_ids() {
         let id = |h: &HeaderMap| request_id(&Seen::scan(h));
         let h = map(&[("x-request-id", "given-1")]);
-        assert_eq!(id(&h), "given-1");
+        assert_eq!(id(&h).as_str(), "given-1");
         let a = id(&HeaderMap::new());
         let b = id(&HeaderMap::new());
-        assert_eq!(a.len(), 32);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(a, b);
         let h = map(&[("x-request-id", "has space")]);
-        assert_ne!(id(&h), "has space");
+        assert_ne!(id(&h).as_str(), "has space");
     }
 }

@@ -28,7 +28,7 @@ pub use route::Router;
 use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
 use body::{Finish, LogInfo};
-use headers::{Forwarded, Seen};
+use headers::{Forwarded, RequestId, Seen};
 use upstream::{Exchange, ExchangeError, Head, Outgoing, RequestHead};
 
 /// Serves one request from a client connection. Never fails: every problem
@@ -82,7 +82,7 @@ pub fn handle(
 fn respond(
     result: Result<Answer, Reject>,
     mut finish: Finish,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
 ) -> Response<ProxyBody> {
     match result {
         Ok(Answer {
@@ -110,7 +110,7 @@ fn respond(
             let status = reject.status();
             match &reject {
                 Reject::Upstream(error) => tracing::warn!(
-                    request_id = request_id.to_str().unwrap_or("-"),
+                    request_id = request_id.as_str(),
                     status = status.as_u16(),
                     %error,
                     "request failed"
@@ -158,7 +158,7 @@ fn prepare(
     seen: &Seen,
     finish: &mut Finish,
     client: IpAddr,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
 ) -> Result<Prepared, Reject> {
     let rt = &*finish.rt;
     let h1 = req.version() != Version::HTTP_2;
@@ -210,11 +210,10 @@ fn prepare(
         },
         upgrade,
     );
-    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     Ok(Prepared {
         pool: pool_index,
         target: Target { client, pinned },
-        out: Some(Outgoing::new(head, parts.method, body, has_length)),
+        out: Some(Outgoing::new(head, parts.method, body, seen.content_length)),
         client_upgrade,
     })
 }

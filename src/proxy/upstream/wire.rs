@@ -135,7 +135,19 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         let status =
             StatusCode::from_u16(code).map_err(|_| WireError::Head(httparse::Error::Status))?;
         let head = buf.split_to(len).freeze();
-        return build(&head, &spans[..count], status, http11, method).map(Some);
+        return NAMES
+            .with(|names| match names.try_borrow_mut() {
+                Ok(mut names) => build(&head, &spans[..count], status, http11, method, &mut names),
+                Err(_) => build(
+                    &head,
+                    &spans[..count],
+                    status,
+                    http11,
+                    method,
+                    &mut NameCache(Vec::new()), // no slots: every name looked up
+                ),
+            })
+            .map(Some);
     }
 }
 
@@ -145,6 +157,7 @@ fn build(
     status: StatusCode,
     http11: bool,
     method: &Method,
+    names: &mut NameCache,
 ) -> Result<Head, WireError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut hop = Hop::default();
@@ -153,7 +166,7 @@ fn build(
     let (mut close, mut keep_alive) = (false, false);
     for &(name, name_len, value, value_len) in spans {
         let (name, value) = (name as usize, value as usize);
-        let Ok(name) = HeaderName::from_bytes(&head[name..name + name_len as usize]) else {
+        let Some(name) = names.get(&head[name..name + name_len as usize]) else {
             return Err(WireError::Head(httparse::Error::HeaderName));
         };
         let value = head.slice(value..value + value_len as usize);
@@ -221,6 +234,40 @@ fn build(
         body,
         keep_alive,
     })
+}
+
+/// Slots of the per-worker cache of response field names.
+const NAME_SLOTS: usize = 64;
+
+/// A backend sends the same dozen field names in every response: each
+/// name as sent, with its `HeaderName`, in a slot chosen by its length and
+/// two of its bytes. A hit costs a compare instead of lowercasing, a
+/// lookup among the standard names and, for other names, a copy.
+struct NameCache(Vec<Option<(Box<[u8]>, HeaderName)>>);
+
+thread_local! {
+    static NAMES: std::cell::RefCell<NameCache> =
+        std::cell::RefCell::new(NameCache(vec![None; NAME_SLOTS]));
+}
+
+impl NameCache {
+    fn get(&mut self, raw: &[u8]) -> Option<HeaderName> {
+        let (Some(&first), Some(&last)) = (raw.first(), raw.last()) else {
+            return None;
+        };
+        let slot = (raw.len() * 7 + usize::from(first) * 3 + usize::from(last)) % NAME_SLOTS;
+        let slot = self.0.get_mut(slot);
+        if let Some(Some((cached, name))) = &slot
+            && **cached == *raw
+        {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        if let Some(slot) = slot {
+            *slot = Some((raw.into(), name.clone()));
+        }
+        Some(name)
+    }
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -461,6 +508,25 @@ mod tests {
         assert_eq!(headers["connection"], "upgrade");
         assert_eq!(headers["upgrade"], "websocket");
         assert!(headers.get("x-a").is_none());
+    }
+
+    #[test]
+    fn field_names_from_the_cache_are_the_names() {
+        for _ in 0..2 {
+            for raw in [
+                "Content-Type",
+                "content-type",
+                "X-Backend",
+                "x-backend",
+                "X-A",
+                "Date",
+            ] {
+                let name = NAMES.with_borrow_mut(|n| n.get(raw.as_bytes())).unwrap();
+                assert_eq!(name.as_str(), raw.to_ascii_lowercase());
+            }
+        }
+        assert!(NAMES.with_borrow_mut(|n| n.get(b"")).is_none());
+        assert!(NAMES.with_borrow_mut(|n| n.get(b"bad name")).is_none());
     }
 
     #[test]
