@@ -292,10 +292,10 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
                     return Err(UpstreamError::Exchange(error).into());
                 }
                 let error = UpstreamError::Exchange(error);
-                if reused {
+                if reused && !ex.answered() {
                     // A pooled connection the backend had closed (it
-                    // restarted, or its idle timeout was shorter): the
-                    // others to it are suspect too; not the backend's fault.
+                    // restarted, or its idle timeout was shorter): not the
+                    // backend failing, but its other idle ones are suspect.
                     upstream::discard(id);
                 } else {
                     mark_failed(pool, b, &error);
@@ -306,12 +306,7 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
                         prepared.out = Some(again);
                         last_error = Some(error);
                     }
-                    None => {
-                        if reused {
-                            mark_failed(pool, b, &error);
-                        }
-                        return Err(error.into());
-                    }
+                    None => return Err(error.into()),
                 }
             }
             None => {

@@ -168,6 +168,11 @@ impl Exchange {
         }
     }
 
+    /// Some byte of a response arrived.
+    pub fn answered(&self) -> bool {
+        self.received
+    }
+
     pub fn is_end_stream(&self) -> bool {
         self.recv.is_done()
     }
