@@ -205,6 +205,21 @@ async fn malformed_requests_get_4xx_with_a_reason() {
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+    let out = raw(
+        proxy.addr(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("CONNECT is not proxied (sessionlb is a reverse proxy)\n"),
+        "{out}"
+    );
     assert_eq!(b.hits(), 0, "nothing malformed reached the backend");
 
     // a backend's own bodiless 400 passes through untouched

@@ -11,6 +11,8 @@ pub enum Reject {
     MissingHost,
     #[error("no route for this host and path")]
     NoRoute,
+    #[error("CONNECT is not proxied")]
+    Connect,
     #[error("no backend is up")]
     NoBackend,
     #[error(transparent)]
@@ -35,6 +37,7 @@ impl Reject {
         match self {
             Reject::MissingHost => StatusCode::BAD_REQUEST,
             Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::Connect => StatusCode::METHOD_NOT_ALLOWED,
             Reject::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Upstream(UpstreamError::Connect(ConnectError::Timeout { .. }))
             | Reject::Upstream(UpstreamError::ResponseTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -51,6 +54,9 @@ impl Reject {
         match self {
             Reject::MissingHost => "400 Bad Request: HTTP/1.1 request without a Host header\n",
             Reject::NoRoute => "404 Not Found: no route for this host and path\n",
+            Reject::Connect => {
+                "405 Method Not Allowed: CONNECT is not proxied (sessionlb is a reverse proxy)\n"
+            }
             Reject::NoBackend => {
                 "503 Service Unavailable: no backend is up to serve this request\n"
             }

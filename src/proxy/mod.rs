@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -161,6 +161,10 @@ fn prepare(
     request_id: &RequestId,
 ) -> Result<Prepared, Reject> {
     let rt = &*finish.rt;
+    if req.method() == Method::CONNECT {
+        // a tunnel to anywhere is a forward proxy's job
+        return Err(Reject::Connect);
+    }
     let h1 = req.version() != Version::HTTP_2;
     let from_target;
     let host = match &seen.host {
