@@ -239,3 +239,41 @@ async fn pooled_connections_the_backend_closed_are_retried_for_idempotent_reques
     let r = get(&c, &proxy.url("/")).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn a_pooled_connection_idle_for_a_while_is_checked_before_a_post_uses_it() {
+    // answers as if keeping the connection, then closes it
+    let s = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true);
+    let proxy = Proxy::start(&config("round_robin", &[entry(s.addr)], ""));
+    let c = client::h1();
+    let post = || {
+        Request::post(proxy.url("/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = client::send(&c, post()).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    // not a synchronisation: the pooled connection must age past the
+    // second after which it is checked for a close before reuse
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // a POST is never replayed, so only that check saves it from a 502
+    let r = client::send(&c, post()).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    assert_eq!(s.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_client_still_uploading_reads_the_proxys_own_error() {
+    // the backend drops the connection: the proxy answers 502 while the
+    // client is still sending; the rest of the body is read and dropped
+    // so that the client reads the answer rather than a reset
+    let s = support::Slammer::start();
+    let proxy = Proxy::start(&config("round_robin", &[entry(s.addr)], ""));
+    let (status, body) = post(
+        &body_client(false),
+        &proxy.url("/upload"),
+        TestBody::Zeros(8 * 1024 * 1024),
+    )
+    .await;
+    assert_eq!(status, 502, "{body:?}");
+}

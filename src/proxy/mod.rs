@@ -217,7 +217,13 @@ fn prepare(
     Ok(Prepared {
         pool: pool_index,
         target: Target { client, pinned },
-        out: Some(Outgoing::new(head, parts.method, body, seen.content_length)),
+        out: Some(Outgoing::new(
+            head,
+            parts.method,
+            body,
+            seen.content_length,
+            h1,
+        )),
         client_upgrade,
     })
 }

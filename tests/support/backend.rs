@@ -7,7 +7,7 @@
 //! - `/chunked/<bytes>`: streams that many bytes without saying how many
 //! - `/upload`: reads the body as it comes and answers its length
 //! - `/echo`: streams the request body back as it reads it
-//! - `/early/<code>`: answers that status at once, without reading the body
+//! - `/early/<code>`: answers that status at once, then reads the body
 //! - `/status/<code>`: answers with that status
 //! - `/ws`: WebSocket echo
 //! - `/hop-response`: a response with hop-by-hop headers the proxy must drop
@@ -210,6 +210,10 @@ async fn handle(
             r
         }
         "early" => {
+            // the body is read only after the answer has gone, and dropped
+            // (as a server with a lingering close does)
+            let mut body = req.into_body();
+            tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
             let mut r = full(&name, format!("status {arg}"));
             *r.status_mut() = StatusCode::from_u16(arg.parse().unwrap_or(500))
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -23,6 +23,14 @@ use super::wire::{self, Decoded, Decoder, Head, RequestHead, WireError};
 const READ_SIZE: usize = 16 * 1024;
 const MIN_READ: usize = 2 * 1024;
 
+/// A request body an HTTP/1 client is still sending when its request is
+/// over (the backend answered without reading it all, or the proxy answered
+/// an error) is read and dropped, up to this much: hyper closes a
+/// connection with an unread body at once, and a client still writing would
+/// then meet a reset instead of the answer (nginx's lingering close).
+/// Beyond it the connection is closed all the same.
+const LINGER_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Why an exchange with a backend failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -50,13 +58,42 @@ pub struct Outgoing {
 /// A request body on its way: what the client sends, re-framed for the
 /// backend.
 struct Streaming {
-    incoming: Incoming,
+    /// Taken only when it is dropped unfinished (see [`LINGER_LIMIT`]).
+    incoming: Option<Incoming>,
     /// Unknown length (HTTP/2, or chunked from the client): sent chunked.
     chunked: bool,
     /// Bytes waiting to be written: chunk size line, data, CRLF.
     queue: [Bytes; 3],
     /// The client's body has ended; what is queued is the last of it.
     ended: bool,
+    /// Read what is left of it when the request ends unfinished (HTTP/1
+    /// clients; HTTP/2 resets just the stream).
+    linger: bool,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if self.linger
+            && !self.ended
+            && let Some(incoming) = self.incoming.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // hyper feeds the body for as long as someone reads it
+            runtime.spawn(linger(incoming));
+        }
+    }
+}
+
+/// Reads and drops the rest of a request body (see [`LINGER_LIMIT`]); ends
+/// with it, at the limit, or when the client goes away.
+async fn linger(mut incoming: Incoming) {
+    let mut dropped = 0usize;
+    while dropped <= LINGER_LIMIT {
+        match std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_frame(cx)).await {
+            Some(Ok(frame)) => dropped += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(_)) | None => return,
+        }
+    }
 }
 
 impl Outgoing {
@@ -68,13 +105,15 @@ impl Outgoing {
         method: Method,
         incoming: Incoming,
         has_length: bool,
+        http1_client: bool,
     ) -> Outgoing {
         let body = (!incoming.is_end_stream()).then(|| {
             Box::new(Streaming {
-                incoming,
+                incoming: Some(incoming),
                 chunked: !has_length,
                 queue: Default::default(),
                 ended: false,
+                linger: http1_client,
             })
         });
         let chunked = body.as_ref().is_some_and(|b| b.chunked);
@@ -269,7 +308,10 @@ impl Exchange {
                 self.out.body = None;
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut body.incoming).poll_frame(cx)) {
+            let Some(incoming) = body.incoming.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(incoming).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     // trailers are dropped, as most proxies do
                     let Ok(data) = frame.into_data() else {
