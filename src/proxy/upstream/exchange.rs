@@ -247,10 +247,6 @@ impl Exchange {
         (self.conn.stream, self.conn.buf)
     }
 
-    pub fn backend_id(&self) -> usize {
-        self.conn.id
-    }
-
     fn drive_send(&mut self, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
         if self.send != Send::Writing {
             return Ok(());
