@@ -276,4 +276,20 @@ async fn a_client_still_uploading_reads_the_proxys_own_error() {
     )
     .await;
     assert_eq!(status, 502, "{body:?}");
+
+    // the same for a request refused before any backend is chosen
+    let b = Backend::start("b");
+    let routed = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[pools.web]\nbackends = [{}]\n[[routes]]\nhost = \"only.test\"\npool = \"web\"\n",
+        b.entry()
+    );
+    let proxy = Proxy::start(&routed);
+    let (status, body) = post(
+        &body_client(false),
+        &proxy.url("/upload"),
+        TestBody::Zeros(8 * 1024 * 1024),
+    )
+    .await;
+    assert_eq!(status, 404, "{body:?}");
+    assert_eq!(b.hits(), 0);
 }

@@ -29,7 +29,7 @@ use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
 use body::{Finish, LogInfo};
 use headers::{Forwarded, RequestId, Seen};
-use upstream::{Exchange, ExchangeError, Head, Outgoing, RequestHead};
+use upstream::{ClientBody, Exchange, ExchangeError, Head, Outgoing, RequestHead};
 
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
@@ -154,51 +154,56 @@ struct Prepared {
 /// Routes the request and writes it for the backend (hop-by-hop headers,
 /// forwarding headers, origin-form target, route cookie).
 fn prepare(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     seen: &Seen,
     finish: &mut Finish,
     client: IpAddr,
     request_id: &RequestId,
 ) -> Result<Prepared, Reject> {
     let rt = &*finish.rt;
-    if req.method() == Method::CONNECT {
+    let (mut parts, body) = req.into_parts();
+    let h1 = parts.version != Version::HTTP_2;
+    // from here on, a request refused with its body unread still lets the
+    // client read the answer (see ClientBody)
+    let body = ClientBody::new(body, h1);
+    if parts.method == Method::CONNECT {
         // a tunnel to anywhere is a forward proxy's job
         return Err(Reject::Connect);
     }
-    let h1 = req.version() != Version::HTTP_2;
     let from_target;
     let host = match &seen.host {
         Some(h) => Some(h),
         None => {
-            from_target = req
-                .uri()
+            from_target = parts
+                .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
             from_target.as_ref()
         }
     };
-    if host.is_none() && req.version() == Version::HTTP_11 {
+    if host.is_none() && parts.version == Version::HTTP_11 {
         return Err(Reject::MissingHost);
     }
     let host_name = host.and_then(|h| h.to_str().ok());
     let pool_index = rt
         .router
-        .route(host_name, req.uri().path())
+        .route(host_name, parts.uri.path())
         .ok_or(Reject::NoRoute)?;
     finish.pool = Some(pool_index);
     let pool = &rt.pools[pool_index];
 
     let pinned = pool.sticky.as_deref().and_then(|r| match &r.prefix {
-        Some(app_cookie) => sticky::take_prefixed_token(req.headers_mut(), app_cookie)
+        Some(app_cookie) => sticky::take_prefixed_token(&mut parts.headers, app_cookie)
             .and_then(|token| r.backend_for(token.as_bytes())),
         None => {
-            sticky::find_cookie(req.headers(), &r.cookie).and_then(|token| r.backend_for(token))
+            sticky::find_cookie(&parts.headers, &r.cookie).and_then(|token| r.backend_for(token))
         }
     });
 
-    let upgrade = h1 && seen.upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let upgrade = h1 && seen.upgrade(&parts.headers);
+    let client_upgrade = upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut head = RequestHead::new(&parts.method, target, parts.headers.len());
     headers::write_request_fields(
@@ -217,13 +222,7 @@ fn prepare(
     Ok(Prepared {
         pool: pool_index,
         target: Target { client, pinned },
-        out: Some(Outgoing::new(
-            head,
-            parts.method,
-            body,
-            seen.content_length,
-            h1,
-        )),
+        out: Some(Outgoing::new(head, parts.method, body, seen.content_length)),
         client_upgrade,
     })
 }

@@ -24,8 +24,7 @@ const READ_SIZE: usize = 16 * 1024;
 const MIN_READ: usize = 2 * 1024;
 
 /// A request body an HTTP/1 client is still sending when its request is
-/// over (the backend answered without reading it all, or the proxy answered
-/// an error) is read and dropped, up to this much: hyper closes a
+/// over (see [`ClientBody`]) is read and dropped, up to this much: hyper closes a
 /// connection with an unread body at once, and a client still writing would
 /// then meet a reset instead of the answer (nginx's lingering close).
 /// Beyond it the connection is closed all the same.
@@ -58,20 +57,50 @@ pub struct Outgoing {
 /// A request body on its way: what the client sends, re-framed for the
 /// backend.
 struct Streaming {
-    /// Taken only when it is dropped unfinished (see [`LINGER_LIMIT`]).
-    incoming: Option<Incoming>,
+    client: ClientBody,
     /// Unknown length (HTTP/2, or chunked from the client): sent chunked.
     chunked: bool,
-    /// Bytes waiting to be written: chunk size line, data, CRLF.
+    /// Bytes waiting to be written: chunk size line, data, CRLF; once the
+    /// client's body has ended, the last of it.
     queue: [Bytes; 3],
-    /// The client's body has ended; what is queued is the last of it.
+}
+
+/// The client's request body. Dropped unfinished — the request is over
+/// while an HTTP/1 client is still sending: the backend answered without
+/// reading it all, or the proxy answered itself — it is read to its end
+/// and dropped, up to [`LINGER_LIMIT`], in a small task.
+pub struct ClientBody {
+    /// Taken only when it is dropped unfinished.
+    incoming: Option<Incoming>,
+    /// It ended (or failed): nothing more will come.
     ended: bool,
-    /// Read what is left of it when the request ends unfinished (HTTP/1
-    /// clients; HTTP/2 resets just the stream).
+    /// HTTP/1 (HTTP/2 resets just the stream).
     linger: bool,
 }
 
-impl Drop for Streaming {
+impl ClientBody {
+    pub fn new(incoming: Incoming, http1: bool) -> ClientBody {
+        ClientBody {
+            ended: incoming.is_end_stream(),
+            incoming: Some(incoming),
+            linger: http1,
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let Some(incoming) = self.incoming.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(incoming).poll_frame(cx));
+        self.ended |= !matches!(frame, Some(Ok(_)));
+        Poll::Ready(frame)
+    }
+}
+
+impl Drop for ClientBody {
     fn drop(&mut self) {
         if self.linger
             && !self.ended
@@ -103,17 +132,14 @@ impl Outgoing {
     pub fn new(
         head: RequestHead,
         method: Method,
-        incoming: Incoming,
+        client: ClientBody,
         has_length: bool,
-        http1_client: bool,
     ) -> Outgoing {
-        let body = (!incoming.is_end_stream()).then(|| {
+        let body = (!client.ended).then(|| {
             Box::new(Streaming {
-                incoming: Some(incoming),
+                client,
                 chunked: !has_length,
                 queue: Default::default(),
-                ended: false,
-                linger: http1_client,
             })
         });
         let chunked = body.as_ref().is_some_and(|b| b.chunked);
@@ -300,14 +326,11 @@ impl Exchange {
                 }
                 continue;
             }
-            if body.ended {
+            if body.client.ended {
                 self.out.body = None;
                 return Poll::Ready(Ok(()));
             }
-            let Some(incoming) = body.incoming.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
-            match ready!(Pin::new(incoming).poll_frame(cx)) {
+            match ready!(body.client.poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     // trailers are dropped, as most proxies do
                     let Ok(data) = frame.into_data() else {
@@ -327,12 +350,8 @@ impl Exchange {
                     }
                 }
                 Some(Err(error)) => return Poll::Ready(Err(SendError::Client(error))),
-                None => {
-                    body.ended = true;
-                    if body.chunked {
-                        body.queue[1] = Bytes::from_static(b"0\r\n\r\n");
-                    }
-                }
+                None if body.chunked => body.queue[1] = Bytes::from_static(b"0\r\n\r\n"),
+                None => {}
             }
         }
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-pub use exchange::{Exchange, ExchangeError, Outgoing};
+pub use exchange::{ClientBody, Exchange, ExchangeError, Outgoing};
 pub use wire::{Head, RequestHead, WireError};
 
 /// Idle connections kept per backend and per worker (nginx's `keepalive`).
