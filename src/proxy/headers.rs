@@ -44,9 +44,8 @@ pub struct Seen {
     /// The request has a `Content-Length` (hyper drops it beside chunked).
     pub content_length: bool,
     pub host: Option<HeaderValue>,
-    /// The first `X-Request-Id`, and whether there are more.
+    /// The first `X-Request-Id`.
     request_id: Option<HeaderValue>,
-    request_ids: u8,
     forwarded_for: bool,
     forwarded_proto: bool,
     forwarded_host: bool,
@@ -62,11 +61,8 @@ impl Seen {
                     "host" if seen.host.is_none() => seen.host = Some(value.clone()),
                     "expect" => seen.expect = true,
                     "content-length" => seen.content_length = true,
-                    "x-request-id" => {
-                        seen.request_ids = seen.request_ids.saturating_add(1);
-                        if seen.request_id.is_none() {
-                            seen.request_id = Some(value.clone());
-                        }
+                    "x-request-id" if seen.request_id.is_none() => {
+                        seen.request_id = Some(value.clone());
                     }
                     "x-forwarded-for" => seen.forwarded_for = true,
                     "x-forwarded-proto" => seen.forwarded_proto = true,
@@ -237,7 +233,7 @@ pub fn write_request_fields(
         || seen.forwarded_for
         || seen.forwarded_proto
         || seen.forwarded_host
-        || seen.request_ids != 0;
+        || seen.request_id.is_some();
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     if !special {
         for (name, value) in headers {

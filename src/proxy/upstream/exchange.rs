@@ -251,7 +251,8 @@ impl Exchange {
     /// backend or another) cannot repeat its effect — nothing of it was
     /// written, or it is idempotent without a body and no response came.
     pub fn into_retry(self) -> Option<Outgoing> {
-        let unsent = self.written == 0 && !self.body_polled;
+        // the body is polled only once the head is written
+        let unsent = self.written == 0;
         let replayable = !self.body_polled && self.out.method.is_idempotent();
         (!self.received && (unsent || replayable)).then_some(self.out)
     }
