@@ -172,9 +172,11 @@ pub fn run(
             }
         }
         let housekeeping = tokio::spawn(housekeeping());
+        let pool_watch = tokio::spawn(upstream::watch());
         worker.shutdown.wait().await;
         worker.drained().await;
         housekeeping.abort();
+        pool_watch.abort();
         upstream::clear();
         access_log::flush();
     });
@@ -203,8 +205,8 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
     }
 }
 
-/// Periodic per-worker chores: write out the access log, close stale
-/// upstream connections.
+/// Periodic per-worker chores: write out the access log, close upstream
+/// connections idle for too long.
 async fn housekeeping() {
     let mut tick = tokio::time::interval(access_log::FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

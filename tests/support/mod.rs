@@ -20,8 +20,13 @@ pub use backend::Backend;
 /// How long anything in a test may take to become true on a loaded machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The binary under test: this build's, or `SESSIONLB_TEST_BIN` (to show
+/// that a test fails on an older build).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sessionlb"))
+    std::env::var_os("SESSIONLB_TEST_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_sessionlb")),
+        PathBuf::from,
+    )
 }
 
 /// Lines a child process wrote, with a condition variable to wait on.
@@ -306,6 +311,7 @@ impl Slammer {
 pub struct Scripted {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicU64>,
+    closed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Scripted {
@@ -313,14 +319,28 @@ impl Scripted {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = accepted.clone();
+        let closes = closed.clone();
         let reply = reply.to_vec();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { break };
+                let Ok(stream) = stream else { break };
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let reply = reply.clone();
+                let closes = closes.clone();
                 std::thread::spawn(move || {
+                    // counted once the socket is closed, whichever way
+                    struct Closed(Arc<std::sync::atomic::AtomicU64>);
+                    impl Drop for Closed {
+                        fn drop(&mut self) {
+                            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    let _closed = Closed(closes);
+                    // dropped before `_closed`: the count follows the close
+                    #[allow(clippy::redundant_locals)]
+                    let mut stream = stream;
                     use std::io::{Read, Write};
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -340,7 +360,16 @@ impl Scripted {
                 });
             }
         });
-        Scripted { addr, accepted }
+        Scripted {
+            addr,
+            accepted,
+            closed,
+        }
+    }
+
+    /// Connections this backend has closed so far.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Connections accepted so far.

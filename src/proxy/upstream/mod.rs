@@ -14,6 +14,7 @@ mod wire;
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,11 +30,6 @@ pub const MAX_IDLE_PER_BACKEND: usize = 128;
 /// closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const IDLE_MS: u64 = crate::clock::millis(IDLE_TIMEOUT);
-/// A connection idle for less than this is taken without asking the
-/// kernel whether the backend closed it (a read that costs a system call
-/// when the last response left the socket marked readable); a request
-/// that meets one closed anyway is retried when that is safe.
-const PROBE_AFTER_MS: u64 = 1000;
 
 /// An open connection to a backend.
 pub struct Conn {
@@ -52,11 +48,26 @@ impl Conn {
         self.reused
     }
 
-    /// The backend closed it, or sent bytes nobody asked for. Reads no
-    /// socket unless the poller said it is readable.
+    /// The backend closed it, or sent bytes nobody asked for: either way
+    /// it cannot carry another exchange. Costs no system call unless the
+    /// poller said the socket is readable (tokio's `try_read` asks the
+    /// kernel only then); a readiness left over from a read that filled
+    /// the buffer costs one `recv` that finds nothing and clears it.
     fn is_stale(&self) -> bool {
         let mut probe = [0u8; 1];
         !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Asks the poller to wake `cx` when the backend writes to or closes
+    /// this idle connection. False when it already has: the connection is
+    /// stale.
+    fn watch(&self, cx: &mut Context<'_>) -> bool {
+        match self.stream.poll_read_ready(cx) {
+            Poll::Pending => true,
+            // ready, or a readiness left from the last read: look, which
+            // clears it when nothing is there, and register again
+            Poll::Ready(_) => !self.is_stale() && self.stream.poll_read_ready(cx).is_pending(),
+        }
     }
 }
 
@@ -67,20 +78,28 @@ struct Idle {
     since_ms: u64,
 }
 
+/// One worker's idle connections, indexed by `BackendState::id`, and the
+/// waker of the task that watches them ([`watch`]).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Vec<Idle>>,
+    watcher: Option<Waker>,
+}
+
 thread_local! {
-    /// Indexed by `BackendState::id`.
-    static POOL: RefCell<Vec<Vec<Idle>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
 /// A live pooled connection to backend `id`, most recently used first,
-/// for a request that started at `now_ms`.
+/// for a request that started at `now_ms`. A connection on which anything
+/// arrived since its last response (late bytes of that response, an
+/// unsolicited response, a close) is never reused, whatever its age.
 pub fn checkout(id: usize, now_ms: u64) -> Option<Conn> {
     POOL.with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
-        let idle = pool.get_mut(id)?;
+        let idle = pool.idle.get_mut(id)?;
         while let Some(mut idle) = idle.pop() {
-            let age = now_ms.saturating_sub(idle.since_ms);
-            if age < IDLE_MS && (age < PROBE_AFTER_MS || !idle.conn.is_stale()) {
+            if now_ms.saturating_sub(idle.since_ms) < IDLE_MS && !idle.conn.is_stale() {
                 idle.conn.reused = true;
                 return Some(idle.conn);
             }
@@ -90,16 +109,26 @@ pub fn checkout(id: usize, now_ms: u64) -> Option<Conn> {
 }
 
 /// Returns a connection that finished an exchange cleanly; its request
-/// started at `started_ms`.
+/// started at `started_ms`. From now on the worker's watcher closes it the
+/// moment the backend sends anything on it.
 pub fn checkin(conn: Conn, started_ms: u64) {
     POOL.with(|pool| {
         let Ok(mut pool) = pool.try_borrow_mut() else {
             return;
         };
-        if pool.len() <= conn.id {
-            pool.resize_with(conn.id + 1, Vec::new);
+        let Pool { idle, watcher } = &mut *pool;
+        let watched = match watcher {
+            Some(waker) => conn.watch(&mut Context::from_waker(waker)),
+            // the watcher has not run yet; its first look covers this one
+            None => !conn.is_stale(),
+        };
+        if !watched {
+            return;
         }
-        let idle = &mut pool[conn.id];
+        if idle.len() <= conn.id {
+            idle.resize_with(conn.id + 1, Vec::new);
+        }
+        let idle = &mut idle[conn.id];
         if idle.len() >= MAX_IDLE_PER_BACKEND {
             idle.remove(0);
         }
@@ -110,28 +139,53 @@ pub fn checkin(conn: Conn, started_ms: u64) {
     });
 }
 
+/// Watches this worker's idle connections for as long as the worker runs
+/// and closes each the moment it becomes readable: a backend that closes
+/// an idle connection gets its FIN answered at once, and bytes a backend
+/// sends after its response (a late body, an unsolicited response) never
+/// wait in the pool for the next request (nginx's keepalive close
+/// handler). Woken only when one of them becomes readable.
+pub async fn watch() {
+    // one look at every idle connection may take more than a task's
+    // cooperative budget, which would make `poll_read_ready` pretend
+    tokio::task::unconstrained(std::future::poll_fn(|cx: &mut Context<'_>| {
+        POOL.with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                let Pool { idle, watcher } = &mut *pool;
+                if !watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *watcher = Some(cx.waker().clone());
+                }
+                for idle in idle.iter_mut() {
+                    idle.retain(|i| i.conn.watch(cx));
+                }
+            }
+        });
+        Poll::<()>::Pending
+    }))
+    .await
+}
+
 /// Closes this worker's idle connections to backend `id`: one of them
 /// turned out closed, so the backend probably restarted.
 pub fn discard(id: usize) {
     POOL.with(|pool| {
         if let Ok(mut pool) = pool.try_borrow_mut()
-            && let Some(idle) = pool.get_mut(id)
+            && let Some(idle) = pool.idle.get_mut(id)
         {
             idle.clear();
         }
     });
 }
 
-/// Closes this worker's connections that are idle for too long or that
-/// their backend closed.
+/// Closes this worker's connections that are idle for too long.
 pub fn sweep() {
     let now_ms = crate::clock::now_ms();
     POOL.with(|pool| {
         let Ok(mut pool) = pool.try_borrow_mut() else {
             return;
         };
-        for idle in pool.iter_mut() {
-            idle.retain(|i| now_ms.saturating_sub(i.since_ms) < IDLE_MS && !i.conn.is_stale());
+        for idle in pool.idle.iter_mut() {
+            idle.retain(|i| now_ms.saturating_sub(i.since_ms) < IDLE_MS);
         }
     });
 }
@@ -140,7 +194,7 @@ pub fn sweep() {
 pub fn clear() {
     POOL.with(|pool| {
         if let Ok(mut pool) = pool.try_borrow_mut() {
-            pool.clear();
+            pool.idle.clear();
         }
     });
 }
