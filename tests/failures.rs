@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::client::{self, get};
-use support::{Backend, Blackhole, Proxy, Slammer, config, dead_addr, entry};
+use support::{Backend, Blackhole, Proxy, Slammer, config, entry};
 
 #[tokio::test]
 async fn connect_timeout_gives_504() {
@@ -57,8 +58,9 @@ async fn response_header_timeout_gives_504() {
     let proxy = Proxy::start(&config(
         "round_robin",
         &[b.entry()],
-        // passive health off: the one backend stays in use after a timeout
-        "[pools.web.health]\nmax_fails = 0\n\n[timeouts]\nresponse_header = \"300ms\"\n",
+        // passive health off: the one backend stays in use after a timeout;
+        // the timeout leaves a loaded machine ample time for a plain answer
+        "[pools.web.health]\nmax_fails = 0\n\n[timeouts]\nresponse_header = \"1s\"\n",
     ));
     // HTTP/1 (the connection's watchdog) and h2c (a timer per stream)
     for client in [client::h1(), client::h2()] {
@@ -89,6 +91,10 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
 
+/// The proxy counts time in whole milliseconds: a deadline may fall up to
+/// one before the exact instant.
+const CLOCK_GRAIN: Duration = Duration::from_millis(1);
+
 #[tokio::test]
 async fn request_header_timeout_closes_a_slow_client() {
     let b = Backend::start("b");
@@ -97,15 +103,18 @@ async fn request_header_timeout_closes_a_slow_client() {
         &[b.entry()],
         "[timeouts]\nrequest_header = \"500ms\"\nidle = \"60s\"\n",
     ));
-    // headers that never end
+    // headers that never end; the proxy's clock starts at accept, after
+    // `started`, so however slow the machine the close cannot come sooner
+    let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
         .await
         .unwrap();
-    let took = closed_within(&mut s, Duration::from_secs(10))
+    closed_within(&mut s, Duration::from_secs(10))
         .await
         .expect("slow headers were not cut");
-    assert!(took >= Duration::from_millis(450), "{took:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500) - CLOCK_GRAIN, "{took:?}");
     // a connection that sends nothing at all
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     assert!(
@@ -146,21 +155,24 @@ async fn idle_timeout_closes_keepalive_connections() {
         "[timeouts]\nidle = \"500ms\"\nrequest_header = \"10s\"\n",
     ));
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    // the connection is idle from the end of the response, after `started`
+    let started = Instant::now();
     s.write_all(REQUEST).await.unwrap();
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    let took = closed_within(&mut s, Duration::from_secs(10))
+    closed_within(&mut s, Duration::from_secs(10))
         .await
         .expect("idle connection kept open");
-    assert!(took >= Duration::from_millis(400), "{took:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500) - CLOCK_GRAIN, "{took:?}");
 }
 
 #[tokio::test]
 async fn one_dead_backend_of_three_costs_no_errors() {
     let a = Backend::start("a");
     let c = Backend::start("c");
-    let dead = dead_addr();
+    let (dead, _port) = refused_addr();
     let proxy = Proxy::start(&config(
         "round_robin",
         &[a.entry(), entry(dead), c.entry()],
@@ -191,13 +203,16 @@ async fn one_dead_backend_of_three_costs_no_errors() {
 
 #[tokio::test]
 async fn passive_health_takes_a_failing_backend_out_and_back() {
+    const FAIL_TIMEOUT: Duration = Duration::from_secs(2);
     let bad = Slammer::start();
     let good = Backend::start("good");
-    let proxy = Proxy::start(&config(
+    let proxy = Proxy::start(&with_admin(config(
         "round_robin",
         &[entry(bad.addr), good.entry()],
-        "[pools.web.health]\nmax_fails = 2\nfail_timeout = \"1s\"\n",
-    ));
+        "[pools.web.health]\nmax_fails = 2\nfail_timeout = \"2s\"\n",
+    )));
+    let pools = format!("http://{}/admin/pools", proxy.admin_addr());
+    let admin = client::h1();
     let client = client::h1_fresh();
     let post = || {
         Request::post(proxy.url("/"))
@@ -205,38 +220,101 @@ async fn passive_health_takes_a_failing_backend_out_and_back() {
             .unwrap()
     };
     // a POST is not sent twice: the client learns it failed
-    let mut failed = 0;
-    for _ in 0..20 {
+    let mut failures_sent = Vec::new();
+    for posts in 1.. {
+        assert!(
+            posts <= 4,
+            "round robin did not offer the bad backend twice"
+        );
+        let sent = Instant::now();
         let r = client::send(&client, post()).await;
-        if r.status != 200 {
-            assert_eq!(r.status, 502);
-            assert_eq!(
-                r.body,
-                "502 Bad Gateway: the backend closed the connection or sent an invalid response\n"
-            );
-            failed += 1;
+        if r.status == 200 {
+            assert_eq!(r.backend(), "good");
+            continue;
         }
+        assert_eq!(r.status, 502);
+        assert_eq!(
+            r.body,
+            "502 Bad Gateway: the backend closed the connection or sent an invalid response\n"
+        );
+        failures_sent.push(sent);
+        if failures_sent.len() == 2 {
+            break;
+        }
+        assert!(
+            backend_up(&admin, &pools, 0).await,
+            "one failure of max_fails = 2 took it down"
+        );
     }
-    // two failures within fail_timeout took it down: no third attempt
     assert_eq!(bad.accepted(), 2);
-    assert_eq!(failed, 2);
+    // two failures within fail_timeout took it down
     assert!(
         proxy
             .stderr
             .wait_for(support::DEADLINE, |l| l.contains("backend marked down"))
             .is_some()
     );
+    // while the proxy says it is down, no request goes to it: each request
+    // that ended before the proxy reported it up again went to `good`
+    let came_back = loop {
+        let r = client::send(&client, post()).await;
+        if backend_up(&admin, &pools, 0).await {
+            break Instant::now();
+        }
+        assert_eq!((r.status.as_u16(), r.backend().as_str()), (200, "good"));
+        assert_eq!(
+            bad.accepted(),
+            2,
+            "a request went to the backend while down"
+        );
+        assert!(
+            failures_sent[1].elapsed() < support::DEADLINE,
+            "never came back"
+        );
+    };
+    // ...for fail_timeout: the penalty started after the second failing
+    // request was sent, so however slow the machine it cannot end sooner
+    let down_for = came_back - failures_sent[1];
+    assert!(down_for >= FAIL_TIMEOUT - CLOCK_GRAIN, "{down_for:?}");
     // after fail_timeout it is tried again
-    let started = Instant::now();
-    while bad.accepted() == 2 && started.elapsed() < support::DEADLINE {
-        get(&client, &proxy.url("/")).await;
-    }
-    assert_eq!(bad.accepted(), 3);
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "{:?}",
-        started.elapsed()
+        support::eventually_async(support::DEADLINE, || async {
+            if bad.accepted() > 2 {
+                return true;
+            }
+            get(&client, &proxy.url("/")).await;
+            bad.accepted() > 2
+        })
+        .await
     );
+    assert_eq!(bad.accepted(), 3);
+}
+
+/// A loopback address where connections are refused, with the socket that
+/// keeps it so: bound but not listening, the port cannot be taken by a
+/// backend of a test running alongside (as a port merely freed could).
+fn refused_addr() -> (SocketAddr, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    (socket.local_addr().unwrap().as_socket().unwrap(), socket)
+}
+
+/// `config` with an admin listener.
+fn with_admin(cfg: String) -> String {
+    cfg.replace(
+        "workers = 1\n",
+        "workers = 1\nadmin_listen = \"127.0.0.1:0\"\n",
+    )
+}
+
+/// Whether the proxy counts backend `i` of the first pool as up
+/// (`/admin/pools`).
+async fn backend_up(client: &client::HttpClient, pools: &str, i: usize) -> bool {
+    let v: serde_json::Value = serde_json::from_str(&get(client, pools).await.body).unwrap();
+    v["pools"][0]["backends"][i]["up"].as_bool().unwrap()
 }
 
 #[tokio::test]
@@ -261,7 +339,7 @@ async fn an_idempotent_request_a_backend_drops_is_sent_to_another() {
 
 #[tokio::test]
 async fn no_backend_up_gives_503_after_the_502() {
-    let dead = dead_addr();
+    let (dead, _port) = refused_addr();
     let proxy = Proxy::start(&config("round_robin", &[entry(dead)], ""));
     let client = client::h1();
     let r = get(&client, &proxy.url("/")).await;
