@@ -14,6 +14,7 @@ use sessionlb::runtime::Runtime;
 
 fn pool(policy: PolicyKind, n: usize) -> Pool {
     let cfg = config::Pool {
+        max_body: None,
         name: "bench".into(),
         policy,
         backends: (0..n)

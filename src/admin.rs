@@ -23,16 +23,16 @@ use tokio::net::TcpListener;
 use crate::config::PolicyKind;
 use crate::reload;
 use crate::runtime::Shared;
+use crate::server::Acceptor;
 
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, config_path: Option<PathBuf>) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Metrics(shared.clone())));
     let registry = Arc::new(registry);
+    let mut listener = Acceptor::new(listener, "admin");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = listener.accept().await;
         let shared = shared.clone();
         let registry = registry.clone();
         let path = config_path.clone();

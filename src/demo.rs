@@ -15,6 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::server::Acceptor;
+
 /// The configuration the demo proxy runs: round robin over `backends`,
 /// embedded memory store.
 pub fn config_text(listen: SocketAddr, backends: &[SocketAddr]) -> String {
@@ -64,10 +66,9 @@ async fn serve_backend(number: usize, listener: TcpListener) {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let mut listener = Acceptor::new(listener, "demo backend");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = listener.accept().await;
         let served = served.clone();
         let addr = addr.clone();
         tokio::spawn(async move {

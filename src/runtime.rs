@@ -6,11 +6,12 @@
 //! started with. What must outlive a snapshot (backend health, requests in
 //! flight, pooled connections) lives in the `Registry`.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
+use tokio::sync::Notify;
 
 use crate::balance::{DrainReport, Pool, PoolStats, Registry};
 use crate::config::{AccessFormat, Config, Timeouts};
@@ -62,6 +63,10 @@ pub struct Shared {
     generation: AtomicU64,
     /// Client connections and tunnels open now.
     pub connections_open: AtomicI64,
+    /// Listeners waiting for a connection to close (`max_connections`),
+    /// and how they are woken.
+    accept_waiters: AtomicUsize,
+    slot_freed: Notify,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     /// What the log last said about draining backends.
@@ -77,10 +82,57 @@ impl Shared {
             registry,
             generation: AtomicU64::new(1),
             connections_open: AtomicI64::new(0),
+            accept_waiters: AtomicUsize::new(0),
+            slot_freed: Notify::new(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             drain_report: Mutex::default(),
         })
+    }
+
+    /// Counts a connection (or tunnel) open until [`Shared::close`].
+    pub fn open(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed: a listener paused at `max_connections` may
+    /// accept again.
+    pub fn close(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        if self.accept_waiters.load(Ordering::Acquire) > 0 {
+            self.slot_freed.notify_waiters();
+        }
+    }
+
+    /// Waits until fewer than `server.max_connections` connections are
+    /// open. Each worker checks before it accepts, so the process may go
+    /// over by one connection per worker at most.
+    pub async fn room_for_connection(&self) {
+        let mut paused = false;
+        loop {
+            let max = self.load().config.server.max_connections;
+            let notified = self.slot_freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.accept_waiters.fetch_add(1, Ordering::AcqRel);
+            let open = self.connections_open.load(Ordering::Acquire);
+            if open < max as i64 {
+                self.accept_waiters.fetch_sub(1, Ordering::AcqRel);
+                if paused {
+                    tracing::info!(open, max, "below max_connections: accepting again");
+                }
+                return;
+            }
+            if !std::mem::replace(&mut paused, true) {
+                tracing::warn!(
+                    open,
+                    max,
+                    "server.max_connections reached: not accepting until a connection closes"
+                );
+            }
+            notified.await;
+            self.accept_waiters.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// The snapshot for one request.

@@ -31,6 +31,8 @@ pub struct Pool {
     pub name: Arc<str>,
     pub policy_kind: PolicyKind,
     pub backends: Box<[Backend]>,
+    /// The largest request body accepted (`max_body`).
+    pub max_body: Option<u64>,
     pub health: config::Health,
     /// Route tokens and cookies, for `policy = "cookie"`.
     pub sticky: Option<Arc<StickyRoutes>>,
@@ -251,6 +253,7 @@ impl Pool {
             name: cfg.name.as_str().into(),
             policy_kind: cfg.policy,
             backends,
+            max_body: cfg.max_body,
             health: cfg.health.clone(),
             sticky,
             stats: registry.pool_stats(&cfg.name),
@@ -297,6 +300,7 @@ pub(crate) mod test_util {
         let cfg = config::Pool {
             name: "test".into(),
             policy,
+            max_body: None,
             backends: ids
                 .iter()
                 .zip(weights)

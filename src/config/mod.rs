@@ -38,8 +38,16 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// 0 means one worker per core.
     pub workers: usize,
+    /// Client connections (and tunnels) open at once, per process; at the
+    /// limit, the workers stop accepting until one closes.
+    pub max_connections: usize,
+    /// `Upgrade` tokens that are tunnelled (lower case); `h2c` never is.
+    pub upgrade_protocols: Vec<String>,
     pub tls: Vec<TlsListener>,
 }
+
+/// Default `server.max_connections`.
+pub const MAX_CONNECTIONS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct TlsListener {
@@ -57,7 +65,16 @@ pub struct Certificate {
 pub struct Timeouts {
     pub connect: Duration,
     pub request_header: Duration,
+    /// From the request written to its end, to the backend's response head.
     pub response_header: Duration,
+    /// The longest wait on a backend for a read or a write once the
+    /// exchange has started (nginx's proxy_read_timeout/proxy_send_timeout).
+    pub backend_io: Duration,
+    /// The longest wait on a client for its request body or for it to take
+    /// the response (nginx's client_body_timeout/send_timeout).
+    pub client_io: Duration,
+    /// An upgraded tunnel with no traffic either way.
+    pub tunnel_idle: Duration,
     pub idle: Duration,
 }
 
@@ -67,6 +84,9 @@ impl Default for Timeouts {
             connect: Duration::from_secs(3),
             request_header: Duration::from_secs(10),
             response_header: Duration::from_secs(60),
+            backend_io: Duration::from_secs(60),
+            client_io: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(3600),
             idle: Duration::from_secs(60),
         }
     }
@@ -108,6 +128,8 @@ pub struct Pool {
     pub name: String,
     pub policy: PolicyKind,
     pub backends: Vec<Backend>,
+    /// The largest request body accepted (nginx's client_max_body_size).
+    pub max_body: Option<u64>,
     pub health: Health,
     /// Present (with defaults) whenever `policy = "cookie"`.
     pub sticky: Option<Sticky>,
@@ -342,6 +364,9 @@ impl Config {
                 add(format!("pools.{}.session", pool.name), "shared-store mode");
             }
         }
+        if let Store::Redis(_) = self.store {
+            add("store.kind".into(), "the Redis session store");
+        }
         v
     }
 
@@ -377,22 +402,34 @@ impl Config {
         };
         let _ = writeln!(
             s,
-            "workers:   {workers}; shutdown_timeout {}",
-            humantime::format_duration(self.server.shutdown_timeout)
+            "workers:   {workers}; max_connections {}; shutdown_timeout {}; upgrades tunnelled: {}",
+            self.server.max_connections,
+            humantime::format_duration(self.server.shutdown_timeout),
+            match self.server.upgrade_protocols.is_empty() {
+                true => "none".to_string(),
+                false => self.server.upgrade_protocols.join(", "),
+            }
         );
         let t = &self.timeouts;
         let _ = writeln!(
             s,
-            "timeouts:  connect {}, request_header {}, response_header {}, idle {}",
+            "timeouts:  connect {}, request_header {}, response_header {}, backend_io {}, client_io {}, tunnel_idle {}, idle {}",
             humantime::format_duration(t.connect),
             humantime::format_duration(t.request_header),
             humantime::format_duration(t.response_header),
+            humantime::format_duration(t.backend_io),
+            humantime::format_duration(t.client_io),
+            humantime::format_duration(t.tunnel_idle),
             humantime::format_duration(t.idle)
         );
         for pool in &self.pools {
+            let max_body = match pool.max_body {
+                Some(n) => format!(", request bodies up to {n} bytes"),
+                None => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "pool {}: {}, {} backend(s)",
+                "pool {}: {}, {} backend(s){max_body}",
                 pool.name,
                 pool.policy.name(),
                 pool.backends.len()
@@ -489,12 +526,13 @@ impl Config {
     }
 }
 
-/// Hides the password of a `redis://user:password@host` URL.
+/// Hides the password of a `redis://user:password@host` URL. The host
+/// starts after the last `@`: a password may hold `@` itself.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    match rest.rsplit_once('@') {
         Some((cred, host)) => match cred.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
             None => format!("{scheme}://***@{host}"),

@@ -29,6 +29,8 @@ pub struct ServerSection {
     pub trusted_proxies: Vec<String>,
     pub shutdown_timeout: Option<String>,
     pub workers: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub upgrade_protocols: Option<Vec<String>>,
     pub tls: Vec<TlsSection>,
 }
 
@@ -53,6 +55,9 @@ pub struct TimeoutsSection {
     pub connect: Option<String>,
     pub request_header: Option<String>,
     pub response_header: Option<String>,
+    pub backend_io: Option<String>,
+    pub client_io: Option<String>,
+    pub tunnel_idle: Option<String>,
     pub idle: Option<String>,
 }
 
@@ -62,6 +67,7 @@ pub struct PoolSection {
     pub policy: Option<String>,
     #[serde(default)]
     pub backends: Vec<BackendSection>,
+    pub max_body: Option<String>,
     pub health: Option<HealthSection>,
     pub sticky: Option<StickySection>,
     pub session: Option<SessionSection>,

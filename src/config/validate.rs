@@ -89,6 +89,34 @@ pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// A size in bytes, as nginx writes them: `512`, `64k`, `10m`, `1g`
+/// (powers of 1024), not zero.
+pub(crate) fn parse_size(raw: &str) -> Result<u64, String> {
+    let fail =
+        || format!("invalid size {raw:?}; use bytes or a number with k, m or g: \"512k\", \"10m\"");
+    let text = raw.trim();
+    let (digits, unit) = match text.as_bytes().last() {
+        Some(b'k' | b'K') => (&text[..text.len() - 1], 1u64 << 10),
+        Some(b'm' | b'M') => (&text[..text.len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(fail());
+    }
+    let n = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(fail)?;
+    if n == 0 {
+        return Err(format!(
+            "size {raw:?} must be greater than zero (leave max_body out for no limit)"
+        ));
+    }
+    Ok(n)
+}
+
 /// RFC 7230 token, the grammar of cookie names and header names.
 pub fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -277,6 +305,18 @@ fn validate_server(p: &mut Problems, s: model::ServerSection, base: &Path) -> Se
         s.shutdown_timeout.as_deref(),
         Duration::from_secs(30),
     );
+    let max_connections = match s.max_connections {
+        None => MAX_CONNECTIONS,
+        Some(n) if (1..=10_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            p.push(
+                "server.max_connections",
+                format!("must be between 1 and 10000000, got {n}"),
+            );
+            MAX_CONNECTIONS
+        }
+    };
+    let upgrade_protocols = validate_upgrades(p, s.upgrade_protocols);
     let workers = match s.workers {
         None => 0,
         Some(n) if (0..=1024).contains(&n) => n as usize,
@@ -294,8 +334,39 @@ fn validate_server(p: &mut Problems, s: model::ServerSection, base: &Path) -> Se
         trusted_proxies,
         shutdown_timeout,
         workers,
+        max_connections,
+        upgrade_protocols,
         tls,
     }
+}
+
+/// The `Upgrade` protocols an operator allows to be tunnelled: HTTP tokens,
+/// compared by name (a `websocket/13` request matches `websocket`). `h2c`
+/// is refused: the proxy speaks h2c itself, and a backend that switched to
+/// it would see the client's next requests raw, past every rule.
+fn validate_upgrades(p: &mut Problems, raw: Option<Vec<String>>) -> Vec<String> {
+    let Some(raw) = raw else {
+        return vec!["websocket".to_string()];
+    };
+    let mut out = Vec::new();
+    for (i, name) in raw.iter().enumerate() {
+        let path = format!("server.upgrade_protocols[{i}]");
+        let lower = name.to_ascii_lowercase();
+        if !is_token(name) {
+            p.push(
+                path,
+                format!("{name:?} is not a protocol name (an HTTP token, e.g. \"websocket\")"),
+            );
+        } else if lower == "h2c" {
+            p.push(
+                path,
+                "h2c is never tunnelled: sessionlb speaks HTTP/2 (h2c) to clients itself",
+            );
+        } else if !out.contains(&lower) {
+            out.push(lower);
+        }
+    }
+    out
 }
 
 fn validate_timeouts(p: &mut Problems, t: model::TimeoutsSection) -> Timeouts {
@@ -311,6 +382,13 @@ fn validate_timeouts(p: &mut Problems, t: model::TimeoutsSection) -> Timeouts {
             "timeouts.response_header",
             t.response_header.as_deref(),
             d.response_header,
+        ),
+        backend_io: p.duration("timeouts.backend_io", t.backend_io.as_deref(), d.backend_io),
+        client_io: p.duration("timeouts.client_io", t.client_io.as_deref(), d.client_io),
+        tunnel_idle: p.duration(
+            "timeouts.tunnel_idle",
+            t.tunnel_idle.as_deref(),
+            d.tunnel_idle,
         ),
         idle: p.duration("timeouts.idle", t.idle.as_deref(), d.idle),
     }
@@ -386,6 +464,13 @@ fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Optio
             });
         }
     }
+    let max_body = s.max_body.as_deref().and_then(|raw| match parse_size(raw) {
+        Ok(n) => Some(n),
+        Err(message) => {
+            p.push(format!("{path}.max_body"), message);
+            None
+        }
+    });
     let health = validate_health(p, &path, s.health);
     let sticky = match (policy, s.sticky) {
         (PolicyKind::Cookie, raw) => Some(validate_sticky(p, &path, raw.unwrap_or_default())),
@@ -415,6 +500,7 @@ fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Optio
         name,
         policy,
         backends,
+        max_body,
         health,
         sticky,
         session,
@@ -1010,6 +1096,73 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sizes_as_nginx_writes_them() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64k").unwrap(), 64 * 1024);
+        assert_eq!(parse_size("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        for bad in [
+            "",
+            "k",
+            "0",
+            "0m",
+            "-1",
+            "1.5m",
+            "10 mb",
+            "99999999999999999999g",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_and_upgrades() {
+        let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.server.upgrade_protocols, ["websocket"]);
+        assert_eq!(c.pools[0].max_body, None);
+        assert_eq!(c.timeouts.backend_io, Duration::from_secs(60));
+        assert_eq!(c.timeouts.client_io, Duration::from_secs(60));
+        assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
+        let got = problems(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            max_connections = 0
+            upgrade_protocols = ["websocket", "H2C", "bad token"]
+            [timeouts]
+            backend_io = "0s"
+            [pools.web]
+            backends = [{ addr = "127.0.0.1:9001" }]
+            max_body = "ten"
+            "#,
+        );
+        for e in [
+            "server.max_connections: must be between 1",
+            "server.upgrade_protocols[1]: h2c is never tunnelled",
+            "server.upgrade_protocols[2]: \"bad token\" is not a protocol name",
+            "timeouts.backend_io: duration \"0s\" must be greater than zero",
+            "pools.web.max_body: invalid size \"ten\"",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), 5, "{got:#?}");
+    }
+
+    #[test]
+    fn redis_passwords_are_hidden_whatever_they_hold() {
+        assert_eq!(
+            redact_url("redis://u:p@ss@host:6379/0"),
+            "redis://u:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h/1"), "rediss://:***@h/1");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
 
     #[test]

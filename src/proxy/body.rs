@@ -76,22 +76,24 @@ impl Body for ProxyBody {
                 this.finish.bytes += d.len() as u64;
                 Ok(Frame::data(d))
             })),
-            Inner::Upstream(exchange) => match ready!(exchange.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    this.finish.bytes += data.len() as u64;
-                    this.release_if_done();
-                    Poll::Ready(Some(Ok(Frame::data(data))))
+            Inner::Upstream(exchange) => {
+                match ready!(exchange.poll_data(cx, &this.finish.rt.timeouts)) {
+                    Some(Ok(data)) => {
+                        this.finish.bytes += data.len() as u64;
+                        this.release_if_done();
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    None => {
+                        this.release_if_done();
+                        Poll::Ready(None)
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "backend response body failed");
+                        this.inner = Inner::Ended;
+                        Poll::Ready(Some(Err(error)))
+                    }
                 }
-                None => {
-                    this.release_if_done();
-                    Poll::Ready(None)
-                }
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "backend response body failed");
-                    this.inner = Inner::Ended;
-                    Poll::Ready(Some(Err(error)))
-                }
-            },
+            }
             Inner::Ended => Poll::Ready(None),
         }
     }
@@ -112,6 +114,15 @@ impl Body for ProxyBody {
                 None => SizeHint::default(),
             },
             Inner::Ended => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // the client went away before the end of the response
+        if let Inner::Upstream(exchange) = &self.inner {
+            exchange.abort();
         }
     }
 }

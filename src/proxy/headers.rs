@@ -21,6 +21,8 @@ pub struct Hop {
     found: u16,
     /// A `Connection` header says more than `keep-alive` or `close`.
     pub names_others: bool,
+    /// `Transfer-Encoding` fields seen.
+    codings: u8,
 }
 
 impl Hop {
@@ -31,6 +33,7 @@ impl Hop {
         };
         self.found |= 1 << bit;
         self.names_others |= bit == 0 && !is_plain_connection(value);
+        self.codings = self.codings.saturating_add(u8::from(bit == 1));
         true
     }
 }
@@ -41,52 +44,195 @@ impl Hop {
 pub struct Seen {
     hop: Hop,
     pub expect: bool,
-    /// The request has a `Content-Length` (hyper drops it beside chunked).
-    pub content_length: bool,
+    /// `Content-Length` fields (hyper keeps one for HTTP/1 and drops it
+    /// beside chunked; HTTP/2 passes them as sent).
+    pub content_lengths: u8,
+    /// `Host` fields, and the first one.
+    pub hosts: u8,
     pub host: Option<HeaderValue>,
     /// The first `X-Request-Id`.
     request_id: Option<HeaderValue>,
-    forwarded_for: bool,
-    forwarded_proto: bool,
-    forwarded_host: bool,
+    /// `Cookie` fields: HTTP/2 clients send one per cookie.
+    cookies: u8,
+    /// `Transfer-Encoding` says more than one `chunked` (hyper decodes
+    /// any coding list that ends in chunked, and leaves the rest applied).
+    pub unknown_coding: bool,
+    /// [`FWD_FOR`] and the other forwarding fields present.
+    forwarding: u8,
 }
+
+const FWD_FOR: u8 = 1 << 0;
+const FWD_PROTO: u8 = 1 << 1;
+const FWD_HOST: u8 = 1 << 2;
+/// `X-Real-IP`: always the proxy's own.
+const FWD_REAL_IP: u8 = 1 << 3;
+/// `Forwarded`, `X-Forwarded-Port`, `X-Forwarded-Prefix`: believed only
+/// from a trusted proxy.
+const FWD_OTHER: u8 = 1 << 4;
 
 impl Seen {
     pub fn scan(headers: &HeaderMap) -> Seen {
         let mut seen = Seen::default();
         for (name, value) in headers {
             let name = name.as_str();
-            if !seen.hop.note(name, value.as_bytes()) {
-                match name {
-                    "host" if seen.host.is_none() => seen.host = Some(value.clone()),
-                    "expect" => seen.expect = true,
-                    "content-length" => seen.content_length = true,
-                    "x-request-id" if seen.request_id.is_none() => {
-                        seen.request_id = Some(value.clone());
-                    }
-                    "x-forwarded-for" => seen.forwarded_for = true,
-                    "x-forwarded-proto" => seen.forwarded_proto = true,
-                    "x-forwarded-host" => seen.forwarded_host = true,
-                    _ => {}
+            if seen.hop.note(name, value.as_bytes()) {
+                if name == "transfer-encoding" {
+                    seen.unknown_coding |= seen.hop.codings > 1
+                        || !value
+                            .as_bytes()
+                            .trim_ascii()
+                            .eq_ignore_ascii_case(b"chunked");
                 }
+                continue;
+            }
+            match name {
+                "host" => {
+                    seen.hosts = seen.hosts.saturating_add(1);
+                    if seen.host.is_none() {
+                        seen.host = Some(value.clone());
+                    }
+                }
+                "cookie" => seen.cookies = seen.cookies.saturating_add(1),
+                "expect" => seen.expect = true,
+                "content-length" => seen.content_lengths = seen.content_lengths.saturating_add(1),
+                "x-request-id" if seen.request_id.is_none() => {
+                    seen.request_id = Some(value.clone());
+                }
+                "x-forwarded-for" => seen.forwarding |= FWD_FOR,
+                "x-forwarded-proto" => seen.forwarding |= FWD_PROTO,
+                "x-forwarded-host" => seen.forwarding |= FWD_HOST,
+                "x-real-ip" => seen.forwarding |= FWD_REAL_IP,
+                "forwarded" | "x-forwarded-port" | "x-forwarded-prefix" => {
+                    seen.forwarding |= FWD_OTHER;
+                }
+                _ => {}
             }
         }
         seen
     }
 
-    /// The request asks to upgrade the connection (`Upgrade` and
-    /// `Connection: upgrade`).
-    pub fn upgrade(&self, headers: &HeaderMap) -> bool {
-        self.hop.found & UPGRADE_BIT != 0
-            && self.hop.found & CONNECTION_BIT != 0
-            && connection_has(headers, "upgrade")
+    /// The protocols of the request's `Upgrade` (with `Connection:
+    /// upgrade`) that may be tunnelled, as the backend gets them; `None`
+    /// when there are none and the request is forwarded as a plain one.
+    /// `h2c` never is: the proxy speaks it itself, and a backend that
+    /// switched to it would read the client's next requests raw, past
+    /// routing, forwarding fields, limits and the log.
+    pub fn upgrade(&self, headers: &HeaderMap, allowed: &[String]) -> Option<Vec<u8>> {
+        if self.hop.found & UPGRADE_BIT == 0
+            || self.hop.found & CONNECTION_BIT == 0
+            || !connection_has(headers, "upgrade")
+        {
+            return None;
+        }
+        let mut kept = Vec::new();
+        for value in headers.get_all(header::UPGRADE) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                let name = protocol_name(token);
+                if !name.eq_ignore_ascii_case(b"h2c")
+                    && allowed
+                        .iter()
+                        .any(|a| name.eq_ignore_ascii_case(a.as_bytes()))
+                {
+                    if !kept.is_empty() {
+                        kept.extend_from_slice(b", ");
+                    }
+                    kept.extend_from_slice(token);
+                }
+            }
+        }
+        (!kept.is_empty()).then_some(kept)
     }
+}
+
+/// `websocket/13` -> `websocket`: protocols compare by name.
+fn protocol_name(token: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b'/', token).unwrap_or(token.len());
+    token[..end].trim_ascii()
+}
+
+/// True when a `101 Switching Protocols` switches to protocols the
+/// request asked for (`requested`, as forwarded): RFC 9110 §7.8.
+pub fn upgrade_answers(requested: &[u8], response: &HeaderMap) -> bool {
+    let mut any = false;
+    for value in response.get_all(header::UPGRADE) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let name = protocol_name(token.trim_ascii());
+            let asked = requested
+                .split(|&b| b == b',')
+                .any(|r| protocol_name(r.trim_ascii()).eq_ignore_ascii_case(name));
+            if name.is_empty() || !asked {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
+}
+
+/// True for a `Host` (or `:authority`) that is a valid `host[:port]`
+/// (RFC 9112 §3.2, RFC 3986 §3.2.2): a registered name, an IPv4 address or
+/// a bracketed IPv6 address, then a port of up to five digits. No user
+/// info, no path, no spaces; empty is refused, as nginx does.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => {
+            let Some(end) = memchr::memchr(b']', value) else {
+                return false;
+            };
+            let literal = &value[1..end];
+            let ok =
+                std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+            if !ok {
+                return false;
+            }
+            match &value[end + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&value[..0], port),
+                _ => return false,
+            }
+        }
+        Some(_) => match memchr::memrchr(b':', value) {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, &value[..0]),
+        },
+        None => return false,
+    };
+    let port_ok = port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && (port.is_empty()
+            || port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535);
+    let host_ok = value.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host.iter().all(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'%'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            }));
+    port_ok && host_ok
 }
 
 /// The bit of a hop-by-hop header name in [`Hop`]: the fields that
 /// describe one connection, never the message (RFC 9110 §7.6.1, plus the
-/// legacy `Proxy-Connection`). Names are lowercase; matching on the text is
-/// a length switch and a compare, with no hashing.
+/// legacy `Proxy-Connection` and HTTP/2's upgrade `HTTP2-Settings`).
+/// Names are lowercase; matching on the text is a length switch and a
+/// compare, with no hashing.
 fn hop_bit(name: &str) -> Option<u8> {
     Some(match name {
         "connection" => 0,
@@ -98,6 +244,7 @@ fn hop_bit(name: &str) -> Option<u8> {
         "proxy-authenticate" => 6,
         "proxy-connection" => 7,
         "keep-alive" => 8,
+        "http2-settings" => 9,
         _ => return None,
     })
 }
@@ -203,19 +350,32 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
 pub struct Forwarded<'a> {
     /// The address this proxy's client connection comes from, as text.
     pub peer: &'a HeaderValue,
-    /// The peer is a trusted proxy: its `X-Forwarded-Proto` and
-    /// `X-Forwarded-Host` describe the original request and are kept.
+    /// The client's address (see [`client_addr`]), sent as `X-Real-IP`.
+    pub client: &'a HeaderValue,
+    /// The peer is a trusted proxy: the forwarding fields it sets
+    /// (`X-Forwarded-Proto`, `-Host`, `-Port`, `-Prefix`, `Forwarded`)
+    /// describe the original request and are kept.
     pub peer_trusted: bool,
     pub proto: &'static str,
+    /// The request's host: its `Host` field, or the target's authority
+    /// (HTTP/2's `:authority`, an absolute-form target), which wins.
     pub host: Option<&'a HeaderValue>,
+    /// `host` is the request's own `Host` field, passed in place; else
+    /// any `Host` field is replaced by `host`.
+    pub host_in_place: bool,
     pub request_id: &'a RequestId,
 }
 
 /// Writes the request's fields for the backend: without hop-by-hop
-/// fields (an upgrade keeps `Upgrade` and says `Connection: upgrade`) or
-/// `Expect`, with `Host` (from the target when the request had none), the
-/// peer appended to `X-Forwarded-For` (repeated fields joined into one),
-/// and `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id` set.
+/// fields or `Expect`; `Host` in place, or from the target (an HTTP/1.0
+/// request without one gets the backend's address, see
+/// [`RequestHead::host_for_backend`]); cookies in one field, as HTTP/1.1
+/// servers expect (RFC 9113 §8.2.3); the peer appended to
+/// `X-Forwarded-For` (repeated fields joined into one); `X-Real-IP`,
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Request-Id` set; the
+/// forwarding fields only a trusted proxy may set dropped from anyone
+/// else; and for an upgrade, the protocols that may be tunnelled
+/// (`upgrade`) with `Connection: upgrade`.
 ///
 /// Written straight into the head rather than edited in the map: a request
 /// without any of these fields (nearly all) is copied field by field.
@@ -224,16 +384,16 @@ pub fn write_request_fields(
     headers: &HeaderMap,
     seen: &Seen,
     f: &Forwarded<'_>,
-    upgrade: bool,
+    upgrade: Option<&[u8]>,
 ) {
-    let keep_proto = f.peer_trusted && seen.forwarded_proto;
-    let keep_host = f.peer_trusted && seen.forwarded_host;
+    let keep_proto = f.peer_trusted && seen.forwarding & FWD_PROTO != 0;
+    let keep_host = f.peer_trusted && seen.forwarding & FWD_HOST != 0;
     let special = seen.hop.found != 0
         || seen.expect
-        || seen.forwarded_for
-        || seen.forwarded_proto
-        || seen.forwarded_host
-        || seen.request_id.is_some();
+        || seen.forwarding != 0
+        || seen.request_id.is_some()
+        || seen.cookies > 1
+        || (seen.hosts > 0 && !f.host_in_place);
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     if !special {
         for (name, value) in headers {
@@ -245,30 +405,42 @@ pub fn write_request_fields(
         } else {
             Vec::new()
         };
+        let mut cookies_written = false;
         for (name, value) in headers {
             let n = name.as_str();
-            let skip = match hop_bit(n) {
-                Some(bit) => !(upgrade && 1 << bit == UPGRADE_BIT),
-                None => match n {
-                    "expect" | "x-request-id" => true,
+            let skip = hop_bit(n).is_some()
+                || match n {
+                    "expect" | "x-request-id" | "x-real-ip" => true,
+                    "host" => !f.host_in_place,
                     "x-forwarded-proto" => !keep_proto,
                     "x-forwarded-host" => !keep_host,
+                    // a trusted proxy's, unless it named them in `Connection`
+                    "forwarded" | "x-forwarded-port" | "x-forwarded-prefix" => {
+                        !f.peer_trusted || named.contains(name)
+                    }
                     "x-forwarded-for" => {
                         forwarded_for.push(value.as_bytes());
                         true
                     }
+                    "cookie" if seen.cookies > 1 => {
+                        if !cookies_written {
+                            cookies_written = true;
+                            let all = headers.get_all(header::COOKIE).iter();
+                            head.joined("cookie", all.map(HeaderValue::as_bytes), b"; ");
+                        }
+                        true
+                    }
                     _ => named.contains(name),
-                },
-            };
+                };
             if !skip {
                 head.field(n, value.as_bytes());
             }
         }
     }
-    if seen.host.is_none()
-        && let Some(host) = f.host
-    {
-        head.field("host", host.as_bytes());
+    match f.host {
+        Some(host) if !f.host_in_place => head.field("host", host.as_bytes()),
+        Some(_) => {}
+        None => head.host_for_backend(),
     }
     if forwarded_for.is_empty() {
         head.field("x-forwarded-for", f.peer.as_bytes());
@@ -276,6 +448,7 @@ pub fn write_request_fields(
         forwarded_for.push(f.peer.as_bytes());
         head.list("x-forwarded-for", forwarded_for);
     }
+    head.field("x-real-ip", f.client.as_bytes());
     if !keep_proto {
         head.field("x-forwarded-proto", f.proto.as_bytes());
     }
@@ -283,7 +456,8 @@ pub fn write_request_fields(
         head.field("x-forwarded-host", host.as_bytes());
     }
     head.field("x-request-id", f.request_id.as_bytes());
-    if upgrade {
+    if let Some(protocols) = upgrade {
+        head.field("upgrade", protocols);
         head.field("connection", b"upgrade");
     }
 }
@@ -379,25 +553,35 @@ mod tests {
         h
     }
 
-    /// The fields `write_request_fields` writes, as text.
-    fn written(h: &HeaderMap, trusted: bool, host: Option<&str>, upgrade: bool) -> String {
+    /// The fields `write_request_fields` writes, as text: the client is
+    /// 10.0.0.1, unless `trusted` (then 203.0.113.9, behind 10.0.0.1);
+    /// `host` is in place when the request has a `host` field.
+    fn written(h: &HeaderMap, trusted: bool, host: Option<&str>, upgrade: Option<&str>) -> String {
         let rid = RequestId::Given(HeaderValue::from_static("abc"));
         let host = host.map(|h| HeaderValue::from_str(h).unwrap());
+        let seen = Seen::scan(h);
         let mut head = RequestHead::new(&http::Method::GET, "/", h.len());
         write_request_fields(
             &mut head,
             h,
-            &Seen::scan(h),
+            &seen,
             &Forwarded {
                 peer: &HeaderValue::from_static("10.0.0.1"),
+                client: &HeaderValue::from_static(match trusted {
+                    true => "203.0.113.9",
+                    false => "10.0.0.1",
+                }),
                 peer_trusted: trusted,
                 proto: "http",
                 host: host.as_ref(),
+                host_in_place: seen.host.is_some() && seen.host == host,
                 request_id: &rid,
             },
-            upgrade,
+            upgrade.map(str::as_bytes),
         );
-        let head = String::from_utf8(head.finish(false)).unwrap();
+        let mut head = head.finish(false);
+        head.for_backend("192.0.2.7:8080".parse().unwrap());
+        let head = String::from_utf8(head.bytes).unwrap();
         head.trim_start_matches("GET / HTTP/1.1\r\n")
             .replace("\r\n", "\n")
     }
@@ -413,24 +597,59 @@ mod tests {
             ("accept", "*/*"),
         ]);
         assert_eq!(
-            written(&h, false, None, false),
-            "accept: */*\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\nx-forwarded-proto: http\nx-request-id: abc\n\n"
+            written(&h, false, None, None),
+            "accept: */*\nhost: 192.0.2.7:8080\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\nx-real-ip: 10.0.0.1\nx-forwarded-proto: http\nx-request-id: abc\n\n"
         );
         // a trusted peer's proto and host describe the original request
         assert_eq!(
-            written(&h, true, Some("a.example"), false),
-            "x-forwarded-host: evil\nx-forwarded-proto: https\naccept: */*\nhost: a.example\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\nx-request-id: abc\n\n"
+            written(&h, true, Some("a.example"), None),
+            "x-forwarded-host: evil\nx-forwarded-proto: https\naccept: */*\nhost: a.example\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\nx-real-ip: 203.0.113.9\nx-request-id: abc\n\n"
         );
         // the common case: fields copied, forwarding fields added
         let h = map(&[("host", "a.example"), ("accept", "*/*")]);
         assert_eq!(
-            written(&h, false, Some("a.example"), false),
-            "host: a.example\naccept: */*\nx-forwarded-for: 10.0.0.1\nx-forwarded-proto: http\nx-forwarded-host: a.example\nx-request-id: abc\n\n"
+            written(&h, false, Some("a.example"), None),
+            "host: a.example\naccept: */*\nx-forwarded-for: 10.0.0.1\nx-real-ip: 10.0.0.1\nx-forwarded-proto: http\nx-forwarded-host: a.example\nx-request-id: abc\n\n"
         );
-        // HTTP/2: Host comes from the target
+        // the target's authority wins over a Host field (HTTP/2, absolute form)
         assert!(
-            written(&HeaderMap::new(), false, Some("b.example"), false)
-                .starts_with("host: b.example\n")
+            written(&h, false, Some("b.example"), None)
+                .starts_with("accept: */*\nhost: b.example\n")
+        );
+    }
+
+    #[test]
+    fn forwarding_fields_only_a_trusted_proxy_may_set() {
+        let h = map(&[
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-prefix", "/evil"),
+            ("host", "a"),
+        ]);
+        assert_eq!(
+            written(&h, false, Some("a"), None),
+            "host: a\nx-forwarded-for: 10.0.0.1\nx-real-ip: 10.0.0.1\nx-forwarded-proto: http\nx-forwarded-host: a\nx-request-id: abc\n\n"
+        );
+        // a trusted proxy's are kept, but X-Real-IP is always the proxy's own
+        assert_eq!(
+            written(&h, true, Some("a"), None),
+            "forwarded: for=1.2.3.4\nx-forwarded-port: 1\nx-forwarded-prefix: /evil\nhost: a\nx-forwarded-for: 10.0.0.1\nx-real-ip: 203.0.113.9\nx-forwarded-proto: http\nx-forwarded-host: a\nx-request-id: abc\n\n"
+        );
+    }
+
+    #[test]
+    fn cookie_crumbs_are_one_field() {
+        let h = map(&[
+            ("host", "a"),
+            ("cookie", "a=1"),
+            ("x", "y"),
+            ("cookie", "b=2; c=3"),
+        ]);
+        let text = written(&h, false, Some("a"), None);
+        assert!(
+            text.starts_with("host: a\ncookie: a=1; b=2; c=3\nx: y\nx-forwarded-for"),
+            "{text}"
         );
     }
 
@@ -443,23 +662,112 @@ mod tests {
             ("te", "trailers"),
             ("proxy-connection", "keep-alive"),
             ("upgrade", "websocket"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
             ("expect", "100-continue"),
             ("host", "a"),
         ]);
-        let text = written(&h, false, Some("a"), false);
+        let text = written(&h, false, Some("a"), None);
         assert!(text.starts_with("host: a\nx-forwarded-for"), "{text}");
-        // an upgrade keeps its handshake
+        // an upgrade keeps its handshake, with the protocols allowed
         let h = map(&[
             ("connection", "Upgrade, x-a"),
             ("upgrade", "websocket"),
             ("x-a", "1"),
+            ("host", "a"),
         ]);
-        let text = written(&h, false, None, true);
+        let text = written(&h, false, Some("a"), Some("websocket"));
+        assert!(text.starts_with("host: a\nx-forwarded-for"), "{text}");
         assert!(
-            text.starts_with("upgrade: websocket\nx-forwarded-for"),
+            text.ends_with("upgrade: websocket\nconnection: upgrade\n\n"),
             "{text}"
         );
-        assert!(text.ends_with("connection: upgrade\n\n"), "{text}");
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_tunnelled_and_h2c_never() {
+        let allowed = ["websocket".to_string(), "h2c".to_string()];
+        let upgrade = |pairs: &[(&str, &str)]| {
+            let h = map(pairs);
+            Seen::scan(&h)
+                .upgrade(&h, &allowed)
+                .map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(
+            upgrade(&[("connection", "Upgrade"), ("upgrade", "WebSocket")]).as_deref(),
+            Some("WebSocket")
+        );
+        assert_eq!(
+            upgrade(&[
+                ("connection", "upgrade"),
+                ("upgrade", "h2c, websocket/13, foo")
+            ])
+            .as_deref(),
+            Some("websocket/13")
+        );
+        assert_eq!(
+            upgrade(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c")
+            ]),
+            None
+        );
+        assert_eq!(
+            upgrade(&[("connection", "keep-alive"), ("upgrade", "websocket")]),
+            None
+        );
+        assert_eq!(
+            upgrade(&[("connection", "upgrade"), ("upgrade", "foo")]),
+            None
+        );
+
+        let response = |value: &str| map(&[("upgrade", value)]);
+        assert!(upgrade_answers(b"websocket", &response("websocket")));
+        assert!(upgrade_answers(
+            b"websocket/13, foo",
+            &response("WebSocket")
+        ));
+        assert!(!upgrade_answers(b"websocket", &response("h2c")));
+        assert!(!upgrade_answers(b"websocket", &response("websocket, h2c")));
+        assert!(!upgrade_answers(b"websocket", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn hosts_are_host_and_port() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "EXAMPLE.com:",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "xn--bcher-kva.example",
+            "a_b.example",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "", "a b", "a/b", "a@b", "[::1", "[::1]x", "[zz]", "x:y", "x:99999", "x:123456",
+            "a\\b", ":80", "a?b", "a#b", "[::1]:8x",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_are_noticed() {
+        let coding = |values: &[&str]| {
+            let pairs: Vec<(&str, &str)> =
+                values.iter().map(|v| ("transfer-encoding", *v)).collect();
+            Seen::scan(&map(&pairs)).unknown_coding
+        };
+        assert!(!coding(&["chunked"]));
+        assert!(!coding(&["Chunked "]));
+        assert!(coding(&["gzip, chunked"]));
+        assert!(coding(&["chunked, chunked"]));
+        assert!(coding(&["gzip", "chunked"]));
+        assert!(coding(&["xchunked"]));
+        assert!(!coding(&[]));
     }
 
     #[test]

@@ -6,12 +6,14 @@ mod error;
 pub mod headers;
 mod route;
 pub mod sticky;
+mod tunnel;
 pub mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -29,7 +31,7 @@ use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
 use body::{Finish, LogInfo};
 use headers::{Forwarded, RequestId, Seen};
-use upstream::{ClientBody, Exchange, ExchangeError, Head, Outgoing, RequestHead};
+use upstream::{ClientBody, Exchange, Head, Outgoing, RequestHead};
 
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
@@ -121,7 +123,7 @@ fn respond(
             }
             finish.status = status.as_u16();
             let mut resp = local_response(status, reject.body(), finish);
-            if matches!(reject, Reject::MissingHost) {
+            if reject.closes() {
                 // a client that gets framing wrong does not keep its connection
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -147,12 +149,17 @@ struct Prepared {
     target: Target,
     /// The request as the backend gets it; taken while an attempt has it.
     out: Option<Outgoing>,
-    /// The client's side of a WebSocket (or other) upgrade.
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client's side of a WebSocket (or other) upgrade, and the
+    /// protocols asked of the backend.
+    client_upgrade: Option<(hyper::upgrade::OnUpgrade, Vec<u8>)>,
 }
 
-/// Routes the request and writes it for the backend (hop-by-hop headers,
-/// forwarding headers, origin-form target, route cookie).
+/// The longest request target passed on (nginx's and Apache's default);
+/// longer gets `414`.
+pub const MAX_TARGET: usize = 8 * 1024;
+
+/// Checks the request, routes it and writes it for the backend (hop-by-hop
+/// headers, forwarding headers, origin-form target, route cookie).
 fn prepare(
     req: Request<Incoming>,
     seen: &Seen,
@@ -170,27 +177,29 @@ fn prepare(
         // a tunnel to anywhere is a forward proxy's job
         return Err(Reject::Connect);
     }
-    let from_target;
-    let host = match &seen.host {
-        Some(h) => Some(h),
-        None => {
-            from_target = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-            from_target.as_ref()
-        }
-    };
-    if host.is_none() && parts.version == Version::HTTP_11 {
-        return Err(Reject::MissingHost);
+    if seen.unknown_coding {
+        return Err(Reject::TransferCoding);
     }
-    let host_name = host.and_then(|h| h.to_str().ok());
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if target.len() > MAX_TARGET {
+        return Err(Reject::TargetTooLong);
+    }
+    if seen.content_lengths > 1 {
+        return Err(Reject::ContentLength);
+    }
+    let (host, host_in_place) = request_host(&parts, seen)?;
+    let host_name = host.as_ref().and_then(|h| h.to_str().ok());
     let pool_index = rt
         .router
         .route(host_name, parts.uri.path())
         .ok_or(Reject::NoRoute)?;
     finish.pool = Some(pool_index);
     let pool = &rt.pools[pool_index];
+    if let (Some(limit), Some(length)) = (pool.max_body, body.length())
+        && length > limit
+    {
+        return Err(Reject::BodyTooLarge);
+    }
 
     let pinned = pool.sticky.as_deref().and_then(|r| match &r.prefix {
         Some(app_cookie) => sticky::take_prefixed_token(&mut parts.headers, app_cookie)
@@ -200,31 +209,85 @@ fn prepare(
         }
     });
 
-    let upgrade = h1 && seen.upgrade(&parts.headers);
-    let client_upgrade = upgrade
-        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-        .flatten();
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let upgrade = match h1 {
+        true => seen.upgrade(&parts.headers, &rt.config.server.upgrade_protocols),
+        false => None,
+    };
+    let client_upgrade = match upgrade {
+        Some(protocols) => parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .map(|on| (on, protocols)),
+        None => None,
+    };
     let mut head = RequestHead::new(&parts.method, target, parts.headers.len());
+    let conn = &finish.conn;
+    let formatted;
+    let client_ip = if client == conn.peer.ip() {
+        &conn.peer_ip
+    } else {
+        formatted = HeaderValue::try_from(client.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        &formatted
+    };
     headers::write_request_fields(
         &mut head,
         &parts.headers,
         seen,
         &Forwarded {
-            peer: &finish.conn.peer_ip,
-            peer_trusted: headers::is_trusted(finish.conn.peer.ip(), &rt.trusted_proxies),
-            proto: if finish.conn.tls { "https" } else { "http" },
-            host,
+            peer: &conn.peer_ip,
+            client: client_ip,
+            peer_trusted: headers::is_trusted(conn.peer.ip(), &rt.trusted_proxies),
+            proto: if conn.tls { "https" } else { "http" },
+            host: host.as_ref(),
+            host_in_place,
             request_id,
         },
-        upgrade,
+        client_upgrade.as_ref().map(|(_, protocols)| &protocols[..]),
     );
     Ok(Prepared {
         pool: pool_index,
         target: Target { client, pinned },
-        out: Some(Outgoing::new(head, parts.method, body, seen.content_length)),
+        out: Some(Outgoing::new(head, parts.method, body, pool.max_body)),
         client_upgrade,
     })
+}
+
+/// The request's host, and whether it is its own `Host` field (passed in
+/// place) rather than the target's authority, which wins: HTTP/2's
+/// `:authority` (a `Host` that disagrees is refused, RFC 9113 §8.3.1) or
+/// an absolute-form target (whose authority replaces `Host`, RFC 9112
+/// §3.2.2). `None`: an HTTP/1.0 request that names no host.
+fn request_host(
+    parts: &http::request::Parts,
+    seen: &Seen,
+) -> Result<(Option<HeaderValue>, bool), Reject> {
+    if seen.hosts > 1 {
+        return Err(Reject::Host);
+    }
+    let authority = parts.uri.authority();
+    let (host, in_place) = match (authority, &seen.host) {
+        (Some(authority), given) => {
+            let given_differs = given.as_ref().is_some_and(|h| {
+                !h.as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            });
+            if given_differs && parts.version == Version::HTTP_2 {
+                return Err(Reject::AuthorityMismatch);
+            }
+            let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Reject::Host)?;
+            (Some(value), false)
+        }
+        (None, Some(host)) => (Some(host.clone()), true),
+        (None, None) if parts.version == Version::HTTP_11 => return Err(Reject::MissingHost),
+        (None, None) => (None, false),
+    };
+    if let Some(host) = &host
+        && !headers::valid_host(host.as_bytes())
+    {
+        return Err(Reject::Host);
+    }
+    Ok((host, in_place))
 }
 
 /// A backend's response head, with the exchange that reads its body
@@ -266,27 +329,51 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
             }
         };
         let reused = conn.reused();
-        let Some(unsent) = prepared.out.take() else {
+        let Some(mut unsent) = prepared.out.take() else {
             return Err(last_error.map_or(Reject::NoBackend, Reject::Upstream));
         };
         backend.state.begin_request();
         finish.backend = Some(b);
+        unsent.to_backend(backend.addr);
+        let has_body = unsent.has_body();
         let mut ex = Exchange::new(conn, unsent);
-        let head = finish
-            .conn
-            .response_within(
-                finish.start_ms + crate::clock::millis(rt.timeouts.response_header),
-                std::future::poll_fn(|cx| ex.poll_head(cx)),
-            )
-            .await;
+        // The request goes out, bounded by the I/O timeouts of whichever
+        // side stalls; a backend may answer before it has read it all.
+        let early = std::future::poll_fn(|cx| match ex.poll_head(cx, &rt.timeouts) {
+            Poll::Pending if ex.is_sent() => Poll::Ready(None),
+            polled => polled.map(Some),
+        })
+        .await;
+        let head = match early {
+            Some(head) => Some(head),
+            None => {
+                // the backend's time to answer counts from the request
+                // written to its end: an upload takes what it takes
+                let sent_ms = match has_body {
+                    true => crate::clock::now_ms(),
+                    false => finish.start_ms,
+                };
+                let due = sent_ms + crate::clock::millis(rt.timeouts.response_header);
+                let head = std::future::poll_fn(|cx| ex.poll_head(cx, &rt.timeouts));
+                finish.conn.response_within(due, head).await
+            }
+        };
         match head {
             Some(Ok(mut head)) => {
                 note_placement(pool, b, pick.outcome, &mut head.headers, finish.conn.tls);
                 let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                    let Some(client_upgrade) = prepared.client_upgrade.take() else {
+                    let Some((client_upgrade, asked)) = prepared.client_upgrade.take() else {
                         return Err(UpstreamError::UnsolicitedUpgrade.into());
                     };
-                    tunnel(client_upgrade, ex, finish.conn.clone());
+                    if !headers::upgrade_answers(&asked, &head.headers) {
+                        return Err(UpstreamError::UnsolicitedUpgrade.into());
+                    }
+                    tunnel(
+                        client_upgrade,
+                        ex,
+                        finish.conn.clone(),
+                        rt.timeouts.tunnel_idle,
+                    );
                     None
                 } else {
                     Some(ex)
@@ -294,10 +381,10 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
                 return Ok(Answer { head, body });
             }
             Some(Err(error)) => {
+                ex.abort();
                 backend.state.end_request();
                 finish.backend = None;
-                if let ExchangeError::RequestBody(_) = error {
-                    // the client's fault, not the backend's
+                if error.is_client_fault() {
                     return Err(UpstreamError::Exchange(error).into());
                 }
                 let error = UpstreamError::Exchange(error);
@@ -319,6 +406,7 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
                 }
             }
             None => {
+                ex.abort();
                 let error = UpstreamError::ResponseTimeout(rt.timeouts.response_header);
                 mark_failed(pool, b, &error);
                 return Err(error.into());
@@ -372,10 +460,16 @@ fn mark_failed(pool: &Pool, b: usize, error: &dyn std::fmt::Display) {
 }
 
 /// Splices an upgraded client connection to the backend connection that
-/// switched protocols, until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Exchange, conn: Arc<Connection>) {
+/// switched protocols, until either side closes or the tunnel is idle for
+/// `idle`.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: Exchange,
+    conn: Arc<Connection>,
+    idle: std::time::Duration,
+) {
     let guard = conn.tunnel_guard();
-    let (mut backend, early) = backend.into_upgraded();
+    let (backend, early) = backend.into_upgraded();
     tokio::spawn(async move {
         let _guard = guard;
         let client = match client.await {
@@ -393,8 +487,8 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Exchange, conn: Arc<Connec
             tracing::debug!(%error, "tunnel closed with an error");
             return;
         }
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-            tracing::debug!(%error, "tunnel closed with an error");
+        if let Err(error) = tunnel::splice(client, backend, idle).await {
+            tracing::debug!(%error, "tunnel closed");
         }
     });
 }

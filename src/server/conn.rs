@@ -67,6 +67,9 @@ pub struct Connection {
     /// request costs no timer of its own.
     response_due_ms: AtomicU64,
     response_late: AtomicBool,
+    /// When a write to the client started to wait (its socket buffer full:
+    /// it is not reading); 0 when none is waiting. Bounded by `client_io`.
+    write_stalled_ms: AtomicU64,
 }
 
 impl Connection {
@@ -117,6 +120,24 @@ impl Connection {
         }
     }
 
+    /// A write to the client could not go out: from now on, `client_io`
+    /// bounds how long the client may take to read. Reads the clock only
+    /// when a stall starts.
+    pub(super) fn write_stalled(&self) {
+        if self.write_stalled_ms.load(Ordering::Relaxed) == 0 {
+            self.write_stalled_ms
+                .store(clock::now_ms(), Ordering::Relaxed);
+            self.rearm.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the client went out.
+    pub(super) fn write_flowed(&self) {
+        if self.write_stalled_ms.load(Ordering::Relaxed) != 0 {
+            self.write_stalled_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn is_parking(&self) -> bool {
         self.parking.load(Ordering::Relaxed)
     }
@@ -133,6 +154,16 @@ impl Connection {
     /// With `park`, an idle connection is parked after `PARK_AFTER`
     /// (before it would be closed for idleness).
     fn next_deadline(&self, t: &Timeouts, park: bool) -> (u64, Due) {
+        let own = self.own_deadline(t, park);
+        match self.write_stalled_ms.load(Ordering::Relaxed) {
+            0 => own,
+            since => own.min((since + clock::millis(t.client_io), Due::ClientWrite)),
+        }
+    }
+
+    /// [`Connection::next_deadline`] but for a write to the client that
+    /// waits.
+    fn own_deadline(&self, t: &Timeouts, park: bool) -> (u64, Due) {
         if self.active.load(Ordering::Relaxed) > 0 {
             return match self.response_due_ms.load(Ordering::Relaxed) {
                 0 => (NEVER, Due::Busy),
@@ -212,8 +243,9 @@ fn arm_at(at: u64, now: u64, t: &Timeouts) -> u64 {
 /// How long an HTTP/1 connection stays idle before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// What the watchdog enforces at its next deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the watchdog enforces at its next deadline (ordered: of two
+/// deadlines at the same time, the first here wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     RequestHeader,
     Idle,
@@ -224,12 +256,25 @@ enum Due {
     /// A request is in progress with no deadline of its own (its body is
     /// streaming): look again later.
     Busy,
+    /// The client has not taken any of the response for `client_io`: it
+    /// is closed, which releases the backend connection its response held.
+    ClientWrite,
 }
+
+/// How long an HTTP/2 connection closed for idleness has, after its
+/// `GOAWAY`, to close by itself.
+const GOAWAY_GRACE_MS: u64 = 1000;
 
 /// Serves one accepted client connection until it closes, times out, or
 /// the worker shuts down (then in-flight requests finish first).
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>) {
-    let _open = worker.open();
+/// `open` counts it from the moment it was accepted.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: Arc<Worker>,
+    open: OpenGuard,
+) {
+    let _open = open;
     let _ = stream.set_nodelay(true);
     let now = clock::now_ms();
     // A reload applies new timeouts to new connections.
@@ -251,6 +296,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worke
         h2: matches!(sniffed, Sniffed::Http2),
         response_due_ms: AtomicU64::new(0),
         response_late: AtomicBool::new(false),
+        write_stalled_ms: AtomicU64::new(0),
     });
     let result = match sniffed {
         Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,
@@ -503,7 +549,18 @@ where
                             conn.response_due_ms.store(0, Ordering::Relaxed);
                             conn.response_late.store(true, Ordering::Relaxed);
                         }
-                        Due::RequestHeader | Due::Idle => {
+                        // an HTTP/2 client is told, with a GOAWAY, and has a
+                        // moment to close by itself
+                        Due::RequestHeader | Due::Idle if !can_park && !closing => {
+                            closing = true;
+                            http.as_mut().close_gracefully();
+                            armed = now + GOAWAY_GRACE_MS;
+                            watchdog.as_mut().reset(clock::instant_at(armed));
+                            // registered for the grace period; the loop
+                            // then polls hyper, which sends the GOAWAY
+                            let _ = watchdog.as_mut().poll(cx);
+                        }
+                        Due::RequestHeader | Due::Idle | Due::ClientWrite => {
                             return Poll::Ready(Err(format!("{due:?} timeout")));
                         }
                         Due::Busy => {}

@@ -87,6 +87,15 @@ impl<S: AsyncWrite + Unpin> ClientIo<S> {
         }
     }
 
+    /// Tells the connection whether the client takes what is written to it
+    /// (`client_io`).
+    fn note(&self, written: &Poll<io::Result<usize>>) {
+        match written {
+            Poll::Pending => self.conn.write_stalled(),
+            Poll::Ready(_) => self.conn.write_flowed(),
+        }
+    }
+
     fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let Some((data, pos, report)) = &mut self.rewrite else {
             return Poll::Ready(Ok(0));
@@ -146,7 +155,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.rewrite.is_some() {
             return this.poll_rewrite(cx);
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.note(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -164,7 +175,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.rewrite.is_some() {
             return this.poll_rewrite(cx);
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.note(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,6 +1,7 @@
 //! Listeners, workers and connections: everything between the socket and
 //! the request path.
 
+mod accept;
 mod conn;
 mod io;
 mod worker;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use accept::Acceptor;
 pub use conn::Connection;
 pub use worker::{MAX_HEAD_BYTES, OpenGuard, ShutdownSignal};
 

@@ -6,13 +6,13 @@
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use super::Acceptor;
 use super::conn;
 use crate::access_log;
 use crate::proxy::upstream;
@@ -63,10 +63,7 @@ pub struct OpenGuard(Arc<Worker>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0
-            .shared
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.shared.close();
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
@@ -76,7 +73,7 @@ impl Drop for OpenGuard {
 impl Worker {
     pub fn open(self: &Arc<Self>) -> OpenGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
-        self.shared.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.shared.open();
         OpenGuard(self.clone())
     }
 
@@ -108,7 +105,9 @@ fn h1_builder() -> http1::Builder {
 
 fn h2_builder() -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new()).max_concurrent_streams(256);
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
     b
 }
 
@@ -186,20 +185,20 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
     let shutdown = worker.shutdown.clone();
     let stop = shutdown.wait();
     tokio::pin!(stop);
+    let mut listener = Acceptor::new(listener, "proxy");
     loop {
         tokio::select! {
             biased;
             () = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(conn::serve(stream, peer, worker.clone()));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    // Out of file descriptors or memory: give it a moment
-                    // rather than spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            () = worker.shared.room_for_connection() => {}
+        }
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            (stream, peer) = listener.accept() => {
+                // counted now, before the next look at max_connections
+                let open = worker.open();
+                tokio::spawn(conn::serve(stream, peer, worker.clone(), open));
             }
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -111,6 +112,15 @@ impl Proxy {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_with(config, env, None)
+    }
+
+    /// Starts the proxy with at most `files` open file descriptors.
+    pub fn start_with_fd_limit(config: &str, files: u64) -> Proxy {
+        Proxy::start_with(config, &[], Some(files))
+    }
+
+    fn start_with(config: &str, env: &[(&str, &str)], files: Option<u64>) -> Proxy {
         let listeners = config
             .lines()
             .find(|l| l.trim_start().starts_with("listen"))
@@ -128,6 +138,21 @@ impl Proxy {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(files) = files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only an async-signal-safe system call between fork
+            // and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        files,
+                        files,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn sessionlb");
         let stderr = Arc::new(Lines::default());

@@ -31,49 +31,102 @@ pub enum WireError {
     ContentLength,
     #[error("invalid chunked body")]
     Chunked,
+    #[error("a transfer coding other than chunked")]
+    TransferEncoding,
 }
 
 /// A request head being written for a backend, field by field: the
 /// request line, then fields as the header rules decide, then
 /// [`RequestHead::finish`].
-pub struct RequestHead(Vec<u8>);
+pub struct RequestHead {
+    bytes: Vec<u8>,
+    /// Where `host: <backend address>` goes, for a request that names no
+    /// host (HTTP/1.0): it depends on the backend each attempt goes to.
+    host_at: Option<u32>,
+}
+
+/// A request head ready for any backend (see [`RequestHead::finish`]).
+pub struct FinishedHead {
+    pub bytes: Vec<u8>,
+    /// The `host` line each attempt writes for its backend, as the
+    /// position and length of the one there now.
+    pub backend_host: Option<(u32, u32)>,
+}
 
 impl RequestHead {
     /// Starts with the request line: origin-form `target`, HTTP/1.1.
     pub fn new(method: &Method, target: &str, fields: usize) -> RequestHead {
-        let mut head = Vec::with_capacity(256 + 64 * fields + target.len());
-        head.extend_from_slice(method.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(target.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        RequestHead(head)
+        let mut bytes = Vec::with_capacity(256 + 64 * fields + target.len());
+        bytes.extend_from_slice(method.as_str().as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(target.as_bytes());
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        RequestHead {
+            bytes,
+            host_at: None,
+        }
     }
 
     pub fn field(&mut self, name: &str, value: &[u8]) {
-        self.list(name, [value]);
+        self.joined(name, [value], b"");
     }
 
     /// One field whose value is `values` joined by ", ".
     pub fn list<'a>(&mut self, name: &str, values: impl IntoIterator<Item = &'a [u8]>) {
-        let head = &mut self.0;
+        self.joined(name, values, b", ");
+    }
+
+    /// One field whose value is `values` joined by `separator`.
+    pub fn joined<'a>(
+        &mut self,
+        name: &str,
+        values: impl IntoIterator<Item = &'a [u8]>,
+        separator: &[u8],
+    ) {
+        let head = &mut self.bytes;
         head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
         for (i, value) in values.into_iter().enumerate() {
             if i > 0 {
-                head.extend_from_slice(b", ");
+                head.extend_from_slice(separator);
             }
             head.extend_from_slice(value);
         }
         head.extend_from_slice(b"\r\n");
     }
 
+    /// Here goes `host: <the backend's address>`, written per attempt
+    /// ([`FinishedHead::for_backend`]), as nginx's default `Host` is the
+    /// upstream's.
+    pub fn host_for_backend(&mut self) {
+        self.host_at = Some(self.bytes.len() as u32);
+    }
+
     /// Ends the head; `chunked` announces a body of unknown length.
-    pub fn finish(mut self, chunked: bool) -> Vec<u8> {
+    pub fn finish(mut self, chunked: bool) -> FinishedHead {
         if chunked {
-            self.0.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            self.bytes
+                .extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        self.0.extend_from_slice(b"\r\n");
-        self.0
+        self.bytes.extend_from_slice(b"\r\n");
+        FinishedHead {
+            bytes: self.bytes,
+            backend_host: self.host_at.map(|at| (at, 0)),
+        }
+    }
+}
+
+impl FinishedHead {
+    /// Writes the `host` line for a backend at `addr`, when the head has
+    /// one to write.
+    pub fn for_backend(&mut self, addr: std::net::SocketAddr) {
+        if let Some((at, len)) = self.backend_host {
+            let line = format!("host: {addr}\r\n");
+            let written = line.len() as u32;
+            let (at_, end) = (at as usize, (at + len) as usize);
+            self.bytes.splice(at_..end, line.into_bytes());
+            self.backend_host = Some((at, written));
+        }
     }
 }
 
@@ -94,9 +147,9 @@ pub struct Head {
 }
 
 /// Parses the response head at the start of `buf`, removing it (and any
-/// interim 1xx responses before it) from `buf`. `Ok(None)`: more bytes
-/// are needed.
-pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, WireError> {
+/// interim 1xx responses before it) from `buf`; `head_only`: it answers a
+/// `HEAD` request, so it has no body. `Ok(None)`: more bytes are needed.
+pub fn parse_response(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, WireError> {
     loop {
         // position of each header's name and value in the head
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -137,13 +190,20 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         let head = buf.split_to(len).freeze();
         return NAMES
             .with(|names| match names.try_borrow_mut() {
-                Ok(mut names) => build(&head, &spans[..count], status, http11, method, &mut names),
+                Ok(mut names) => build(
+                    &head,
+                    &spans[..count],
+                    status,
+                    http11,
+                    head_only,
+                    &mut names,
+                ),
                 Err(_) => build(
                     &head,
                     &spans[..count],
                     status,
                     http11,
-                    method,
+                    head_only,
                     &mut NameCache(Vec::new()), // no slots: every name looked up
                 ),
             })
@@ -156,13 +216,13 @@ fn build(
     spans: &[(u32, u32, u32, u32)],
     status: StatusCode,
     http11: bool,
-    method: &Method,
+    head_only: bool,
     names: &mut NameCache,
 ) -> Result<Head, WireError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut hop = Hop::default();
     let mut length: Option<u64> = None;
-    let mut chunked = None;
+    let mut chunked = false;
     let (mut close, mut keep_alive) = (false, false);
     for &(name, name_len, value, value_len) in spans {
         let (name, value) = (name as usize, value as usize);
@@ -177,8 +237,12 @@ fn build(
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            // the last coding decides; `chunked` must be it
-            chunked = Some(last_token(&value).eq_ignore_ascii_case(b"chunked"));
+            // `chunked`, once: the proxy decodes no other coding, and one
+            // it passed on undecoded would reach the client as the body
+            if chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(WireError::TransferEncoding);
+            }
+            chunked = true;
         } else if name == header::CONNECTION {
             for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -199,24 +263,22 @@ fn build(
         headers.append(name, value);
     }
     let mut keep_alive = if http11 { !close } else { keep_alive && !close };
-    let bodiless = method == Method::HEAD
+    let bodiless = head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let body = if bodiless {
         Decoder::Done
-    } else if let Some(chunked) = chunked {
+    } else if chunked {
         // Transfer-Encoding wins over Content-Length, and a message with
-        // both is not trusted to frame the next one
+        // both is not trusted to frame the next one; nor is an HTTP/1.0
+        // one that says chunked, which HTTP/1.0 does not know
         if length.is_some() {
             headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
-        if chunked {
-            Decoder::Chunked(Chunk::Size)
-        } else {
-            Decoder::Close
-        }
+        keep_alive &= http11;
+        Decoder::Chunked(Chunk::Size)
     } else {
         match length {
             Some(0) => Decoder::Done,
@@ -278,12 +340,54 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-fn last_token(value: &[u8]) -> &[u8] {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii()
+/// Reads a chunk-size line at the start of `buf` (RFC 9112 §7.1): one
+/// or more hex digits, optional whitespace and extensions (ignored), CRLF.
+/// `Ok(Some((line length, size)))`, or `Ok(None)` when more bytes are
+/// needed. A line longer than [`MAX_CHUNK_LINE`] is refused however it
+/// arrives, as are a size without digits, one over 64 bits, a bare LF and
+/// control bytes.
+pub fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, WireError> {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    for &b in buf {
+        let value = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => break,
+        };
+        if size >> 60 != 0 {
+            return Err(WireError::Chunked);
+        }
+        size = size << 4 | u64::from(value);
+        digits += 1;
+    }
+    let rest = &buf[digits..];
+    let Some(newline) = memchr::memchr(b'\n', rest) else {
+        if buf.len() > MAX_CHUNK_LINE || (digits == 0 && !rest.is_empty()) {
+            return Err(WireError::Chunked);
+        }
+        return Ok(None);
+    };
+    let line = digits + newline + 1;
+    if digits == 0 || line > MAX_CHUNK_LINE || newline == 0 || rest[newline - 1] != b'\r' {
+        return Err(WireError::Chunked);
+    }
+    let tail = &rest[..newline - 1];
+    let after_space = tail.iter().position(|&b| b != b' ' && b != b'\t');
+    let extensions_ok = match after_space {
+        None => true,
+        Some(at) => {
+            tail[at] == b';'
+                && tail
+                    .iter()
+                    .all(|&b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+        }
+    };
+    if !extensions_ok {
+        return Err(WireError::Chunked);
+    }
+    Ok(Some((line, size)))
 }
 
 /// Where a response body ends, and how much of it is left.
@@ -356,8 +460,8 @@ impl Decoder {
                     }
                     return Ok(Decoded::Data(buf.split().freeze()));
                 }
-                Decoder::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                Decoder::Chunked(Chunk::Size) => match chunk_size(buf)? {
+                    Some((used, size)) => {
                         buf.advance(used);
                         *self = Decoder::Chunked(if size == 0 {
                             Chunk::Trailers(0)
@@ -365,10 +469,7 @@ impl Decoder {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
-                        return Ok(Decoded::More);
-                    }
-                    _ => return Err(WireError::Chunked),
+                    None => return Ok(Decoded::More),
                 },
                 Decoder::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
@@ -420,7 +521,7 @@ mod tests {
 
     fn parse(text: &str, method: &Method) -> (Result<Option<Head>, WireError>, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        (parse_response(&mut buf, method), buf)
+        (parse_response(&mut buf, method == Method::HEAD), buf)
     }
 
     fn body(decoder: &mut Decoder, wire: &[u8], split: usize) -> Result<Vec<u8>, WireError> {
@@ -467,13 +568,20 @@ mod tests {
         assert!(matches!(head.body, Decoder::Close) && !head.keep_alive);
 
         let (head, _) = parse(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
             &Method::GET,
         );
         let head = head.unwrap().unwrap();
         assert!(matches!(head.body, Decoder::Chunked(_)) && !head.keep_alive);
         assert!(head.headers.get("content-length").is_none());
         assert!(head.headers.get("transfer-encoding").is_none());
+        // HTTP/1.0 knows no chunked coding: such a connection is not reused
+        let (head, _) = parse(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &Method::GET,
+        );
+        let head = head.unwrap().unwrap();
+        assert!(matches!(head.body, Decoder::Chunked(_)) && !head.keep_alive);
 
         let (head, _) = parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &Method::GET);
         assert!(!head.unwrap().unwrap().keep_alive);
@@ -549,6 +657,10 @@ mod tests {
     #[test]
     fn bad_heads_are_refused() {
         for bad in [
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
@@ -594,6 +706,44 @@ mod tests {
     }
 
     #[test]
+    fn chunk_size_lines_are_strict() {
+        assert_eq!(chunk_size(b"5\r\n").unwrap(), Some((3, 5)));
+        assert_eq!(chunk_size(b"fF \t;a=1;b\r\nrest").unwrap(), Some((12, 255)));
+        assert_eq!(
+            chunk_size(b"0000000000000000000a\r\n").unwrap(),
+            Some((22, 10))
+        );
+        assert_eq!(
+            chunk_size(b"ffffffffffffffff\r\n").unwrap(),
+            Some((18, u64::MAX))
+        );
+        for partial in [&b""[..], b"5", b"5\r", b"5;ext", b"abc "] {
+            assert_eq!(chunk_size(partial).unwrap(), None, "{partial:?}");
+        }
+        let long_ext = format!("5;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+        let long_partial = format!("5;{}", "x".repeat(MAX_CHUNK_LINE));
+        for bad in [
+            &b"\r\n"[..],
+            b";ext\r\n",
+            b" 5\r\n",
+            b"5\n",
+            b"5 x\r\n",
+            b"5;\x00\r\n",
+            b"5;a\rb\r\n",
+            b"10000000000000000\r\n",
+            b"g",
+            long_ext.as_bytes(),
+            long_partial.as_bytes(),
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn length_and_close_bodies() {
         let mut d = Decoder::Length(5);
         assert_eq!(body(&mut d, b"hello", 2).unwrap(), b"hello");
@@ -610,8 +760,23 @@ mod tests {
         head.field("host", b"example.com");
         head.list("x-forwarded-for", [&b"1.1.1.1"[..], b"2.2.2.2"]);
         assert_eq!(
-            head.finish(true),
+            head.finish(true).bytes,
             b"POST /a?b HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // no host of its own: the backend's, per attempt
+        let mut head = RequestHead::new(&Method::GET, "/", 1);
+        head.host_for_backend();
+        head.field("x-a", b"1");
+        let mut head = head.finish(false);
+        head.for_backend("10.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            head.bytes,
+            b"GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\n\r\n"
+        );
+        head.for_backend("[::1]:80".parse().unwrap());
+        assert_eq!(
+            head.bytes,
+            b"GET / HTTP/1.1\r\nhost: [::1]:80\r\nx-a: 1\r\n\r\n"
         );
     }
 }
