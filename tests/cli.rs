@@ -43,6 +43,54 @@ fn check_accepts_the_example_config() {
 }
 
 #[test]
+fn run_refuses_what_this_version_cannot_serve_rather_than_ignore_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redis.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[pools.web]
+backends = [{ addr = "127.0.0.1:9001" }]
+
+[store]
+kind = "redis"
+url = "redis://user:s3cr@t@127.0.0.1:6379/0"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("store.kind: the Redis session store is not supported by this version yet"),
+        "{stderr}"
+    );
+    // check says so too, and never shows the password, '@' and all
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warning: store.kind: the Redis session store"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("redis://user:***@127.0.0.1:6379/0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cr"), "{stdout}");
+}
+
+#[test]
 fn check_reports_every_problem_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

@@ -111,6 +111,13 @@ impl Seen {
         seen
     }
 
+    /// The request has the fields of an upgrade: a cheap first look, the
+    /// rest is [`Seen::upgrade`]'s.
+    #[inline]
+    pub fn may_upgrade(&self) -> bool {
+        self.hop.found & (UPGRADE_BIT | CONNECTION_BIT) == UPGRADE_BIT | CONNECTION_BIT
+    }
+
     /// The protocols of the request's `Upgrade` (with `Connection:
     /// upgrade`) that may be tunnelled, as the backend gets them; `None`
     /// when there are none and the request is forwarded as a plain one.
@@ -118,10 +125,7 @@ impl Seen {
     /// switched to it would read the client's next requests raw, past
     /// routing, forwarding fields, limits and the log.
     pub fn upgrade(&self, headers: &HeaderMap, allowed: &[String]) -> Option<Vec<u8>> {
-        if self.hop.found & UPGRADE_BIT == 0
-            || self.hop.found & CONNECTION_BIT == 0
-            || !connection_has(headers, "upgrade")
-        {
+        if !self.may_upgrade() || !connection_has(headers, "upgrade") {
             return None;
         }
         let mut kept = Vec::new();
@@ -175,58 +179,119 @@ pub fn upgrade_answers(requested: &[u8], response: &HeaderMap) -> bool {
 /// a bracketed IPv6 address, then a port of up to five digits. No user
 /// info, no path, no spaces; empty is refused, as nginx does.
 pub fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = match value.first() {
-        Some(b'[') => {
-            let Some(end) = memchr::memchr(b']', value) else {
-                return false;
-            };
-            let literal = &value[1..end];
-            let ok =
-                std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
-            if !ok {
-                return false;
-            }
-            match &value[end + 1..] {
-                [] => return true,
-                [b':', port @ ..] => (&value[..0], port),
-                _ => return false,
-            }
-        }
-        Some(_) => match memchr::memrchr(b':', value) {
-            Some(colon) => (&value[..colon], &value[colon + 1..]),
-            None => (value, &value[..0]),
-        },
-        None => return false,
-    };
-    let port_ok = port.len() <= 5
-        && port.iter().all(u8::is_ascii_digit)
-        && (port.is_empty()
-            || port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535);
-    let host_ok = value.first() == Some(&b'[')
-        || (!host.is_empty()
-            && host.iter().all(|&b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'%'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                    )
-            }));
-    port_ok && host_ok
+    // Clients send the same host again and again: the last one a worker
+    // found valid is taken as it is, a compare instead of a walk through
+    // its bytes.
+    let known = LAST_HOST.with(|last| last.get().as_bytes() == value);
+    if known {
+        return true;
+    }
+    let valid = check_host(value);
+    if valid && let Some(host) = LastHost::new(value) {
+        LAST_HOST.with(|last| last.set(host));
+    }
+    valid
 }
+
+/// A host a worker found valid last, when it is short enough to keep.
+#[derive(Clone, Copy)]
+struct LastHost {
+    bytes: [u8; 64],
+    len: u8,
+}
+
+impl LastHost {
+    fn new(host: &[u8]) -> Option<LastHost> {
+        let mut bytes = [0; 64];
+        bytes.get_mut(..host.len())?.copy_from_slice(host);
+        Some(LastHost {
+            bytes,
+            len: host.len() as u8,
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+thread_local! {
+    /// Starts empty, which no valid host is.
+    static LAST_HOST: std::cell::Cell<LastHost> = const {
+        std::cell::Cell::new(LastHost { bytes: [0; 64], len: 0 })
+    };
+}
+
+fn check_host(value: &[u8]) -> bool {
+    if value.first() == Some(&b'[') {
+        let Some(end) = memchr::memchr(b']', value) else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&value[1..end]);
+        return literal.is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+            && match &value[end + 1..] {
+                [] => true,
+                [b':', port @ ..] => valid_port(port),
+                _ => false,
+            };
+    }
+    // the port follows the last colon, within the last six bytes; any
+    // other colon is in the name, where it is refused
+    let tail = value.len().saturating_sub(6);
+    let (name, port) = match value[tail..].iter().rposition(|&b| b == b':') {
+        Some(at) => (&value[..tail + at], Some(&value[tail + at + 1..])),
+        None => (value, None),
+    };
+    !name.is_empty()
+        && name.iter().all(|&b| HOST_BYTES[usize::from(b)])
+        && port.is_none_or(valid_port)
+}
+
+/// Up to five digits, at most 65535 (empty is allowed: `host:`).
+fn valid_port(port: &[u8]) -> bool {
+    if port.len() > 5 {
+        return false;
+    }
+    let mut n = 0u32;
+    for &d in port {
+        if !d.is_ascii_digit() {
+            return false;
+        }
+        n = n * 10 + u32::from(d - b'0');
+    }
+    n <= 65535
+}
+
+/// The bytes of a registered name or IPv4 address in a host (RFC 3986
+/// `reg-name`: unreserved, percent-encoded, sub-delims).
+static HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
 
 /// The bit of a hop-by-hop header name in [`Hop`]: the fields that
 /// describe one connection, never the message (RFC 9110 §7.6.1, plus the
@@ -282,18 +347,20 @@ fn is_plain_connection(v: &[u8]) -> bool {
 
 /// The headers `Connection` names beyond the usual tokens: hop-by-hop too.
 /// Allocates, so it is asked only when [`Hop::names_others`] says so.
+/// Reads bytes: a value that also holds a non-ASCII byte still names the
+/// fields it names.
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut named = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
-        let Ok(s) = value.to_str() else { continue };
-        for token in s.split(',').map(str::trim) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
             let known = ["keep-alive", "close", "upgrade", ""]
                 .iter()
-                .any(|k| token.eq_ignore_ascii_case(k));
+                .any(|k| token.eq_ignore_ascii_case(k.as_bytes()));
             if known || is_end_to_end(token) {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 named.push(name);
             }
         }
@@ -303,7 +370,7 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Headers a client may not make disappear by naming them in `Connection`:
 /// the ones the proxy itself relies on or sets.
-fn is_end_to_end(token: &str) -> bool {
+fn is_end_to_end(token: &[u8]) -> bool {
     [
         "host",
         "content-length",
@@ -314,7 +381,7 @@ fn is_end_to_end(token: &str) -> bool {
         "x-request-id",
     ]
     .iter()
-    .any(|h| token.eq_ignore_ascii_case(h))
+    .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -332,9 +399,11 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
     let mut client = peer;
     let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
     for value in values.into_iter().rev() {
-        let Ok(s) = value.to_str() else { return client };
-        for part in s.rsplit(',') {
-            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+        // element by element: one that is not an address (non-ASCII bytes
+        // included) stops the walk there, not at the value's right end
+        for part in value.as_bytes().rsplit(|&b| b == b',') {
+            let ip = std::str::from_utf8(part.trim_ascii()).map(str::parse::<IpAddr>);
+            let Ok(Ok(ip)) = ip else {
                 return client;
             };
             client = ip;

@@ -150,8 +150,9 @@ struct Prepared {
     /// The request as the backend gets it; taken while an attempt has it.
     out: Option<Outgoing>,
     /// The client's side of a WebSocket (or other) upgrade, and the
-    /// protocols asked of the backend.
-    client_upgrade: Option<(hyper::upgrade::OnUpgrade, Vec<u8>)>,
+    /// protocols asked of the backend. Boxed: upgrades are rare, and this
+    /// is part of every request's future.
+    client_upgrade: Option<Box<(hyper::upgrade::OnUpgrade, Vec<u8>)>>,
 }
 
 /// The longest request target passed on (nginx's and Apache's default);
@@ -187,11 +188,11 @@ fn prepare(
     if seen.content_lengths > 1 {
         return Err(Reject::ContentLength);
     }
-    let (host, host_in_place) = request_host(&parts, seen)?;
-    let host_name = host.as_ref().and_then(|h| h.to_str().ok());
+    let target_host = target_host(&parts, seen)?;
+    let host = target_host.as_ref().or(seen.host.as_ref());
     let pool_index = rt
         .router
-        .route(host_name, parts.uri.path())
+        .route(host.map(HeaderValue::as_bytes), parts.uri.path())
         .ok_or(Reject::NoRoute)?;
     finish.pool = Some(pool_index);
     let pool = &rt.pools[pool_index];
@@ -209,7 +210,7 @@ fn prepare(
         }
     });
 
-    let upgrade = match h1 {
+    let upgrade = match h1 && seen.may_upgrade() {
         true => seen.upgrade(&parts.headers, &rt.config.server.upgrade_protocols),
         false => None,
     };
@@ -217,7 +218,7 @@ fn prepare(
         Some(protocols) => parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
-            .map(|on| (on, protocols)),
+            .map(|on| Box::new((on, protocols))),
         None => None,
     };
     let mut head = RequestHead::new(&parts.method, target, parts.headers.len());
@@ -239,11 +240,11 @@ fn prepare(
             client: client_ip,
             peer_trusted: headers::is_trusted(conn.peer.ip(), &rt.trusted_proxies),
             proto: if conn.tls { "https" } else { "http" },
-            host: host.as_ref(),
-            host_in_place,
+            host,
+            host_in_place: target_host.is_none(),
             request_id,
         },
-        client_upgrade.as_ref().map(|(_, protocols)| &protocols[..]),
+        client_upgrade.as_ref().map(|upgrade| &upgrade.1[..]),
     );
     Ok(Prepared {
         pool: pool_index,
@@ -253,20 +254,17 @@ fn prepare(
     })
 }
 
-/// The request's host, and whether it is its own `Host` field (passed in
-/// place) rather than the target's authority, which wins: HTTP/2's
-/// `:authority` (a `Host` that disagrees is refused, RFC 9113 §8.3.1) or
-/// an absolute-form target (whose authority replaces `Host`, RFC 9112
-/// §3.2.2). `None`: an HTTP/1.0 request that names no host.
-fn request_host(
-    parts: &http::request::Parts,
-    seen: &Seen,
-) -> Result<(Option<HeaderValue>, bool), Reject> {
+/// Checks the request's host, and returns the target's authority when
+/// there is one, since it wins over `Host`: HTTP/2's `:authority` (a `Host`
+/// that disagrees is refused, RFC 9113 §8.3.1) or an absolute-form target
+/// (whose authority replaces `Host`, RFC 9112 §3.2.2). `Ok(None)`: the
+/// host is the request's own `Host` field, or an HTTP/1.0 request names
+/// none.
+fn target_host(parts: &http::request::Parts, seen: &Seen) -> Result<Option<HeaderValue>, Reject> {
     if seen.hosts > 1 {
         return Err(Reject::Host);
     }
-    let authority = parts.uri.authority();
-    let (host, in_place) = match (authority, &seen.host) {
+    let target = match (parts.uri.authority(), &seen.host) {
         (Some(authority), given) => {
             let given_differs = given.as_ref().is_some_and(|h| {
                 !h.as_bytes()
@@ -275,19 +273,17 @@ fn request_host(
             if given_differs && parts.version == Version::HTTP_2 {
                 return Err(Reject::AuthorityMismatch);
             }
-            let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Reject::Host)?;
-            (Some(value), false)
+            Some(HeaderValue::from_str(authority.as_str()).map_err(|_| Reject::Host)?)
         }
-        (None, Some(host)) => (Some(host.clone()), true),
+        (None, Some(_)) => None,
         (None, None) if parts.version == Version::HTTP_11 => return Err(Reject::MissingHost),
-        (None, None) => (None, false),
+        (None, None) => return Ok(None),
     };
-    if let Some(host) = &host
-        && !headers::valid_host(host.as_bytes())
-    {
-        return Err(Reject::Host);
+    let host = target.as_ref().or(seen.host.as_ref());
+    match host.is_some_and(|h| headers::valid_host(h.as_bytes())) {
+        true => Ok(target),
+        false => Err(Reject::Host),
     }
-    Ok((host, in_place))
 }
 
 /// A backend's response head, with the exchange that reads its body
@@ -354,7 +350,14 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
                     false => finish.start_ms,
                 };
                 let due = sent_ms + crate::clock::millis(rt.timeouts.response_header);
-                let head = std::future::poll_fn(|cx| ex.poll_head(cx, &rt.timeouts));
+                // the exchange was polled a moment ago, in this same task
+                // poll, and is registered for what it waits on: looking
+                // again at once would only find the same
+                let mut polled = true;
+                let head = std::future::poll_fn(|cx| match std::mem::take(&mut polled) {
+                    true => Poll::Pending,
+                    false => ex.poll_head(cx, &rt.timeouts),
+                });
                 finish.conn.response_within(due, head).await
             }
         };
@@ -362,9 +365,10 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
             Some(Ok(mut head)) => {
                 note_placement(pool, b, pick.outcome, &mut head.headers, finish.conn.tls);
                 let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                    let Some((client_upgrade, asked)) = prepared.client_upgrade.take() else {
+                    let Some(upgrade) = prepared.client_upgrade.take() else {
                         return Err(UpstreamError::UnsolicitedUpgrade.into());
                     };
+                    let (client_upgrade, asked) = *upgrade;
                     if !headers::upgrade_answers(&asked, &head.headers) {
                         return Err(UpstreamError::UnsolicitedUpgrade.into());
                     }

@@ -55,13 +55,15 @@ impl Router {
     }
 
     /// The pool for a request to `host` (as sent, maybe with a port) and
-    /// `path`.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        if let Some(host) = host.map(strip_port)
+    /// `path`. A configuration without host routes does not look at the
+    /// host at all.
+    pub fn route(&self, host: Option<&[u8]>, path: &str) -> Option<usize> {
+        if !self.hosts.is_empty()
+            && let Some(host) = host.map(strip_port)
             && let Some((_, table)) = self
                 .hosts
                 .iter()
-                .find(|(h, _)| h.eq_ignore_ascii_case(host))
+                .find(|(h, _)| h.as_bytes().eq_ignore_ascii_case(host))
             && let Some(pool) = table.find(path)
         {
             return Some(pool);
@@ -71,15 +73,15 @@ impl Router {
 }
 
 /// `example.com:8080` -> `example.com`, `[::1]:8080` -> `[::1]`.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match memchr::memchr(b']', host) {
             Some(end) => &host[..=end],
             None => host,
         };
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    match memchr::memrchr(b':', host) {
+        Some(colon) if host[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
         _ => host,
     }
 }
@@ -129,11 +131,11 @@ mod tests {
             pool = "b"
             "#,
         );
-        assert_eq!(r.route(Some("other"), "/"), Some(0));
+        assert_eq!(r.route(Some(b"other"), "/"), Some(0));
         assert_eq!(r.route(None, "/api/x"), Some(1));
-        assert_eq!(r.route(Some("SHOP.example.COM:8443"), "/x"), Some(2));
-        assert_eq!(r.route(Some("shop.example.com"), "/api/v2/y"), Some(1));
-        assert_eq!(r.route(Some("shop.example.com"), "/api/v1"), Some(2));
+        assert_eq!(r.route(Some(b"SHOP.example.COM:8443"), "/x"), Some(2));
+        assert_eq!(r.route(Some(b"shop.example.com"), "/api/v2/y"), Some(1));
+        assert_eq!(r.route(Some(b"shop.example.com"), "/api/v1"), Some(2));
     }
 
     #[test]
@@ -149,15 +151,15 @@ mod tests {
             pool = "b"
             "#,
         );
-        assert_eq!(r.route(Some("a.test"), "/b"), Some(1));
-        assert_eq!(r.route(Some("a.test"), "/c"), None);
-        assert_eq!(r.route(Some("[::1]:80"), "/b"), Some(1));
+        assert_eq!(r.route(Some(b"a.test"), "/b"), Some(1));
+        assert_eq!(r.route(Some(b"a.test"), "/c"), None);
+        assert_eq!(r.route(Some(b"[::1]:80"), "/b"), Some(1));
     }
 
     #[test]
     fn strips_ports() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port(b"example.com:8080"), b"example.com");
+        assert_eq!(strip_port(b"example.com"), b"example.com");
+        assert_eq!(strip_port(b"[::1]:8080"), b"[::1]");
     }
 }

@@ -38,10 +38,6 @@ impl Acceptor {
         }
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// The next connection. Cancel-safe: dropping the future loses no
     /// connection.
     pub async fn accept(&mut self) -> (TcpStream, SocketAddr) {

@@ -243,10 +243,6 @@ pub struct Exchange {
     /// Some byte of a response arrived.
     received: bool,
     recv: Decoder,
-    /// The first piece of the response body, decoded with the head: a
-    /// body that is broken from its first bytes is a `502`, not a
-    /// response cut short after its head went out.
-    first: Option<Bytes>,
     keep_alive: bool,
     /// Some byte moved either way since the stall timer was last armed.
     progressed: bool,
@@ -265,7 +261,6 @@ impl Exchange {
             body_polled: false,
             received: false,
             recv: Decoder::Done,
-            first: None,
             keep_alive: false,
             progressed: true,
             stall: None,
@@ -292,9 +287,9 @@ impl Exchange {
                 self.keep_alive = head.keep_alive;
                 // the head is not needed again: no replay after a response
                 self.out.head.bytes = Vec::new();
-                match self.recv.decode(&mut self.conn.buf)? {
-                    Decoded::Data(data) => self.first = Some(data),
-                    Decoded::More | Decoded::End => {}
+                // only a chunked body can be broken from its first bytes
+                if let Decoder::Chunked(_) = self.recv {
+                    self.recv.check(&self.conn.buf)?;
                 }
                 return Poll::Ready(Ok(head));
             }
@@ -324,9 +319,6 @@ impl Exchange {
         cx: &mut Context<'_>,
         t: &Timeouts,
     ) -> Poll<Option<Result<Bytes, ExchangeError>>> {
-        if let Some(data) = self.first.take() {
-            return Poll::Ready(Some(Ok(data)));
-        }
         if let Err(error) = self.drive_send(cx) {
             return Poll::Ready(Some(Err(error)));
         }
@@ -417,13 +409,12 @@ impl Exchange {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.recv.is_done()
+        self.recv.is_done()
     }
 
     /// The response body's exact remaining length, when known.
     pub fn remaining(&self) -> Option<u64> {
-        let first = self.first.as_ref().map_or(0, |d| d.len() as u64);
-        self.recv.remaining().map(|n| n + first)
+        self.recv.remaining()
     }
 
     /// After a failure: the request back, when sending it again (to this
@@ -441,7 +432,7 @@ impl Exchange {
     /// backend keeps the connection open.
     pub fn into_reusable(self) -> Option<Conn> {
         let clean = self.keep_alive
-            && self.is_end_stream()
+            && self.recv.is_done()
             && self.send == Send::Done
             && self.conn.buf.is_empty();
         clean.then_some(self.conn)

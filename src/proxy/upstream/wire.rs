@@ -391,7 +391,7 @@ pub fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, WireError> {
 }
 
 /// Where a response body ends, and how much of it is left.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Decoder {
     /// This many bytes.
     Length(u64),
@@ -404,7 +404,7 @@ pub enum Decoder {
 }
 
 /// Where a chunked body decoder is.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Chunk {
     Size,
     Data(u64),
@@ -414,11 +414,58 @@ pub enum Chunk {
 }
 
 /// What the decoder made of the bytes it has.
-pub enum Decoded {
-    Data(Bytes),
+pub enum Decoded<P = Bytes> {
+    Data(P),
     /// More bytes from the backend are needed.
     More,
     End,
+}
+
+/// Where a decoder takes its bytes from: the connection's buffer, whose
+/// body bytes it hands out, or a look at bytes that takes nothing.
+trait Input {
+    type Piece;
+    fn bytes(&self) -> &[u8];
+    fn skip(&mut self, n: usize);
+    fn take(&mut self, n: usize) -> Self::Piece;
+}
+
+impl Input for BytesMut {
+    type Piece = Bytes;
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    #[inline]
+    fn skip(&mut self, n: usize) {
+        self.advance(n);
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Bytes {
+        self.split_to(n).freeze()
+    }
+}
+
+/// Bytes looked at ([`Decoder::check`]).
+struct Look<'a>(&'a [u8]);
+
+impl Input for Look<'_> {
+    type Piece = ();
+
+    fn bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.0 = &self.0[n..];
+    }
+
+    fn take(&mut self, n: usize) {
+        self.skip(n);
+    }
 }
 
 impl Decoder {
@@ -437,14 +484,35 @@ impl Decoder {
 
     /// Takes the next piece of body from `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, WireError> {
+        self.step(buf)
+    }
+
+    /// Reads through what `buf` holds of the body, as [`Decoder::decode`]
+    /// would, without taking anything: an error is one `decode` will meet.
+    /// For a response whose body is broken from its first bytes, found
+    /// while its head can still become a `502`.
+    pub fn check(&self, buf: &[u8]) -> Result<(), WireError> {
+        let mut decoder = self.clone();
+        let mut look = Look(buf);
+        loop {
+            match decoder.step(&mut look)? {
+                Decoded::Data(()) => {}
+                Decoded::More | Decoded::End => return Ok(()),
+            }
+        }
+    }
+
+    /// The decoder itself, for either kind of [`Input`].
+    fn step<I: Input>(&mut self, buf: &mut I) -> Result<Decoded<I::Piece>, WireError> {
         loop {
             match self {
                 Decoder::Done => return Ok(Decoded::End),
                 Decoder::Length(n) | Decoder::Chunked(Chunk::Data(n)) => {
-                    if buf.is_empty() {
+                    let available = buf.bytes().len();
+                    if available == 0 {
                         return Ok(Decoded::More);
                     }
-                    let take = usize::try_from(*n).unwrap_or(usize::MAX).min(buf.len());
+                    let take = usize::try_from(*n).unwrap_or(usize::MAX).min(available);
                     *n -= take as u64;
                     if *n == 0 {
                         *self = match self {
@@ -452,17 +520,18 @@ impl Decoder {
                             _ => Decoder::Chunked(Chunk::DataEnd),
                         };
                     }
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(buf.take(take)));
                 }
                 Decoder::Close => {
-                    if buf.is_empty() {
+                    let available = buf.bytes().len();
+                    if available == 0 {
                         return Ok(Decoded::More);
                     }
-                    return Ok(Decoded::Data(buf.split().freeze()));
+                    return Ok(Decoded::Data(buf.take(available)));
                 }
-                Decoder::Chunked(Chunk::Size) => match chunk_size(buf)? {
+                Decoder::Chunked(Chunk::Size) => match chunk_size(buf.bytes())? {
                     Some((used, size)) => {
-                        buf.advance(used);
+                        buf.skip(used);
                         *self = Decoder::Chunked(if size == 0 {
                             Chunk::Trailers(0)
                         } else {
@@ -472,23 +541,33 @@ impl Decoder {
                     None => return Ok(Decoded::More),
                 },
                 Decoder::Chunked(Chunk::DataEnd) => {
-                    if buf.len() < 2 {
+                    let bytes = buf.bytes();
+                    if bytes.len() < 2 {
                         return Ok(Decoded::More);
                     }
-                    if &buf[..2] != b"\r\n" {
+                    if &bytes[..2] != b"\r\n" {
                         return Err(WireError::Chunked);
                     }
-                    buf.advance(2);
+                    buf.skip(2);
                     *self = Decoder::Chunked(Chunk::Size);
                 }
                 Decoder::Chunked(Chunk::Trailers(seen)) => {
-                    let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
-                        if *seen + buf.len() > MAX_CHUNK_LINE {
+                    // each line ends with CRLF and holds no other CR or LF,
+                    // as chunk_size wants of a size line: a reader that took
+                    // a bare LF for a line's end would find another end of
+                    // the body
+                    let bytes = buf.bytes();
+                    let Some(newline) = memchr::memchr(b'\n', bytes) else {
+                        if *seen + bytes.len() > MAX_CHUNK_LINE {
                             return Err(WireError::Chunked);
                         }
                         return Ok(Decoded::More);
                     };
-                    buf.advance(end + 2);
+                    let end = newline.checked_sub(1).ok_or(WireError::Chunked)?;
+                    if bytes[end] != b'\r' || memchr::memchr(b'\r', &bytes[..end]).is_some() {
+                        return Err(WireError::Chunked);
+                    }
+                    buf.skip(end + 2);
                     if end == 0 {
                         *self = Decoder::Done;
                     } else {
@@ -703,6 +782,36 @@ mod tests {
         assert!(body(&mut d, b"5\r\nhelloXX", 64).is_err());
         let mut d = Decoder::Chunked(Chunk::Size);
         assert!(body(&mut d, b"zz\r\n", 64).is_err());
+        // trailer lines end with CRLF and hold no bare CR or LF
+        for bad in [
+            &b"0\r\nX: 1\rY: 2\r\n\r\n"[..],
+            b"0\r\nX: 1\nY: 2\r\n\r\n",
+            b"0\r\n\n",
+        ] {
+            for split in [1, 64] {
+                let mut d = Decoder::Chunked(Chunk::Size);
+                assert!(body(&mut d, bad, split).is_err(), "{bad:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_check_finds_what_decoding_would_without_taking_anything() {
+        let d = Decoder::Chunked(Chunk::Size);
+        for good in [
+            &b"5\r\nhello\r\n"[..],
+            b"5\r\nhel",
+            b"",
+            b"0\r\n\r\n",
+            b"5\r",
+        ] {
+            assert!(d.check(good).is_ok(), "{good:?}");
+        }
+        for bad in [&b"5\r\nhello\r\nzz\r\n"[..], b";x\r\n", b"5\r\nhelloXX"] {
+            assert!(d.check(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(d, Decoder::Chunked(Chunk::Size)));
+        assert!(Decoder::Length(3).check(b"anything").is_ok());
     }
 
     #[test]
