@@ -572,6 +572,21 @@ fn cases() -> Vec<Case> {
                 "",
             ),
         ),
+        // an absolute-form target with a query and no path: the path is /
+        case(
+            "absolute-form-query-only",
+            b"GET http://other.example?absolute-form-query-only HTTP/1.1\r\nHost: x\r\n\
+              X-Request-Id: absolute-form-query-only\r\n\r\n"
+                .to_vec(),
+            Status(200),
+            forwarded(
+                "GET /?absolute-form-query-only HTTP/1.1",
+                "host: other.example\r\n",
+                "other.example",
+                "absolute-form-query-only",
+                "",
+            ),
+        ),
         // ---- upgrades ----
         case(
             "upgrade-h2c",

@@ -54,11 +54,16 @@ pub struct FinishedHead {
 }
 
 impl RequestHead {
-    /// Starts with the request line: origin-form `target`, HTTP/1.1.
+    /// Starts with the request line: origin-form `target`, HTTP/1.1. A
+    /// target that is only a query (from `http://host?q`) gets its path,
+    /// `/`.
     pub fn new(method: &Method, target: &str, fields: usize) -> RequestHead {
         let mut bytes = Vec::with_capacity(256 + 64 * fields + target.len());
         bytes.extend_from_slice(method.as_str().as_bytes());
         bytes.push(b' ');
+        if target.starts_with('?') {
+            bytes.push(b'/');
+        }
         bytes.extend_from_slice(target.as_bytes());
         bytes.extend_from_slice(b" HTTP/1.1\r\n");
         RequestHead {
@@ -871,6 +876,12 @@ mod tests {
         assert_eq!(
             head.finish(true).bytes,
             b"POST /a?b HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let head = RequestHead::new(&Method::GET, "?q=1", 0);
+        assert!(
+            head.finish(false)
+                .bytes
+                .starts_with(b"GET /?q=1 HTTP/1.1\r\n")
         );
         // no host of its own: the backend's, per attempt
         let mut head = RequestHead::new(&Method::GET, "/", 1);
