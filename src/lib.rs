@@ -11,6 +11,11 @@ pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod demo;
+/// Fuzz targets and their invariants, for the `fuzz/` crate and for
+/// `tests/fuzz_corpus.rs`, which replays the kept corpus on stable: public
+/// only so that those can call them.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

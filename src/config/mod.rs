@@ -17,6 +17,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 pub use validate::is_token;
+pub(crate) use validate::without_name_lookups;
 
 /// Everything sessionlb needs to know from the file, validated.
 #[derive(Debug, Clone)]

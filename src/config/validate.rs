@@ -155,6 +155,25 @@ fn parse_listen(p: &mut Problems, path: &str, raw: &str) -> Option<SocketAddr> {
     }
 }
 
+thread_local! {
+    /// Set by [`without_name_lookups`].
+    static NO_LOOKUPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a [`Config::parse`]) with backend host names not looked up:
+/// each resolves to `127.0.0.1` with its port. The fuzz target parses
+/// arbitrary text, which must not become DNS queries for arbitrary names.
+pub(crate) fn without_name_lookups<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_LOOKUPS.set(self.0);
+        }
+    }
+    let _restore = Restore(NO_LOOKUPS.replace(true));
+    f()
+}
+
 /// A backend address: `ip:port`, or `host:port` resolved now, as nginx
 /// resolves `server` names when it loads its configuration.
 fn parse_backend_addr(p: &mut Problems, path: &str, raw: &str) -> Option<SocketAddr> {
@@ -170,6 +189,10 @@ fn parse_backend_addr(p: &mut Problems, path: &str, raw: &str) -> Option<SocketA
             format!("invalid socket address {raw:?} (expected host:port)"),
         );
         return None;
+    }
+    if NO_LOOKUPS.get() {
+        let port = raw.rsplit_once(':').and_then(|(_, port)| port.parse().ok());
+        return Some(SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0))));
     }
     match raw.to_socket_addrs() {
         Ok(mut addrs) => match addrs.next() {

@@ -38,28 +38,31 @@ fn cookie_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// Prefix mode, request side: finds `name=<token>~<value>`, rewrites it to
-/// `name=<value>` in place and returns the token.
+/// `name=<value>` in place and returns the token. Reads bytes, as
+/// [`find_cookie`] does: a field that also holds a cookie with non-ASCII
+/// bytes still gives its token up, rather than reach the app prefixed.
 pub fn take_prefixed_token(headers: &mut HeaderMap, name: &str) -> Option<String> {
     let mut found = None;
-    for value in headers.get_all(COOKIE).iter() {
-        let Ok(s) = value.to_str() else { continue };
+    for (index, value) in headers.get_all(COOKIE).iter().enumerate() {
+        let s = value.as_bytes();
         let mut offset = 0;
-        for pair in s.split(';') {
+        for pair in s.split(|&b| b == b';') {
             let start = offset;
             offset += pair.len() + 1;
-            let Some((k, v)) = pair.split_once('=') else {
+            let Some(eq) = memchr::memchr(b'=', pair) else {
                 continue;
             };
-            if k.trim() != name {
+            let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+            if k.trim_ascii() != name.as_bytes() {
                 continue;
             }
-            let v_start = start + k.len() + 1 + (v.len() - v.trim_start().len());
-            let v = v.trim();
-            if let Some((token, _)) = v.split_once('~') {
-                let mut rewritten = String::with_capacity(s.len());
-                rewritten.push_str(&s[..v_start]);
-                rewritten.push_str(&s[v_start + token.len() + 1..]);
-                found = Some((value.clone(), rewritten, token.to_string()));
+            let v_start = start + eq + 1 + (v.len() - v.trim_ascii_start().len());
+            let v = v.trim_ascii();
+            if let Some(tilde) = memchr::memchr(b'~', v)
+                && let Ok(token) = std::str::from_utf8(&v[..tilde])
+            {
+                let rewritten = [&s[..v_start], &s[v_start + tilde + 1..]].concat();
+                found = Some((index, rewritten, token.to_string()));
             }
             break;
         }
@@ -67,12 +70,15 @@ pub fn take_prefixed_token(headers: &mut HeaderMap, name: &str) -> Option<String
             break;
         }
     }
-    let (old, rewritten, token) = found?;
-    let new = HeaderValue::try_from(rewritten).ok()?;
+    let (index, rewritten, token) = found?;
+    let new = HeaderValue::from_bytes(&rewritten).ok()?;
+    // that one field only: another one equal to it (an HTTP/2 client's
+    // cookie sent twice) is the client's own
     let values: Vec<HeaderValue> = headers
         .get_all(COOKIE)
         .iter()
-        .map(|v| if *v == old { new.clone() } else { v.clone() })
+        .enumerate()
+        .map(|(i, v)| if i == index { new.clone() } else { v.clone() })
         .collect();
     headers.remove(COOKIE);
     for v in values {
@@ -114,16 +120,19 @@ pub fn prefix_set_cookies(headers: &mut HeaderMap, name: &str, token: &str) {
 }
 
 /// Where the value of a `Set-Cookie: name=value...` starts, when it is the
-/// cookie `name` with a non-empty value.
+/// cookie `name` with a non-empty value. Blanks around the name and before
+/// the value are skipped, as a browser skips them (RFC 6265 §5.2).
 fn set_cookie_value_start(v: &HeaderValue, name: &str) -> Option<usize> {
     let bytes = v.as_bytes();
-    let eq = bytes.iter().position(|&b| b == b'=')?;
-    let k = std::str::from_utf8(&bytes[..eq]).ok()?;
-    if k.trim() != name {
+    let eq = memchr::memchr(b'=', bytes)?;
+    if bytes[..eq].trim_ascii() != name.as_bytes() {
         return None;
     }
     let rest = &bytes[eq + 1..];
-    let skip = rest.iter().take_while(|&&b| b == b' ').count();
+    let skip = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
     let value_start = eq + 1 + skip;
     match bytes.get(value_start) {
         None | Some(b';') => None,

@@ -9,7 +9,7 @@
 //! request written to its end. One dropped before that is closed.
 
 mod exchange;
-mod wire;
+pub(crate) mod wire;
 
 use std::cell::RefCell;
 use std::io;
