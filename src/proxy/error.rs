@@ -70,7 +70,10 @@ impl Reject {
             | Reject::ContentLength => StatusCode::BAD_REQUEST,
             Reject::TransferCoding => StatusCode::NOT_IMPLEMENTED,
             Reject::TargetTooLong => StatusCode::URI_TOO_LONG,
-            Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::BodyTooLarge
+            | Reject::Upstream(UpstreamError::Exchange(ExchangeError::BodyTooLarge)) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::Connect => StatusCode::METHOD_NOT_ALLOWED,
             Reject::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,9 +87,6 @@ impl Reject {
             }
             Reject::Upstream(UpstreamError::Exchange(ExchangeError::ClientTimeout(_))) => {
                 StatusCode::REQUEST_TIMEOUT
-            }
-            Reject::Upstream(UpstreamError::Exchange(ExchangeError::BodyTooLarge)) => {
-                StatusCode::PAYLOAD_TOO_LARGE
             }
             Reject::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -108,7 +108,8 @@ impl Reject {
             Reject::TransferCoding => {
                 "501 Not Implemented: only the chunked transfer coding is supported\n"
             }
-            Reject::BodyTooLarge => {
+            Reject::BodyTooLarge
+            | Reject::Upstream(UpstreamError::Exchange(ExchangeError::BodyTooLarge)) => {
                 "413 Content Too Large: the request body exceeds this server's limit\n"
             }
             Reject::NoRoute => "404 Not Found: no route for this host and path\n",
@@ -132,9 +133,6 @@ impl Reject {
             }
             Reject::Upstream(UpstreamError::Exchange(ExchangeError::ClientTimeout(_))) => {
                 "408 Request Timeout: the request body stopped arriving\n"
-            }
-            Reject::Upstream(UpstreamError::Exchange(ExchangeError::BodyTooLarge)) => {
-                "413 Content Too Large: the request body exceeds this server's limit\n"
             }
             Reject::Upstream(UpstreamError::Connect(_)) => {
                 "502 Bad Gateway: could not connect to a backend\n"
