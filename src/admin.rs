@@ -24,6 +24,8 @@ use crate::config::PolicyKind;
 use crate::reload;
 use crate::runtime::Shared;
 use crate::server::Acceptor;
+use crate::session::Stats;
+use crate::session::stats::{Op, OpResult};
 
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, config_path: Option<PathBuf>) {
@@ -38,8 +40,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, config_path: Opti
         let path = config_path.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = handle(&req, &shared, &registry, path.as_deref());
-                async move { Ok::<_, Infallible>(resp) }
+                let shared = shared.clone();
+                let registry = registry.clone();
+                let path = path.clone();
+                async move {
+                    Ok::<_, Infallible>(handle(&req, &shared, &registry, path.as_deref()).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -58,7 +64,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-fn handle(
+async fn handle(
     req: &Request<Incoming>,
     shared: &Shared,
     registry: &Registry,
@@ -80,7 +86,7 @@ fn handle(
             r
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/readyz") => ready(shared).await,
         (&Method::GET, "/admin/pools") => {
             let mut r = text(StatusCode::OK, pools_json(shared));
             r.headers_mut().insert(
@@ -105,11 +111,72 @@ fn handle(
                 }
             },
         },
-        (&Method::DELETE, p) if p.starts_with("/admin/sessions/") => text(
-            StatusCode::NOT_IMPLEMENTED,
-            "shared-store mode is not available in this version\n",
-        ),
+        (&Method::DELETE, p) if p.starts_with("/admin/sessions/") => {
+            match shared.sessions.revoke(&p["/admin/sessions/".len()..]).await {
+                Ok(true) => {
+                    let mut r = text(StatusCode::NO_CONTENT, "");
+                    r.headers_mut().remove(header::CONTENT_TYPE);
+                    r
+                }
+                Ok(false) => text(StatusCode::NOT_FOUND, "no such session\n"),
+                Err(error) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the session store is unavailable: {error}\n"),
+                ),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Ready when the configuration is loaded and, when a pool keeps sessions,
+/// the store answers now.
+async fn ready(shared: &Shared) -> Response<Full<Bytes>> {
+    if !shared.load().needs_store {
+        return text(StatusCode::OK, "ready\n");
+    }
+    let Some(store) = shared.sessions.current() else {
+        return text(StatusCode::OK, "ready\n");
+    };
+    match store.ping().await {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(error) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the session store is unavailable: {error}\n"),
+        ),
+    }
+}
+
+/// Pings the store every second while a pool uses it, so that
+/// `sessionlb_session_store_up` tells the truth between requests.
+pub async fn watch_store(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tick.tick().await;
+        if !shared.load().needs_store {
+            continue;
+        }
+        let Some(store) = shared.sessions.current() else {
+            continue;
+        };
+        if store.is_memory() {
+            continue;
+        }
+        let up = match store.ping().await {
+            Ok(()) => true,
+            Err(error) => {
+                if was_up {
+                    tracing::warn!(%error, "session store unavailable");
+                }
+                false
+            }
+        };
+        if up && !was_up {
+            tracing::info!("session store available again");
+        }
+        was_up = up;
     }
 }
 
@@ -245,6 +312,7 @@ impl Collector for Metrics {
         ] {
             ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
         }
+        session_metrics(&mut e, &shared.sessions.stats)?;
         let m = e.encode_descriptor(
             "sessionlb_config_generation",
             "Generation of the configuration in effect: 1 at start, +1 per reload.",
@@ -254,6 +322,72 @@ impl Collector for Metrics {
         ConstGauge::new(rt.generation as i64).encode(m)?;
         Ok(())
     }
+}
+
+fn session_metrics(e: &mut DescriptorEncoder, stats: &Stats) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(
+        "sessionlb_session_store_ops",
+        "Session store operations by op (load, get, put, delete, ping) and result (ok, miss: no such session or a write whose condition failed, error).",
+        None,
+        MetricType::Counter,
+    )?;
+    for op in Op::ALL {
+        for result in OpResult::ALL {
+            ConstCounter::new(stats.op_count(op, result))
+                .encode(m.encode_family(&[("op", op.name()), ("result", result.name())])?)?;
+        }
+    }
+    let mut m = e.encode_descriptor(
+        "sessionlb_session_store_duration_seconds",
+        "Session store operation latency, by op.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for op in Op::ALL {
+        let (sum, count, buckets) = stats.op_durations(op);
+        m.encode_family(&[("op", op.name())])?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, count, &buckets, None,
+            )?;
+    }
+    let m = e.encode_descriptor(
+        "sessionlb_session_store_up",
+        "1 when the session store answered its last operation.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(i64::from(stats.is_up())).encode(m)?;
+    for (name, help, value) in [
+        (
+            "sessionlb_sessions_created",
+            "Sessions created (tickets minted).",
+            &stats.created,
+        ),
+        (
+            "sessionlb_sessions_deleted",
+            "Sessions deleted: ended by the app, revoked, or past absolute_timeout.",
+            &stats.deleted,
+        ),
+        (
+            "sessionlb_session_store_evictions",
+            "Sessions the memory store evicted to stay within store.max_size.",
+            &stats.evicted,
+        ),
+        (
+            "sessionlb_session_fail_open",
+            "Requests forwarded without their session because the store was unavailable (fail_open).",
+            &stats.failed_open,
+        ),
+        (
+            "sessionlb_session_too_large",
+            "Responses refused (502) because the app's session was over max_blob_bytes.",
+            &stats.too_large,
+        ),
+    ] {
+        let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value.load(Ordering::Relaxed)).encode(m)?;
+    }
+    Ok(())
 }
 
 /// One series per backend (labels pool, backend); `value` returns None to

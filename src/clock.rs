@@ -39,6 +39,14 @@ pub fn instant_at(ms: u64) -> Instant {
     epoch() + std::time::Duration::from_millis(ms.saturating_sub(1))
 }
 
+/// Seconds since the Unix epoch, on the wall clock: what session records
+/// and cookie expiries are written in, since they outlive the process.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,6 +193,7 @@ impl MainLoop {
                 path.clone(),
             ));
         }
+        tokio::spawn(sessionlb::admin::watch_store(shared.clone()));
         let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
         loop {
             tokio::select! {

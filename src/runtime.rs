@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::balance::{DrainReport, Pool, PoolStats, Registry};
 use crate::config::{AccessFormat, Config, Timeouts};
 use crate::proxy::Router;
+use crate::session::{Mode, Sessions};
 
 #[derive(Debug)]
 pub struct Runtime {
@@ -29,14 +30,35 @@ pub struct Runtime {
     pub access_log: Option<AccessFormat>,
     /// Answers given before a pool was chosen (400, 404).
     pub unrouted: Arc<PoolStats>,
+    /// Each pool's shared-store mode, by pool index; `None` for a pool
+    /// without one, which never waits on the store.
+    pub sessions: Box<[Option<Mode>]>,
+    /// Whether `/readyz` waits on the store: some pool uses it.
+    pub needs_store: bool,
 }
 
 impl Runtime {
-    pub fn build(config: Config, registry: &Registry, generation: u64) -> Runtime {
+    pub fn build(
+        config: Config,
+        registry: &Registry,
+        sessions: &Sessions,
+        generation: u64,
+    ) -> Runtime {
         let pools: Box<[Pool]> = config
             .pools
             .iter()
             .map(|p| Pool::build(p, registry))
+            .collect();
+        let store = sessions.store_for(&config.store);
+        let modes: Box<[Option<Mode>]> = config
+            .pools
+            .iter()
+            .zip(pools.iter())
+            .map(|(p, built)| {
+                p.session
+                    .clone()
+                    .map(|s| Mode::new(built.name.clone(), s, store.clone()))
+            })
             .collect();
         let router = Router::build(&config, |name| {
             pools.iter().position(|p| &*p.name == name).unwrap_or(0)
@@ -49,6 +71,8 @@ impl Runtime {
             trusted_proxies: config.server.trusted_proxies.clone().into(),
             access_log: config.log.access_log.then_some(config.log.access_format),
             unrouted: registry.pool_stats(""),
+            needs_store: modes.iter().any(Option::is_some),
+            sessions: modes,
             config: Arc::new(config),
         }
     }
@@ -60,6 +84,7 @@ impl Runtime {
 pub struct Shared {
     current: ArcSwap<Runtime>,
     pub registry: Registry,
+    pub sessions: Sessions,
     generation: AtomicU64,
     /// Client connections and tunnels open now.
     pub connections_open: AtomicI64,
@@ -76,10 +101,12 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
         let registry = Registry::default();
-        let runtime = Runtime::build(config, &registry, 1);
+        let sessions = Sessions::default();
+        let runtime = Runtime::build(config, &registry, &sessions, 1);
         Arc::new(Shared {
             current: ArcSwap::from_pointee(runtime),
             registry,
+            sessions,
             generation: AtomicU64::new(1),
             connections_open: AtomicI64::new(0),
             accept_waiters: AtomicUsize::new(0),
@@ -155,7 +182,7 @@ impl Shared {
     /// Replaces the snapshot; requests in flight keep the one they loaded.
     pub fn swap(&self, config: Config) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let runtime = Runtime::build(config, &self.registry, generation);
+        let runtime = Runtime::build(config, &self.registry, &self.sessions, generation);
         // Backends that start draining are noted before any request can
         // see them draining, so the report counts their pinned traffic from
         // the first request.

@@ -58,6 +58,7 @@ backends = [{ addr = "127.0.0.1:9001" }]
 [store]
 kind = "redis"
 url = "redis://user:s3cr@t@127.0.0.1:6379/0"
+sentinel = { master = "main", nodes = ["127.0.0.1:26379"] }
 "#,
     )
     .unwrap();
@@ -69,7 +70,7 @@ url = "redis://user:s3cr@t@127.0.0.1:6379/0"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("store.kind: the Redis session store is not supported by this version yet"),
+        stderr.contains("store.sentinel: Redis Sentinel is not supported by this version yet"),
         "{stderr}"
     );
     // check says so too, and never shows the password, '@' and all
@@ -80,7 +81,7 @@ url = "redis://user:s3cr@t@127.0.0.1:6379/0"
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("warning: store.kind: the Redis session store"),
+        stdout.contains("warning: store.sentinel: Redis Sentinel"),
         "{stdout}"
     );
     assert!(

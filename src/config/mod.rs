@@ -230,20 +230,30 @@ pub enum OnStoreError {
     FailOpen,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
-    Memory,
+    Memory(MemoryStore),
     Redis(RedisStore),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryStore {
+    /// Bytes of sessions (ids and values) kept before the least used are
+    /// evicted.
+    pub max_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisStore {
     pub url: String,
     pub key_prefix: String,
+    /// Connecting, and each command: a store slower than this counts as
+    /// down for the request.
+    pub timeout: Duration,
     pub topology: RedisTopology,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTopology {
     Standalone,
     Sentinel { master: String, nodes: Vec<String> },
@@ -361,12 +371,13 @@ impl Config {
                     "active health checking",
                 );
             }
-            if pool.session.is_some() {
-                add(format!("pools.{}.session", pool.name), "shared-store mode");
-            }
         }
-        if let Store::Redis(_) = self.store {
-            add("store.kind".into(), "the Redis session store");
+        if let Store::Redis(redis) = &self.store {
+            match redis.topology {
+                RedisTopology::Standalone => {}
+                RedisTopology::Sentinel { .. } => add("store.sentinel".into(), "Redis Sentinel"),
+                RedisTopology::Cluster { .. } => add("store.cluster".into(), "Redis Cluster"),
+            }
         }
         v
     }
@@ -504,7 +515,10 @@ impl Config {
             }
         }
         let store = match &self.store {
-            Store::Memory => "memory (embedded)".to_string(),
+            Store::Memory(m) => format!(
+                "memory (embedded, up to {} MiB)",
+                m.max_size / (1024 * 1024)
+            ),
             Store::Redis(r) => {
                 let topo = match &r.topology {
                     RedisTopology::Standalone => "standalone".to_string(),

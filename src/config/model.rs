@@ -150,6 +150,8 @@ pub struct StoreSection {
     pub kind: Option<String>,
     pub url: Option<String>,
     pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub max_size: Option<String>,
     pub sentinel: Option<SentinelSection>,
     pub cluster: Option<Vec<String>>,
 }

@@ -758,12 +758,21 @@ fn validate_session(p: &mut Problems, pool: &str, s: model::SessionSection) -> S
     }
 }
 
+/// 256 MiB of sessions: some 100,000 of Flask's typical 2 KiB ones.
+const MEMORY_STORE_DEFAULT: u64 = 256 * 1024 * 1024;
+
 fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
-    let Some(s) = raw else { return Store::Memory };
+    let Some(s) = raw else {
+        return Store::Memory(MemoryStore {
+            max_size: MEMORY_STORE_DEFAULT,
+        });
+    };
     match s.kind.as_deref().unwrap_or("memory") {
         "memory" => {
             for (field, set) in [
                 ("url", s.url.is_some()),
+                ("key_prefix", s.key_prefix.is_some()),
+                ("timeout", s.timeout.is_some()),
                 ("sentinel", s.sentinel.is_some()),
                 ("cluster", s.cluster.is_some()),
             ] {
@@ -771,20 +780,42 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
                     p.push(format!("store.{field}"), "only used with kind = \"redis\"");
                 }
             }
-            Store::Memory
+            let max_size = match s.max_size.as_deref().map(parse_size) {
+                None => MEMORY_STORE_DEFAULT,
+                Some(Ok(n)) => n,
+                Some(Err(message)) => {
+                    p.push("store.max_size", message);
+                    MEMORY_STORE_DEFAULT
+                }
+            };
+            Store::Memory(MemoryStore { max_size })
         }
         "redis" => {
+            if s.max_size.is_some() {
+                p.push(
+                    "store.max_size",
+                    "only used with kind = \"memory\" (Redis has its own maxmemory)",
+                );
+            }
             let url = s
                 .url
                 .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_string());
             let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
                 .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
-            if !scheme_ok {
+            if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
                 p.push(
                     "store.url",
                     format!("invalid Redis URL {:?} (expected redis://host:port/db or rediss:// for TLS)", redact_url(&url)),
                 );
+            }
+            let timeout = p.duration(
+                "store.timeout",
+                s.timeout.as_deref(),
+                Duration::from_secs(1),
+            );
+            if timeout.is_zero() {
+                p.push("store.timeout", "must be greater than zero");
             }
             let topology = match (s.sentinel, s.cluster) {
                 (Some(_), Some(_)) => {
@@ -823,6 +854,7 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
             Store::Redis(RedisStore {
                 url,
                 key_prefix: s.key_prefix.unwrap_or_else(|| "sessionlb:".to_string()),
+                timeout,
                 topology,
             })
         }
@@ -831,7 +863,9 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
                 "store.kind",
                 format!("unknown store kind {other:?} (expected memory or redis)"),
             );
-            Store::Memory
+            Store::Memory(MemoryStore {
+                max_size: MEMORY_STORE_DEFAULT,
+            })
         }
     }
 }
@@ -953,7 +987,7 @@ mod tests {
         assert_eq!(c.pools[0].policy, PolicyKind::RoundRobin);
         assert_eq!(c.pools[0].backends[0].weight, 1);
         assert_eq!(c.pools[0].health.max_fails, 1);
-        assert!(matches!(c.store, Store::Memory));
+        assert!(matches!(c.store, Store::Memory(_)));
         assert!(c.log.access_log);
     }
 

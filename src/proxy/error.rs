@@ -3,6 +3,7 @@
 use http::StatusCode;
 
 use super::upstream::{ConnectError, ExchangeError};
+use crate::session::SessionError;
 
 /// A request the proxy answers itself.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,8 @@ pub enum Reject {
     NoBackend,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 /// A failed attempt at a backend.
@@ -88,7 +91,11 @@ impl Reject {
             Reject::Upstream(UpstreamError::Exchange(ExchangeError::ClientTimeout(_))) => {
                 StatusCode::REQUEST_TIMEOUT
             }
-            Reject::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Reject::Upstream(_) | Reject::Session(SessionError::TooLarge { .. }) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Reject::Session(SessionError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Session(SessionError::Random(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -139,6 +146,15 @@ impl Reject {
             }
             Reject::Upstream(UpstreamError::Exchange(_) | UpstreamError::UnsolicitedUpgrade) => {
                 "502 Bad Gateway: the backend closed the connection or sent an invalid response\n"
+            }
+            Reject::Session(SessionError::Unavailable(_)) => {
+                "503 Service Unavailable: the session store is unavailable\n"
+            }
+            Reject::Session(SessionError::TooLarge { .. }) => {
+                "502 Bad Gateway: the application's session is larger than the proxy stores (max_blob_bytes)\n"
+            }
+            Reject::Session(SessionError::Random(_)) => {
+                "500 Internal Server Error: no session could be created\n"
             }
         }
     }

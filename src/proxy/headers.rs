@@ -111,6 +111,13 @@ impl Seen {
         seen
     }
 
+    /// Counts the `Cookie` fields again, after the session's cookies took
+    /// the ticket's place.
+    pub fn recount_cookies(&mut self, headers: &HeaderMap) {
+        let n = headers.get_all(http::header::COOKIE).iter().count();
+        self.cookies = u8::try_from(n).unwrap_or(u8::MAX);
+    }
+
     /// The request has the fields of an upgrade: a cheap first look, the
     /// rest is [`Seen::upgrade`]'s.
     #[inline]

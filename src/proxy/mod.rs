@@ -70,14 +70,87 @@ pub fn handle(
         bytes: 0,
         log,
     };
-    let prepared = prepare(req, &seen, &mut finish, client, &request_id);
+    let step = match admit(req, &seen, &mut finish) {
+        Err(reject) => Err(reject),
+        Ok(admitted) => match &finish.rt.sessions[admitted.pool] {
+            None => Ok(Step::Ready(compose(
+                admitted,
+                &seen,
+                &mut finish,
+                client,
+                &request_id,
+            ))),
+            Some(mode) => {
+                let presented = mode.presented(&admitted.parts.headers);
+                Ok(Step::Session(Box::new(Waiting {
+                    admitted,
+                    seen,
+                    client,
+                    presented,
+                })))
+            }
+        },
+    };
     async move {
-        let result = match prepared {
-            Ok(mut prepared) => exchange(&mut prepared, &mut finish).await,
+        let result = match step {
+            Ok(Step::Ready(mut prepared)) => exchange(&mut prepared, &mut finish).await,
+            // boxed: only requests with a session pay for its future
+            Ok(Step::Session(waiting)) => {
+                Box::pin(with_session(*waiting, &mut finish, &request_id)).await
+            }
             Err(reject) => Err(reject),
         };
         Ok(respond(result, finish, &request_id))
     }
+}
+
+/// A routed request: ready to send, or waiting for its session.
+enum Step {
+    Ready(Prepared),
+    Session(Box<Waiting>),
+}
+
+/// A request of a pool in shared-store mode, set aside while its session
+/// is loaded: its head is written for the backend only then.
+struct Waiting {
+    admitted: Admitted,
+    seen: Seen,
+    client: IpAddr,
+    presented: Option<Vec<u8>>,
+}
+
+/// Loads the request's session, hands it to the backend, and stores what
+/// the response changed before its head goes to the client.
+async fn with_session(
+    waiting: Waiting,
+    finish: &mut Finish,
+    request_id: &RequestId,
+) -> Result<Answer, Reject> {
+    let rt = finish.rt.clone();
+    let Waiting {
+        mut admitted,
+        mut seen,
+        client,
+        presented,
+    } = waiting;
+    let Some(mode) = rt.sessions[admitted.pool].as_ref() else {
+        return Err(Reject::NoRoute);
+    };
+    let loaded = mode.load(presented).await?;
+    mode.to_backend(&mut admitted.parts.headers, &loaded);
+    seen.recount_cookies(&admitted.parts.headers);
+    let mut prepared = compose(admitted, &seen, finish, client, request_id);
+    let mut answer = exchange(&mut prepared, finish).await?;
+    if let Err(error) = mode
+        .from_backend(&mut answer.head.headers, loaded, finish.conn.tls)
+        .await
+    {
+        if let Some(exchange) = answer.body.take() {
+            exchange.abort();
+        }
+        return Err(error.into());
+    }
+    Ok(answer)
 }
 
 /// The response to send for what the exchange with the backend gave.
@@ -159,17 +232,20 @@ struct Prepared {
 /// longer gets `414`.
 pub const MAX_TARGET: usize = 8 * 1024;
 
-/// Checks the request, routes it and writes it for the backend (hop-by-hop
-/// headers, forwarding headers, origin-form target, route cookie).
-fn prepare(
-    req: Request<Incoming>,
-    seen: &Seen,
-    finish: &mut Finish,
-    client: IpAddr,
-    request_id: &RequestId,
-) -> Result<Prepared, Reject> {
+/// A request checked and routed, its head not yet written for the backend.
+struct Admitted {
+    parts: http::request::Parts,
+    body: ClientBody,
+    pool: usize,
+    /// The target's authority, when it wins over `Host` (see
+    /// [`target_host`]).
+    target_host: Option<HeaderValue>,
+}
+
+/// Checks the request and routes it.
+fn admit(req: Request<Incoming>, seen: &Seen, finish: &mut Finish) -> Result<Admitted, Reject> {
     let rt = &*finish.rt;
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let h1 = parts.version != Version::HTTP_2;
     // from here on, a request refused with its body unread still lets the
     // client read the answer (see ClientBody)
@@ -201,6 +277,34 @@ fn prepare(
     {
         return Err(Reject::BodyTooLarge);
     }
+    Ok(Admitted {
+        parts,
+        body,
+        pool: pool_index,
+        target_host,
+    })
+}
+
+/// Writes a routed request for the backend (hop-by-hop headers, forwarding
+/// headers, origin-form target, route cookie).
+fn compose(
+    admitted: Admitted,
+    seen: &Seen,
+    finish: &mut Finish,
+    client: IpAddr,
+    request_id: &RequestId,
+) -> Prepared {
+    let rt = &*finish.rt;
+    let Admitted {
+        mut parts,
+        body,
+        pool: pool_index,
+        target_host,
+    } = admitted;
+    let h1 = parts.version != Version::HTTP_2;
+    let pool = &rt.pools[pool_index];
+    let host = target_host.as_ref().or(seen.host.as_ref());
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
 
     let pinned = pool.sticky.as_deref().and_then(|r| match &r.prefix {
         Some(app_cookie) => sticky::take_prefixed_token(&mut parts.headers, app_cookie)
@@ -246,12 +350,12 @@ fn prepare(
         },
         client_upgrade.as_ref().map(|upgrade| &upgrade.1[..]),
     );
-    Ok(Prepared {
+    Prepared {
         pool: pool_index,
         target: Target { client, pinned },
         out: Some(Outgoing::new(head, parts.method, body, pool.max_body)),
         client_upgrade,
-    })
+    }
 }
 
 /// Checks the request's host, and returns the target's authority when

@@ -1,0 +1,370 @@
+//! The cookie carrier on the wire: the ticket and the app's cookies in a
+//! request's `Cookie` fields, and the app's `Set-Cookie` fields in a
+//! response. Every other cookie passes byte for byte, in its place.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
+
+/// One `name=value` pair of a `Cookie` field: the name trimmed, the value
+/// as sent.
+fn crumbs(field: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+    field.split(|&b| b == b';').filter_map(|raw| {
+        let pair = raw.trim_ascii();
+        if pair.is_empty() {
+            return None;
+        }
+        let eq = memchr::memchr(b'=', pair).unwrap_or(pair.len());
+        let value = pair.get(eq + 1..).unwrap_or(&[]);
+        Some((pair[..eq].trim_ascii(), value.trim_ascii(), pair))
+    })
+}
+
+/// The value of the first cookie called `name`.
+pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|field| {
+        crumbs(field.as_bytes())
+            .find(|(n, _, _)| *n == name.as_bytes())
+            .map(|(_, v, _)| v)
+    })
+}
+
+/// Puts `replacement` (the app's cookies, `a=1; b=2`) where the first
+/// `ticket` cookie was, and takes out every other `ticket` cookie and every
+/// cookie named in `app` (a client does not set the app's session itself).
+/// Fields with nothing of the session are left as they are; a field left
+/// empty goes.
+pub fn rewrite(headers: &mut HeaderMap, ticket: &str, app: &[String], replacement: &[u8]) {
+    let ours = |name: &[u8]| name == ticket.as_bytes() || app.iter().any(|a| a.as_bytes() == name);
+    let touched = headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|f| crumbs(f.as_bytes()).any(|(n, _, _)| ours(n)));
+    if !touched {
+        if !replacement.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(replacement)
+        {
+            headers.append(COOKIE, v);
+        }
+        return;
+    }
+    let mut placed = false;
+    let mut fields: Vec<HeaderValue> = Vec::new();
+    for field in headers.get_all(COOKIE) {
+        if !crumbs(field.as_bytes()).any(|(n, _, _)| ours(n)) {
+            fields.push(field.clone());
+            continue;
+        }
+        let mut out: Vec<u8> = Vec::with_capacity(field.len() + replacement.len());
+        for (name, _, pair) in crumbs(field.as_bytes()) {
+            let piece = if name == ticket.as_bytes() && !placed {
+                placed = true;
+                replacement
+            } else if ours(name) {
+                continue;
+            } else {
+                pair
+            };
+            if piece.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(piece);
+        }
+        if !out.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(&out)
+        {
+            fields.push(v);
+        }
+    }
+    if !placed
+        && !replacement.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(replacement)
+    {
+        fields.push(v);
+    }
+    headers.remove(COOKIE);
+    for f in fields {
+        headers.append(COOKIE, f);
+    }
+}
+
+/// A `Set-Cookie` field of the app's, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetCookie {
+    pub name: String,
+    pub value: Vec<u8>,
+    pub attrs: Attrs,
+}
+
+/// The attributes the ticket's cookie copies from the app's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub path: Option<String>,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub same_site: Option<String>,
+    /// Unix seconds the cookie ends at, from `Max-Age` (which wins) or
+    /// `Expires`; `None`: when the browser closes.
+    pub expires: Option<u64>,
+}
+
+impl SetCookie {
+    /// Whether the app removes the cookie: empty, or already expired.
+    pub fn deletes(&self, now: u64) -> bool {
+        self.value.is_empty() || self.attrs.expires.is_some_and(|t| t <= now)
+    }
+}
+
+/// Reads `name=value; Attr=x; Flag`. `None` for a field without a name.
+pub fn parse_set_cookie(field: &[u8], now: u64) -> Option<SetCookie> {
+    let mut parts = field.split(|&b| b == b';');
+    let first = parts.next()?.trim_ascii();
+    let eq = memchr::memchr(b'=', first)?;
+    let name = std::str::from_utf8(first[..eq].trim_ascii()).ok()?;
+    if name.is_empty() {
+        return None;
+    }
+    let mut value = first[eq + 1..].trim_ascii();
+    if let [b'"', inner @ .., b'"'] = value {
+        value = inner;
+    }
+    let mut attrs = Attrs::default();
+    let mut max_age: Option<i64> = None;
+    let mut expires: Option<u64> = None;
+    for part in parts {
+        let part = part.trim_ascii();
+        let (key, val) = match memchr::memchr(b'=', part) {
+            Some(i) => (part[..i].trim_ascii(), part[i + 1..].trim_ascii()),
+            None => (part, &b""[..]),
+        };
+        let text = || std::str::from_utf8(val).ok().map(str::to_string);
+        if key.eq_ignore_ascii_case(b"path") {
+            attrs.path = text();
+        } else if key.eq_ignore_ascii_case(b"domain") {
+            attrs.domain = text();
+        } else if key.eq_ignore_ascii_case(b"secure") {
+            attrs.secure = true;
+        } else if key.eq_ignore_ascii_case(b"samesite") {
+            attrs.same_site = text();
+        } else if key.eq_ignore_ascii_case(b"max-age") {
+            max_age = std::str::from_utf8(val).ok().and_then(|v| v.parse().ok());
+        } else if key.eq_ignore_ascii_case(b"expires") {
+            expires = std::str::from_utf8(val).ok().and_then(http_date);
+        }
+    }
+    attrs.expires = match max_age {
+        Some(age) if age <= 0 => Some(0),
+        Some(age) => Some(now.saturating_add(age as u64)),
+        None => expires,
+    };
+    Some(SetCookie {
+        name: name.to_string(),
+        value: value.to_vec(),
+        attrs,
+    })
+}
+
+/// An `Expires` date in unix seconds: IMF-fixdate, RFC 850 and asctime
+/// (RFC 9110), and the `01-Jan-2026` form many frameworks still write.
+fn http_date(text: &str) -> Option<u64> {
+    let at = httpdate::parse_http_date(text)
+        .or_else(|_| httpdate::parse_http_date(&text.replacen('-', " ", 2)))
+        .ok()?;
+    Some(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Takes the app's `Set-Cookie` fields out of a response, in order; the
+/// others stay in theirs.
+pub fn take_set_cookies(headers: &mut HeaderMap, app: &[String], now: u64) -> Vec<SetCookie> {
+    let is_app = |field: &HeaderValue| {
+        parse_name(field.as_bytes()).is_some_and(|n| app.iter().any(|a| a.as_bytes() == n))
+    };
+    if !headers.get_all(SET_COOKIE).iter().any(is_app) {
+        return Vec::new();
+    }
+    let mut taken = Vec::new();
+    let mut kept = Vec::new();
+    for field in headers.get_all(SET_COOKIE) {
+        match is_app(field).then(|| parse_set_cookie(field.as_bytes(), now)) {
+            Some(Some(c)) => taken.push(c),
+            Some(None) => {}
+            None => kept.push(field.clone()),
+        }
+    }
+    headers.remove(SET_COOKIE);
+    for f in kept {
+        headers.append(SET_COOKIE, f);
+    }
+    taken
+}
+
+fn parse_name(field: &[u8]) -> Option<&[u8]> {
+    let end = memchr::memchr2(b'=', b';', field)?;
+    (field[end] == b'=').then(|| field[..end].trim_ascii())
+}
+
+/// The ticket's `Set-Cookie`: the app's attributes, `HttpOnly` always,
+/// `Secure` over TLS, and a lifetime no longer than what is left of the
+/// session's absolute timeout.
+pub fn ticket_cookie(
+    name: &str,
+    value: &str,
+    attrs: &Attrs,
+    until: u64,
+    now: u64,
+    tls: bool,
+) -> Option<HeaderValue> {
+    let mut s = String::with_capacity(name.len() + value.len() + 96);
+    s.push_str(name);
+    s.push('=');
+    s.push_str(value);
+    push_attrs(&mut s, attrs, tls);
+    if let Some(expires) = attrs.expires {
+        let age = expires.min(until).saturating_sub(now);
+        s.push_str("; Max-Age=");
+        s.push_str(itoa::Buffer::new().format(age));
+        s.push_str("; Expires=");
+        s.push_str(&httpdate::fmt_http_date(
+            UNIX_EPOCH + Duration::from_secs(expires.min(until)),
+        ));
+    }
+    HeaderValue::try_from(s).ok()
+}
+
+/// Clears the browser's ticket (the session is gone).
+pub fn clear_cookie(name: &str, attrs: &Attrs, tls: bool) -> Option<HeaderValue> {
+    let mut s = String::with_capacity(name.len() + 96);
+    s.push_str(name);
+    s.push('=');
+    push_attrs(&mut s, attrs, tls);
+    s.push_str("; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
+    HeaderValue::try_from(s).ok()
+}
+
+fn push_attrs(s: &mut String, attrs: &Attrs, tls: bool) {
+    s.push_str("; Path=");
+    s.push_str(attrs.path.as_deref().unwrap_or("/"));
+    if let Some(domain) = &attrs.domain {
+        s.push_str("; Domain=");
+        s.push_str(domain);
+    }
+    if attrs.secure || tls {
+        s.push_str("; Secure");
+    }
+    s.push_str("; HttpOnly");
+    if let Some(same_site) = &attrs.same_site {
+        s.push_str("; SameSite=");
+        s.push_str(same_site);
+    }
+}
+
+/// `SystemTime` for a unix second, for tests and logs.
+pub fn unix_time(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        h
+    }
+
+    fn cookies(h: &HeaderMap) -> Vec<&str> {
+        h.get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_ticket_becomes_the_app_cookies_in_place() {
+        let app = vec!["session".to_string()];
+        let mut h = headers(&["a=1;slb_sid=T; b=\"2\"", "c=3"]);
+        rewrite(&mut h, "slb_sid", &app, b"session=BLOB");
+        assert_eq!(cookies(&h), ["a=1; session=BLOB; b=\"2\"", "c=3"]);
+    }
+
+    #[test]
+    fn client_app_cookies_and_extra_tickets_are_dropped() {
+        let app = vec!["session".to_string(), "session.sig".to_string()];
+        let mut h = headers(&["session=forged", "x=1; slb_sid=T; slb_sid=U; session.sig=s"]);
+        rewrite(&mut h, "slb_sid", &app, b"");
+        assert_eq!(cookies(&h), ["x=1"]);
+        let mut h = headers(&["x=1"]);
+        rewrite(&mut h, "slb_sid", &app, b"");
+        assert_eq!(cookies(&h), ["x=1"]);
+    }
+
+    #[test]
+    fn set_cookies_read_as_browsers_do() {
+        let now = 1_000_000;
+        let c = parse_set_cookie(
+            b"session=eyJ; Expires=Wed, 21 Oct 2037 07:28:00 GMT; HttpOnly; Path=/app; SameSite=Lax; Secure",
+            now,
+        )
+        .unwrap();
+        assert_eq!(c.name, "session");
+        assert_eq!(c.value, b"eyJ");
+        assert_eq!(c.attrs.path.as_deref(), Some("/app"));
+        assert_eq!(c.attrs.same_site.as_deref(), Some("Lax"));
+        assert!(c.attrs.secure);
+        assert_eq!(c.attrs.expires, Some(2_139_722_880));
+        assert!(!c.deletes(now));
+        // Flask's logout
+        let gone = parse_set_cookie(
+            b"session=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Path=/",
+            now,
+        )
+        .unwrap();
+        assert!(gone.deletes(now));
+        let aged = parse_set_cookie(
+            b"s=v; max-age=60; expires=Thu, 01-Jan-1970 00:00:00 GMT",
+            now,
+        )
+        .unwrap();
+        assert_eq!(aged.attrs.expires, Some(now + 60));
+        let dashed = parse_set_cookie(b"s=v; expires=Thu, 01-Jan-2037 00:00:00 GMT", now).unwrap();
+        assert_eq!(dashed.attrs.expires, Some(2_114_380_800));
+    }
+
+    #[test]
+    fn app_set_cookies_are_taken_others_kept_in_order() {
+        let mut h = HeaderMap::new();
+        for v in ["a=1", "session=X; Path=/", "b=2", "session.sig=Y"] {
+            h.append(SET_COOKIE, HeaderValue::from_static(v));
+        }
+        let app = vec!["session".to_string(), "session.sig".to_string()];
+        let taken = take_set_cookies(&mut h, &app, 0);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[1].name, "session.sig");
+        let left: Vec<_> = h.get_all(SET_COOKIE).iter().collect();
+        assert_eq!(left, ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn ticket_cookies_carry_the_app_attributes_bounded() {
+        let attrs = Attrs {
+            path: Some("/".into()),
+            domain: Some("example.com".into()),
+            secure: false,
+            same_site: Some("Lax".into()),
+            expires: Some(5_000),
+        };
+        let v = ticket_cookie("slb_sid", "ID.S", &attrs, 2_000, 1_000, true).unwrap();
+        assert_eq!(
+            v.to_str().unwrap(),
+            "slb_sid=ID.S; Path=/; Domain=example.com; Secure; HttpOnly; SameSite=Lax; Max-Age=1000; Expires=Thu, 01 Jan 1970 00:33:20 GMT"
+        );
+        let v = ticket_cookie("slb_sid", "ID", &Attrs::default(), 2_000, 1_000, false).unwrap();
+        assert_eq!(v.to_str().unwrap(), "slb_sid=ID; Path=/; HttpOnly");
+    }
+}

@@ -1,0 +1,415 @@
+//! Shared-store mode: the app's session leaves the browser and the backends
+//! for the store, behind an opaque ticket, so that any backend serves any
+//! request.
+//!
+//! A request's ticket is read and its session loaded (one store round trip)
+//! before the request head is written; the app's cookies (or blob header)
+//! take the ticket's place. The response's new session is taken out of it
+//! and stored before its head goes to the client, so that the client's next
+//! request finds it. Only the proxy mints tickets: one it did not make, or
+//! whose session is gone, is no session.
+
+pub mod cookies;
+pub mod record;
+pub mod stats;
+pub mod store;
+pub mod ticket;
+
+use std::sync::{Arc, Mutex};
+
+use http::HeaderMap;
+use http::header::SET_COOKIE;
+
+use crate::config::{self, Carrier, OnStoreError};
+use record::{Entry, Record};
+pub use stats::Stats;
+use store::{Put, Ttl};
+pub use store::{Store, StoreError};
+pub use ticket::{RandomError, SessionId, Ticket};
+
+/// Why a request with a session is answered by the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(#[source] StoreError),
+    #[error("the app's session is {size} bytes, over max_blob_bytes ({limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    Random(#[from] RandomError),
+}
+
+/// The process's sessions: the store (kept across reloads that leave
+/// `[store]` as it was, so the embedded store keeps its sessions) and the
+/// counters (kept across every reload).
+#[derive(Debug, Default)]
+pub struct Sessions {
+    pub stats: Arc<Stats>,
+    current: Mutex<Option<(config::Store, Arc<Store>)>>,
+}
+
+impl Sessions {
+    /// The store for `config`: the one in use when it is unchanged.
+    pub fn store_for(&self, config: &config::Store) -> Arc<Store> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, store)) = &*current
+            && c == config
+        {
+            return store.clone();
+        }
+        let store = match Store::build(config, self.stats.clone()) {
+            Ok(store) => store,
+            Err(error) => {
+                // the URL was checked when the file was validated
+                tracing::error!(%error, "session store cannot be built; using the memory store");
+                Store::build(
+                    &config::Store::Memory(config::MemoryStore {
+                        max_size: 256 << 20,
+                    }),
+                    self.stats.clone(),
+                )
+                .unwrap_or_else(|_| unreachable!("the memory store builds"))
+            }
+        };
+        let store = Arc::new(store);
+        *current = Some((config.clone(), store.clone()));
+        store
+    }
+
+    pub fn current(&self) -> Option<Arc<Store>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, s)| s.clone())
+    }
+
+    /// `DELETE /admin/sessions/{id}`: `Ok(false)` for an id that names no
+    /// session (or is not one the proxy could have made).
+    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        let (Some(store), Some(id)) = (self.current(), SessionId::parse(id.as_bytes())) else {
+            return Ok(false);
+        };
+        let found = store.delete(&id).await?;
+        if found {
+            self.stats
+                .deleted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(session = %id.redacted(), "session revoked");
+        }
+        Ok(found)
+    }
+}
+
+/// One pool's shared-store mode, compiled.
+#[derive(Debug)]
+pub struct Mode {
+    pub pool: Arc<str>,
+    pub settings: config::Session,
+    pub store: Arc<Store>,
+}
+
+/// What a request brought and found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The client's ticket, when it names a live session.
+    ticket: Option<Ticket>,
+    record: Option<Record>,
+    /// A ticket that is no session: cleared in the response.
+    stale: bool,
+    /// The store failed and the pool is `fail_open`: the request goes on
+    /// without its session and nothing of it is stored.
+    unavailable: bool,
+}
+
+impl Mode {
+    pub fn new(pool: Arc<str>, settings: config::Session, store: Arc<Store>) -> Mode {
+        Mode {
+            pool,
+            settings,
+            store,
+        }
+    }
+
+    fn stats(&self) -> &Stats {
+        self.store.stats()
+    }
+
+    /// The ticket a request carries, taken before the request is set aside
+    /// to wait for the store.
+    pub fn presented(&self, headers: &HeaderMap) -> Option<Vec<u8>> {
+        cookies::find(headers, &self.settings.cookie).map(<[u8]>::to_vec)
+    }
+
+    /// Loads the session a ticket names: one store round trip, which also
+    /// restarts its idle timeout.
+    pub async fn load(&self, presented: Option<Vec<u8>>) -> Result<Loaded, SessionError> {
+        let Some(raw) = presented else {
+            return Ok(Loaded::default());
+        };
+        let stale = Loaded {
+            stale: true,
+            ..Loaded::default()
+        };
+        let Some(ticket) = Ticket::parse(&raw, self.settings.encrypt) else {
+            tracing::debug!(pool = &*self.pool, "malformed session ticket: no session");
+            return Ok(stale);
+        };
+        let stored = match self
+            .store
+            .load(&ticket.id, self.settings.idle_timeout)
+            .await
+        {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "unknown or expired session");
+                return Ok(stale);
+            }
+            Err(error) => {
+                return self.store_failed(error, "load").map(|()| Loaded {
+                    unavailable: true,
+                    ..Loaded::default()
+                });
+            }
+        };
+        let now = crate::clock::unix_now();
+        match record::Record::decode(&stored, &ticket) {
+            Ok(record) if record.created + self.settings.absolute_timeout.as_secs() > now => {
+                Ok(Loaded {
+                    ticket: Some(ticket),
+                    record: Some(record),
+                    ..Loaded::default()
+                })
+            }
+            Ok(_) => {
+                tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session reached absolute_timeout");
+                let store = self.store.clone();
+                let id = ticket.id;
+                tokio::spawn(async move {
+                    if let Ok(true) = store.delete(&id).await {
+                        store
+                            .stats()
+                            .deleted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+                Ok(stale)
+            }
+            Err(why) => {
+                tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), ?why, "session ticket does not open its session");
+                Ok(stale)
+            }
+        }
+    }
+
+    /// `fail_closed`: the request is answered 503; `fail_open`: it goes on
+    /// without its session.
+    fn store_failed(&self, error: StoreError, during: &str) -> Result<(), SessionError> {
+        match self.settings.on_store_error {
+            OnStoreError::FailClosed => {
+                tracing::warn!(pool = &*self.pool, during, %error, "session store unavailable: answering 503 (fail_closed)");
+                Err(SessionError::Unavailable(error))
+            }
+            OnStoreError::FailOpen => {
+                self.stats()
+                    .failed_open
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(pool = &*self.pool, during, %error, "session store unavailable: forwarding without the session (fail_open)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the session into the request for the backend: the app's
+    /// cookies where the ticket was (or the blob header), and nothing of
+    /// the session a client sent itself.
+    pub fn to_backend(&self, headers: &mut HeaderMap, loaded: &Loaded) {
+        let now = crate::clock::unix_now();
+        let live = loaded.record.iter().flat_map(|r| r.live(now));
+        match &self.settings.carrier {
+            Carrier::Cookie { app_cookies } => {
+                let mut replacement = Vec::new();
+                for e in live {
+                    if !replacement.is_empty() {
+                        replacement.extend_from_slice(b"; ");
+                    }
+                    replacement.extend_from_slice(e.name.as_bytes());
+                    replacement.push(b'=');
+                    replacement.extend_from_slice(&e.value);
+                }
+                cookies::rewrite(headers, &self.settings.cookie, app_cookies, &replacement);
+            }
+            Carrier::Header {
+                header,
+                update_header,
+            } => {
+                headers.remove(header);
+                headers.remove(update_header);
+                cookies::rewrite(headers, &self.settings.cookie, &[], b"");
+                if let Some(e) = live.last()
+                    && let Ok(v) = http::HeaderValue::from_bytes(&e.value)
+                {
+                    headers.insert(header.clone(), v);
+                }
+            }
+        }
+    }
+
+    /// Takes the app's session out of a response, stores what changed, and
+    /// gives the browser its ticket (or clears it).
+    pub async fn from_backend(
+        &self,
+        headers: &mut HeaderMap,
+        loaded: Loaded,
+        tls: bool,
+    ) -> Result<(), SessionError> {
+        let now = crate::clock::unix_now();
+        let changes = self.changes(headers, now);
+        let clear = |headers: &mut HeaderMap, attrs: &cookies::Attrs| {
+            if let Some(v) = cookies::clear_cookie(&self.settings.cookie, attrs, tls) {
+                headers.append(SET_COOKIE, v);
+            }
+        };
+        if changes.is_empty() {
+            if loaded.stale {
+                clear(headers, &cookies::Attrs::default());
+            }
+            return Ok(());
+        }
+        if loaded.unavailable {
+            tracing::warn!(
+                pool = &*self.pool,
+                "session change not stored: the store was unavailable when the request came (fail_open)"
+            );
+            return Ok(());
+        }
+        let attrs = changes[0].attrs.clone();
+        let (ticket, put, mut record) = match loaded.ticket {
+            Some(ticket) => {
+                // the changes land on the session as it is now, not as this
+                // request saw it: each app cookie is last-write-wins
+                let current = match self.store.get(&ticket.id).await {
+                    Ok(current) => current,
+                    Err(error) => return self.store_failed(error, "update"),
+                };
+                match current.and_then(|b| Record::decode(&b, &ticket).ok()) {
+                    Some(record) => (ticket, Put::Existing, record),
+                    None => {
+                        // revoked, or logged out, while this request ran
+                        tracing::info!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended during the request: change not stored");
+                        clear(headers, &attrs);
+                        return Ok(());
+                    }
+                }
+            }
+            None => (
+                Ticket::mint(self.settings.encrypt)?,
+                Put::New,
+                Record::new(now),
+            ),
+        };
+        for c in changes {
+            record.entries.retain(|e| e.name != c.name);
+            if !c.deletes(now) {
+                record.entries.push(Entry {
+                    name: c.name,
+                    value: c.value,
+                    expires: c.attrs.expires,
+                });
+            }
+        }
+        record.entries.retain(|e| e.expires.is_none_or(|t| t > now));
+        if record.entries.is_empty() {
+            if put == Put::Existing {
+                match self.store.delete(&ticket.id).await {
+                    Ok(true) => {
+                        self.stats()
+                            .deleted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended by the app");
+                    }
+                    Ok(false) => {}
+                    Err(error) => self.store_failed(error, "delete")?,
+                }
+            }
+            clear(headers, &attrs);
+            return Ok(());
+        }
+        let size = record.plain_len();
+        if size > self.settings.max_blob_bytes {
+            self.stats()
+                .too_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                pool = &*self.pool,
+                size,
+                limit = self.settings.max_blob_bytes,
+                "the app's session is over max_blob_bytes: answering 502, the previous session kept"
+            );
+            return Err(SessionError::TooLarge {
+                size,
+                limit: self.settings.max_blob_bytes,
+            });
+        }
+        let until = record.created + self.settings.absolute_timeout.as_secs();
+        let value = record.encode(&ticket)?;
+        let ttl = Ttl {
+            idle: self.settings.idle_timeout,
+            until,
+        };
+        match self.store.put(&ticket.id, value.into(), ttl, put).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Existing: gone between the read and the write
+                tracing::info!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended during the request: change not stored");
+                clear(headers, &attrs);
+                return Ok(());
+            }
+            Err(error) => return self.store_failed(error, "store"),
+        }
+        if put == Put::New {
+            self.stats()
+                .created
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session created");
+        }
+        // a new ticket, or the app renewed its cookie's lifetime
+        if (put == Put::New || attrs.expires.is_some())
+            && let Some(v) = cookies::ticket_cookie(
+                &self.settings.cookie,
+                &ticket.value(),
+                &attrs,
+                until,
+                now,
+                tls,
+            )
+        {
+            headers.append(SET_COOKIE, v);
+        }
+        Ok(())
+    }
+
+    /// The session changes a response makes, taken out of it: the app's
+    /// `Set-Cookie` fields, or the update header. The blob headers never
+    /// reach the client.
+    fn changes(&self, headers: &mut HeaderMap, now: u64) -> Vec<cookies::SetCookie> {
+        match &self.settings.carrier {
+            Carrier::Cookie { app_cookies } => cookies::take_set_cookies(headers, app_cookies, now),
+            Carrier::Header {
+                header,
+                update_header,
+            } => {
+                headers.remove(header);
+                let updates: Vec<_> = headers.get_all(update_header).iter().cloned().collect();
+                headers.remove(update_header);
+                match updates.last() {
+                    Some(v) => vec![cookies::SetCookie {
+                        name: header.as_str().to_string(),
+                        value: v.as_bytes().to_vec(),
+                        attrs: cookies::Attrs::default(),
+                    }],
+                    None => Vec::new(),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! A session as the store keeps it, one value per session:
+//!
+//! ```text
+//! slb1 plain 1764600000\n          <- format, sealing, creation time (unix seconds)
+//! session=eyJ1c2VyIjoiYWxpY2UifQ…\n <- one line per app cookie (or the header blob)
+//! @1767192000 remember=1\n          <- a cookie the app gave an expiry: "@<unix> " first
+//! ```
+//!
+//! With `encrypt = true` the first line says `sealed` and the lines that
+//! follow are sealed (AES-256-GCM: a 12-byte nonce, the ciphertext, a
+//! 16-byte tag), bound to the session's id and that first line. The first
+//! line stays readable so that an operator sees a session's age with
+//! `redis-cli`; it reveals nothing else.
+
+use super::ticket::{RandomError, Ticket};
+
+const MAGIC: &[u8] = b"slb1 ";
+
+/// One app cookie (or the header carrier's blob, named by its header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub value: Vec<u8>,
+    /// Unix seconds after which the app's cookie is gone, as a browser
+    /// would drop it.
+    pub expires: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Unix seconds: the start of `absolute_timeout`.
+    pub created: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// Why a stored value is not a session for this ticket. Either way the
+/// client has no session; the difference only goes to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Not a value this version writes.
+    Format,
+    /// The ticket's secret does not open it (or it was changed).
+    Secret,
+}
+
+impl Record {
+    pub fn new(created: u64) -> Record {
+        Record {
+            created,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Entries the app has not let expire by `now`.
+    pub fn live(&self, now: u64) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(move |e| e.expires.is_none_or(|t| t > now))
+    }
+
+    /// The size the store is asked to keep, before sealing.
+    pub fn plain_len(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.name.len() + e.value.len() + 2 + if e.expires.is_some() { 12 } else { 0 })
+            .sum()
+    }
+
+    pub fn encode(&self, ticket: &Ticket) -> Result<Vec<u8>, RandomError> {
+        let mut head = Vec::with_capacity(32);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(match ticket.is_sealed() {
+            true => b"sealed ",
+            false => b"plain ",
+        });
+        head.extend_from_slice(itoa::Buffer::new().format(self.created).as_bytes());
+        head.push(b'\n');
+        let mut plain = Vec::with_capacity(self.plain_len());
+        for e in &self.entries {
+            if let Some(t) = e.expires {
+                plain.push(b'@');
+                plain.extend_from_slice(itoa::Buffer::new().format(t).as_bytes());
+                plain.push(b' ');
+            }
+            plain.extend_from_slice(e.name.as_bytes());
+            plain.push(b'=');
+            plain.extend_from_slice(&e.value);
+            plain.push(b'\n');
+        }
+        let mut out = Vec::with_capacity(head.len() + plain.len() + 28);
+        out.extend_from_slice(&head);
+        ticket.seal(&aad(ticket, &head), &plain, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn decode(stored: &[u8], ticket: &Ticket) -> Result<Record, Unreadable> {
+        let rest = stored.strip_prefix(MAGIC).ok_or(Unreadable::Format)?;
+        let (sealed, rest) = if let Some(r) = rest.strip_prefix(b"sealed ") {
+            (true, r)
+        } else if let Some(r) = rest.strip_prefix(b"plain ") {
+            (false, r)
+        } else {
+            return Err(Unreadable::Format);
+        };
+        if sealed != ticket.is_sealed() {
+            // a pool switched `encrypt`: its old tickets are no sessions
+            return Err(Unreadable::Secret);
+        }
+        let nl = memchr::memchr(b'\n', rest).ok_or(Unreadable::Format)?;
+        let created = number(&rest[..nl]).ok_or(Unreadable::Format)?;
+        let head = &stored[..stored.len() - rest.len() + nl + 1];
+        let mut body = rest[nl + 1..].to_vec();
+        let plain = ticket
+            .open(&aad(ticket, head), &mut body)
+            .ok_or(Unreadable::Secret)?;
+        let mut entries = Vec::new();
+        for line in plain.split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let (expires, line) = match line.strip_prefix(b"@") {
+                Some(l) => {
+                    let sp = memchr::memchr(b' ', l).ok_or(Unreadable::Format)?;
+                    (
+                        Some(number(&l[..sp]).ok_or(Unreadable::Format)?),
+                        &l[sp + 1..],
+                    )
+                }
+                None => (None, line),
+            };
+            let eq = memchr::memchr(b'=', line).ok_or(Unreadable::Format)?;
+            let name = std::str::from_utf8(&line[..eq]).map_err(|_| Unreadable::Format)?;
+            entries.push(Entry {
+                name: name.to_string(),
+                value: line[eq + 1..].to_vec(),
+                expires,
+            });
+        }
+        Ok(Record { created, entries })
+    }
+}
+
+/// What a sealed blob is bound to: the session it belongs to and the
+/// readable first line beside it.
+fn aad(ticket: &Ticket, head: &[u8]) -> Vec<u8> {
+    [ticket.id.as_str().as_bytes(), head].concat()
+}
+
+fn number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            created: 1_764_600_000,
+            entries: vec![
+                Entry {
+                    name: "session".into(),
+                    value: b"eyJ1c2VyIjoiYWxpY2UifQ.Z2x".to_vec(),
+                    expires: None,
+                },
+                Entry {
+                    name: "session.sig".into(),
+                    value: b"a=b==".to_vec(),
+                    expires: Some(1_767_192_000),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn plain_records_are_readable_text() {
+        let t = Ticket::mint(false).unwrap();
+        let bytes = sample().encode(&t).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            "slb1 plain 1764600000\nsession=eyJ1c2VyIjoiYWxpY2UifQ.Z2x\n@1767192000 session.sig=a=b==\n"
+        );
+        assert_eq!(Record::decode(&bytes, &t).unwrap(), sample());
+    }
+
+    #[test]
+    fn sealed_records_hide_everything_but_their_age() {
+        let t = Ticket::mint(true).unwrap();
+        let bytes = sample().encode(&t).unwrap();
+        assert!(bytes.starts_with(b"slb1 sealed 1764600000\n"));
+        assert!(!bytes.windows(7).any(|w| w == b"session"));
+        assert_eq!(Record::decode(&bytes, &t).unwrap(), sample());
+        let other = Ticket::mint(true).unwrap();
+        assert_eq!(Record::decode(&bytes, &other), Err(Unreadable::Secret));
+        // made younger: the first line is bound to the blob
+        let mut younger = bytes.clone();
+        younger[12] = b'2';
+        assert_eq!(Record::decode(&younger, &t), Err(Unreadable::Secret));
+        assert_eq!(Record::decode(b"junk", &t), Err(Unreadable::Format));
+    }
+
+    #[test]
+    fn expired_entries_are_not_live() {
+        let r = sample();
+        assert_eq!(r.live(1_767_191_999).count(), 2);
+        assert_eq!(r.live(1_767_192_000).count(), 1);
+    }
+}

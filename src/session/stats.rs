@@ -1,0 +1,123 @@
+//! The session counters: process-wide, kept across reloads (and across a
+//! reload that changes the store), read by the admin listener.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Load,
+    Get,
+    Put,
+    Delete,
+    Ping,
+}
+
+impl Op {
+    pub const ALL: [Op; 5] = [Op::Load, Op::Get, Op::Put, Op::Delete, Op::Ping];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Load => "load",
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Delete => "delete",
+            Op::Ping => "ping",
+        }
+    }
+}
+
+/// `ok`: done (found, written, deleted); `miss`: no such session, or a
+/// write whose condition did not hold; `error`: the store failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpResult {
+    Ok,
+    Miss,
+    Error,
+}
+
+impl OpResult {
+    pub const ALL: [OpResult; 3] = [OpResult::Ok, OpResult::Miss, OpResult::Error];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpResult::Ok => "ok",
+            OpResult::Miss => "miss",
+            OpResult::Error => "error",
+        }
+    }
+}
+
+/// Upper bounds of the store latency histogram, in seconds: a local store
+/// answers in tens of microseconds, a remote one in a millisecond or so.
+pub const DURATION_BOUNDS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
+
+#[derive(Debug, Default)]
+struct OpStats {
+    results: [AtomicU64; 3],
+    /// One more than the bounds: the last is +Inf.
+    buckets: [AtomicU64; 11],
+    sum_ns: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    ops: [OpStats; 5],
+    up: AtomicBool,
+    pub created: AtomicU64,
+    pub deleted: AtomicU64,
+    pub evicted: AtomicU64,
+    /// Requests forwarded without their session (`fail_open`).
+    pub failed_open: AtomicU64,
+    /// Responses refused for a session over `max_blob_bytes`.
+    pub too_large: AtomicU64,
+}
+
+impl Stats {
+    pub fn count_op(&self, op: Op, result: OpResult, took: Duration) {
+        let s = &self.ops[op as usize];
+        s.results[result as usize].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = DURATION_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DURATION_BOUNDS.len());
+        s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        s.sum_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn op_count(&self, op: Op, result: OpResult) -> u64 {
+        self.ops[op as usize].results[result as usize].load(Ordering::Relaxed)
+    }
+
+    /// (sum in seconds, count, per-bucket counts with +Inf last), as the
+    /// encoder takes them.
+    pub fn op_durations(&self, op: Op) -> (f64, u64, Vec<(f64, u64)>) {
+        let s = &self.ops[op as usize];
+        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&s.buckets)
+            .map(|(bound, c)| (bound, c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = s.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, count, buckets)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn count_eviction(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,160 @@
+//! Where sessions live: one interface, an embedded memory store and Redis.
+//!
+//! Every operation names one key, so that Redis Sentinel (one master) and
+//! Cluster (a key's slot) fit behind the same calls. The proxy's read path
+//! costs one call, [`Store::load`], which also slides the idle timeout.
+
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+use super::stats::{Op, OpResult, Stats};
+use super::ticket::SessionId;
+use crate::config;
+
+/// How long a stored session lives from now: `idle` at most, and never past
+/// `until` (unix seconds, the absolute timeout).
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl {
+    pub idle: Duration,
+    pub until: u64,
+}
+
+impl Ttl {
+    /// Seconds to keep the key from `now`, at least 1 (a store takes no 0).
+    pub fn seconds(&self, now: u64) -> u64 {
+        self.idle
+            .as_secs()
+            .min(self.until.saturating_sub(now))
+            .max(1)
+    }
+}
+
+/// A write's condition: a new session is made only where none is, and an
+/// update lands only on a session that still exists, so that a session
+/// revoked (or logged out) while a request was in flight stays gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    New,
+    Existing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("no answer from the store within {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Debug)]
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(Box<RedisStore>),
+}
+
+impl Store {
+    pub fn build(config: &config::Store, stats: Arc<Stats>) -> Result<Store, StoreError> {
+        Ok(match config {
+            config::Store::Memory(m) => Store::Memory(MemoryStore::new(m, stats)),
+            config::Store::Redis(r) => Store::Redis(Box::new(RedisStore::new(r, stats)?)),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        match self {
+            Store::Memory(m) => &m.stats,
+            Store::Redis(r) => &r.stats,
+        }
+    }
+
+    pub fn is_memory(&self) -> bool {
+        matches!(self, Store::Memory(_))
+    }
+
+    /// Reads a session and restarts its idle timeout, in one round trip
+    /// (`GETEX key EX idle`).
+    pub async fn load(&self, id: &SessionId, idle: Duration) -> Result<Option<Bytes>, StoreError> {
+        let started = std::time::Instant::now();
+        let result = match self {
+            Store::Memory(m) => Ok(m.load(id)),
+            Store::Redis(r) => r.load(id, idle).await,
+        };
+        self.count(Op::Load, started, &result, |v| v.is_some());
+        result
+    }
+
+    /// Reads a session without touching its timeout: the current value a
+    /// response's changes are applied to.
+    pub async fn get(&self, id: &SessionId) -> Result<Option<Bytes>, StoreError> {
+        let started = std::time::Instant::now();
+        let result = match self {
+            Store::Memory(m) => Ok(m.get(id)),
+            Store::Redis(r) => r.get(id).await,
+        };
+        self.count(Op::Get, started, &result, |v| v.is_some());
+        result
+    }
+
+    /// Writes a whole session; `false` when `put`'s condition did not hold.
+    pub async fn put(
+        &self,
+        id: &SessionId,
+        value: Bytes,
+        ttl: Ttl,
+        put: Put,
+    ) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
+        let result = match self {
+            Store::Memory(m) => Ok(m.put(id, value, ttl, put)),
+            Store::Redis(r) => r.put(id, value, ttl, put).await,
+        };
+        self.count(Op::Put, started, &result, |done| *done);
+        result
+    }
+
+    /// Removes a session; `false` when there was none.
+    pub async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
+        let result = match self {
+            Store::Memory(m) => Ok(m.delete(id)),
+            Store::Redis(r) => r.delete(id).await,
+        };
+        self.count(Op::Delete, started, &result, |found| *found);
+        result
+    }
+
+    /// Whether the store answers now (`/readyz`, `sessionlb_session_store_up`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let result = match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.ping().await,
+        };
+        self.count(Op::Ping, started, &result, |_| true);
+        result
+    }
+
+    fn count<T>(
+        &self,
+        op: Op,
+        started: std::time::Instant,
+        result: &Result<T, StoreError>,
+        found: impl Fn(&T) -> bool,
+    ) {
+        let stats = self.stats();
+        let outcome = match result {
+            Ok(v) if found(v) => OpResult::Ok,
+            Ok(_) => OpResult::Miss,
+            Err(_) => OpResult::Error,
+        };
+        stats.count_op(op, outcome, started.elapsed());
+        stats.set_up(result.is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! Redis: `{key_prefix}sessions:{id}`, one string per session, whose TTL is
+//! the idle timeout (or what is left of the absolute one).
+//!
+//! Each worker thread has its own multiplexed connection (a
+//! `ConnectionManager`, which reconnects by itself), so the request path
+//! never crosses threads and every request of a worker shares one socket.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{Put, StoreError, Ttl};
+use crate::session::stats::Stats;
+use crate::session::ticket::SessionId;
+
+pub struct RedisStore {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    prefix: String,
+    timeout: Duration,
+    /// Tells this store's connections from an older one's in a worker's
+    /// cache, after a reload changed the store.
+    alive: Arc<u64>,
+    pub(super) stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's connection to each live Redis store.
+    static CONNECTIONS: RefCell<Vec<(Weak<u64>, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl RedisStore {
+    pub fn new(
+        config: &crate::config::RedisStore,
+        stats: Arc<Stats>,
+    ) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            // one attempt per request while Redis is away: the request
+            // that fails is answered at once (503, or forwarded without
+            // its session), and the next one tries again
+            .set_number_of_retries(0)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        stats.set_up(false);
+        Ok(RedisStore {
+            client,
+            config: manager,
+            prefix: format!("{}sessions:", config.key_prefix),
+            timeout: config.timeout,
+            alive: Arc::new(NEXT_STORE.fetch_add(1, Ordering::Relaxed)),
+            stats,
+        })
+    }
+
+    /// This thread's connection, made on first use (lazily: it connects on
+    /// its first command, and again after Redis went away).
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        CONNECTIONS.with(|cell| {
+            let mut conns = cell.borrow_mut();
+            if let Some((_, c)) = conns
+                .iter()
+                .find(|(w, _)| w.upgrade().is_some_and(|a| Arc::ptr_eq(&a, &self.alive)))
+            {
+                return Ok(c.clone());
+            }
+            conns.retain(|(w, _)| w.strong_count() > 0);
+            let c =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+            conns.push((Arc::downgrade(&self.alive), c.clone()));
+            Ok(c)
+        })
+    }
+
+    fn key(&self, id: &SessionId) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 22);
+        key.push_str(&self.prefix);
+        key.push_str(id.as_str());
+        key
+    }
+
+    /// Runs one command, bounded by the store's timeout however the
+    /// connection behaves.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.connection()?;
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    pub(super) async fn load(
+        &self,
+        id: &SessionId,
+        idle: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let mut cmd = redis::cmd("GETEX");
+        cmd.arg(self.key(id)).arg("EX").arg(idle.as_secs().max(1));
+        let value: Option<Vec<u8>> = self.run(&cmd).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    pub(super) async fn get(&self, id: &SessionId) -> Result<Option<Bytes>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(id));
+        let value: Option<Vec<u8>> = self.run(&cmd).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    pub(super) async fn put(
+        &self,
+        id: &SessionId,
+        value: Bytes,
+        ttl: Ttl,
+        put: Put,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(id))
+            .arg(&value[..])
+            .arg("EX")
+            .arg(ttl.seconds(crate::clock::unix_now()))
+            .arg(match put {
+                Put::New => "NX",
+                Put::Existing => "XX",
+            });
+        // SET answers OK, or nil when its condition did not hold
+        let done: Option<String> = self.run(&cmd).await?;
+        Ok(done.is_some())
+    }
+
+    pub(super) async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(id));
+        let n: u64 = self.run(&cmd).await?;
+        Ok(n > 0)
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.run(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
