@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod backend;
 pub mod client;
 pub mod raw;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,0 +1,325 @@
+//! Shared-store mode on the wire, against a raw backend that records every
+//! byte the proxy sends it: the cookie carrier (several app cookies, other
+//! cookies in place, HTTP/1.1 and h2c), the header carrier, sealing,
+//! revocation, logout, and a session over `max_blob_bytes`.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use support::client::{self, HttpClient, Resp, send};
+use support::raw::{RawBackend, RawRequest, Reply};
+use support::{DEADLINE, Proxy, config};
+
+/// An app that keeps its session in `sess` and `sess.sig`, scripted by
+/// path; every answer's body is the `Cookie` field it received ("-" when
+/// none) and its `X-Session` field.
+fn cookie_app() -> RawBackend {
+    RawBackend::with(|req: &RawRequest| {
+        let path = req
+            .request_line()
+            .split(' ')
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
+        let set_cookies: &[&str] = match path.as_str() {
+            "/login" => &[
+                "theme=dark; Path=/",
+                "sess=VALUE1; Path=/; Secure; SameSite=Strict",
+                "sess.sig=SIG1; Path=/; Max-Age=3600",
+                "lang=en",
+            ],
+            "/sig" => &["sess.sig=SIG2; Path=/"],
+            "/big" => &["sess=BIG"],
+            "/logout" => &[
+                "sess=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0",
+                "sess.sig=; Path=/; Max-Age=0",
+            ],
+            _ => &[],
+        };
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for c in set_cookies {
+            if *c == "sess=BIG" {
+                head.push_str(&format!("Set-Cookie: sess={}\r\n", "b".repeat(2000)));
+            } else {
+                head.push_str(&format!("Set-Cookie: {c}\r\n"));
+            }
+        }
+        let body = format!(
+            "{}|{}",
+            req.header("cookie").unwrap_or_else(|| "-".into()),
+            req.header("x-session").unwrap_or_else(|| "-".into())
+        );
+        head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        Reply::raw(head)
+    })
+}
+
+fn with_admin(cfg: String) -> String {
+    cfg.replace(
+        "workers = 1\n",
+        "workers = 1\nadmin_listen = \"127.0.0.1:0\"\n",
+    )
+}
+
+async fn request(c: &HttpClient, method: &str, url: &str, cookies: &[&str]) -> Resp {
+    let mut b = Request::builder().method(method).uri(url);
+    for cookie in cookies {
+        b = b.header("cookie", *cookie);
+    }
+    send(c, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+fn set_cookies(r: &Resp) -> Vec<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// The `slb_sid` value a response gives the browser.
+fn ticket(r: &Resp) -> Option<String> {
+    set_cookies(r).iter().find_map(|c| {
+        c.strip_prefix("slb_sid=")
+            .map(|rest| rest.split(';').next().unwrap().to_string())
+    })
+}
+
+fn clears_ticket(r: &Resp) -> bool {
+    set_cookies(r)
+        .iter()
+        .any(|c| c.starts_with("slb_sid=;") && c.contains("Max-Age=0"))
+}
+
+/// The cookie carrier end to end on one client: several cookies in one
+/// `Cookie` field (or in several, over h2c), several `Set-Cookie` fields in
+/// one response, two app cookies updated one by one, a session too large,
+/// and the app's logout.
+async fn cookie_carrier(h2: bool) {
+    let app = cookie_app();
+    let cfg = with_admin(config(
+        "round_robin",
+        &[app.entry()],
+        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\nmax_blob_bytes = 1000\n",
+    ));
+    let proxy = Proxy::start(&cfg);
+    let c = if h2 { client::h2() } else { client::h1() };
+
+    let login = request(&c, "POST", &proxy.url("/login"), &["a=1"]).await;
+    assert_eq!(login.status, 200);
+    let cookies = set_cookies(&login);
+    // the app's other cookies pass as they were, in their order; its
+    // session cookies never reach the browser
+    assert_eq!(cookies[0], "theme=dark; Path=/");
+    assert_eq!(cookies[1], "lang=en");
+    assert!(
+        !cookies.iter().any(|c| c.starts_with("sess")),
+        "{cookies:?}"
+    );
+    let t = ticket(&login).expect("a ticket");
+    let (id, secret) = t.split_once('.').expect("<id>.<secret>");
+    assert_eq!((id.len(), secret.len()), (22, 43), "{t}");
+    let ticket_cookie = cookies.iter().find(|c| c.starts_with("slb_sid=")).unwrap();
+    // the first app cookie's attributes, HttpOnly always, the lifetime of
+    // none (sess has none)
+    assert_eq!(
+        ticket_cookie.split_once(';').unwrap().1,
+        " Path=/; Secure; HttpOnly; SameSite=Strict",
+        "{ticket_cookie}"
+    );
+
+    // the ticket becomes both app cookies in its place; the others pass
+    // byte for byte
+    let cookie = format!("slb_sid={t}");
+    let sent: Vec<String> = match h2 {
+        false => vec![format!("a=1; {cookie}; b=\"q\"")],
+        true => vec!["a=1".into(), cookie.clone(), "b=\"q\"".into()],
+    };
+    let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
+    let r = request(&c, "GET", &proxy.url("/echo"), &sent).await;
+    assert_eq!(r.body, "a=1; sess=VALUE1; sess.sig=SIG1; b=\"q\"|-");
+    assert!(set_cookies(&r).is_empty(), "no change, no Set-Cookie");
+    let forwarded = app.requests().last().unwrap().clone();
+    assert_eq!(
+        forwarded.header("cookie").unwrap(),
+        "a=1; sess=VALUE1; sess.sig=SIG1; b=\"q\""
+    );
+
+    // one app cookie updated alone; a client's own `sess` is dropped
+    let r = request(&c, "GET", &proxy.url("/sig"), &[&cookie]).await;
+    assert_eq!(r.status, 200);
+    assert!(ticket(&r).is_none(), "the same session keeps its ticket");
+    let r = request(
+        &c,
+        "GET",
+        &proxy.url("/echo"),
+        &[&format!("sess=forged; {cookie}")],
+    )
+    .await;
+    assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG2|-");
+
+    // too large: 502, and the session before it stays
+    let r = request(&c, "GET", &proxy.url("/big"), &[&cookie]).await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.body.contains("session is larger than the proxy stores"),
+        "{}",
+        r.body
+    );
+    assert!(!set_cookies(&r).iter().any(|c| c.starts_with("sess=")));
+    assert_eq!(proxy.metric("sessionlb_session_too_large_total").await, 1.0);
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&cookie]).await;
+    assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG2|-");
+
+    // the app logs out: both cookies gone, so the session is deleted and
+    // the browser's ticket cleared; the old ticket replayed is no session
+    let r = request(&c, "POST", &proxy.url("/logout"), &[&cookie]).await;
+    assert!(clears_ticket(&r), "{:?}", set_cookies(&r));
+    assert!(!set_cookies(&r).iter().any(|c| c.starts_with("sess")));
+    let r = request(&c, "GET", &proxy.url("/echo"), &["a=1", &cookie]).await;
+    assert_eq!(r.body, "a=1|-");
+    assert!(clears_ticket(&r), "a stale ticket is cleared");
+    assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 1.0);
+    assert_eq!(proxy.metric("sessionlb_sessions_deleted_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn cookie_carrier_over_http1() {
+    cookie_carrier(false).await;
+}
+
+#[tokio::test]
+async fn cookie_carrier_over_h2c() {
+    cookie_carrier(true).await;
+}
+
+/// The header carrier: the blob goes to the backend in `X-Session`, comes
+/// back in `X-Session-Update`; a client can neither set nor read either.
+#[tokio::test]
+async fn header_carrier() {
+    let app = RawBackend::with(|req: &RawRequest| {
+        let path = req
+            .request_line()
+            .split(' ')
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
+        let update = match path.as_str() {
+            "/login" => "X-Session-Update: {\"user\":\"alice\"}\r\n",
+            "/logout" => "X-Session-Update:\r\n",
+            _ => "",
+        };
+        let body = req.header("x-session").unwrap_or_else(|| "-".into());
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\n{update}X-Session: leaked\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    });
+    let cfg = config(
+        "round_robin",
+        &[app.entry()],
+        "[pools.web.session]\ncarrier = \"header\"\n",
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client::h1();
+    let forged = |path: &str, cookie: Option<&str>| {
+        let mut b = Request::post(proxy.url(path))
+            .header("x-session", "{\"user\":\"root\"}")
+            .header("x-session-update", "{\"user\":\"root\"}");
+        if let Some(cookie) = cookie {
+            b = b.header("cookie", cookie);
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    let login = send(&c, forged("/login", None)).await;
+    assert_eq!(
+        login.body, "-",
+        "a client's X-Session never reaches the app"
+    );
+    assert!(login.headers.get("x-session-update").is_none());
+    assert!(login.headers.get("x-session").is_none());
+    let t = ticket(&login).expect("a ticket");
+    let cookie = format!("slb_sid={t}");
+    let r = send(&c, forged("/echo", Some(&cookie))).await;
+    assert_eq!(r.body, "{\"user\":\"alice\"}");
+    assert!(r.headers.get("x-session").is_none());
+    let r = send(&c, forged("/logout", Some(&cookie))).await;
+    assert!(clears_ticket(&r), "{:?}", set_cookies(&r));
+    let r = send(&c, forged("/echo", Some(&cookie))).await;
+    assert_eq!(r.body, "-");
+    let sent = app.requests();
+    assert!(
+        sent.iter().all(|r| r.header("x-session-update").is_none()
+            && r.header("x-session").as_deref() != Some("{\"user\":\"root\"}")),
+        "forged headers reached the app"
+    );
+}
+
+/// Only the proxy issues tickets: a planted one is never adopted, a wrong
+/// secret opens nothing (and does not harm the real session), and an
+/// operator revokes a session by its id.
+#[tokio::test]
+async fn tickets_cannot_be_planted_guessed_or_kept_after_revocation() {
+    let app = cookie_app();
+    let cfg = with_admin(config(
+        "round_robin",
+        &[app.entry()],
+        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n",
+    ));
+    let proxy = Proxy::start(&cfg);
+    let c = client::h1();
+    let planted = "slb_sid=AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let login = request(&c, "POST", &proxy.url("/login"), &[planted]).await;
+    let t = ticket(&login).unwrap();
+    assert_ne!(format!("slb_sid={t}"), planted);
+    let r = request(&c, "GET", &proxy.url("/echo"), &[planted]).await;
+    assert_eq!(r.body, "-|-", "the planted ticket is no session");
+
+    let (id, secret) = t.split_once('.').unwrap();
+    let mut wrong: Vec<u8> = secret.bytes().collect();
+    wrong[3] = if wrong[3] == b'A' { b'B' } else { b'A' };
+    let wrong = format!("slb_sid={id}.{}", String::from_utf8(wrong).unwrap());
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&wrong]).await;
+    assert_eq!(r.body, "-|-", "a wrong secret opens nothing");
+    let cookie = format!("slb_sid={t}");
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&cookie]).await;
+    assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG1|-");
+
+    let admin = format!("http://{}", proxy.admin_addr());
+    let revoke = |id: String| {
+        let c = c.clone();
+        let url = format!("{admin}/admin/sessions/{id}");
+        async move { request(&c, "DELETE", &url, &[]).await.status.as_u16() }
+    };
+    assert_eq!(revoke(id.to_string()).await, 204);
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&cookie]).await;
+    assert_eq!(r.body, "-|-", "revoked at once");
+    assert_eq!(revoke(id.to_string()).await, 404);
+    assert_eq!(revoke("not-an-id".to_string()).await, 404);
+    assert_eq!(proxy.metric("sessionlb_sessions_deleted_total").await, 1.0);
+    // ids never appear whole in the log
+    let logs = proxy.stderr.all().join("\n") + &proxy.stdout.all().join("\n");
+    assert!(!logs.contains(id), "{logs}");
+    let _ = DEADLINE;
+}
+
+/// `encrypt = false`: the ticket is the bare id, the blob stored plain.
+#[tokio::test]
+async fn unsealed_tickets_are_bare_ids() {
+    let app = cookie_app();
+    let cfg = config(
+        "round_robin",
+        &[app.entry()],
+        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\nencrypt = false\n",
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client::h1();
+    let login = request(&c, "POST", &proxy.url("/login"), &[]).await;
+    let t = ticket(&login).unwrap();
+    assert_eq!(t.len(), 22, "{t}");
+    assert!(!t.contains('.'));
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={t}")]).await;
+    assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG1|-");
+}
