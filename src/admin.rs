@@ -111,6 +111,30 @@ async fn handle(
                 }
             },
         },
+        (&Method::GET, p) if p.starts_with("/admin/sessions/") => {
+            match shared
+                .sessions
+                .inspect(&p["/admin/sessions/".len()..])
+                .await
+            {
+                Ok(Some(found)) => {
+                    let mut r = text(
+                        StatusCode::OK,
+                        serde_json::to_string(&found).unwrap_or_default() + "\n",
+                    );
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Ok(None) => text(StatusCode::NOT_FOUND, "no such session\n"),
+                Err(error) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the session store is unavailable: {error}\n"),
+                ),
+            }
+        }
         (&Method::DELETE, p) if p.starts_with("/admin/sessions/") => {
             match shared.sessions.revoke(&p["/admin/sessions/".len()..]).await {
                 Ok(true) => {

@@ -42,6 +42,9 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where its admin listener (metrics, sessions) listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
     },
 }
 
@@ -50,7 +53,13 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config),
         (Some(Command::Check { config }), _) => return check(&config),
-        (Some(Command::Demo { listen }), _) => demo(listen),
+        (
+            Some(Command::Demo {
+                listen,
+                admin_listen,
+            }),
+            _,
+        ) => demo(listen, admin_listen),
         (None, None) => {
             eprintln!(
                 "sessionlb: nothing to do; try `sessionlb demo`, `sessionlb run -c FILE` or `sessionlb --help`"
@@ -117,10 +126,10 @@ fn run_file(path: &Path) -> anyhow::Result<()> {
     main_loop.run(server, shared, Some(path.to_owned()))
 }
 
-fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let backends = sessionlb::demo::start_backends(3).context("starting the demo backends")?;
     let config = Config::parse(
-        &sessionlb::demo::config_text(listen, &backends),
+        &sessionlb::demo::config_text(listen, admin, &backends),
         Path::new("."),
     )
     .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
@@ -129,17 +138,35 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     let shared = Shared::new(config);
     let server = Server::start(shared.clone())?;
     let addr = server.local_addrs()[0];
+    let admin = main_loop.bind_admin(admin)?;
+    let admin_addr = admin.local_addr()?;
     println!(
-        "sessionlb demo: proxy on http://{addr}/ in front of 3 backends, round robin, in-memory store"
+        "sessionlb demo: proxy on http://{addr}/ in front of 3 backends, round robin, in-memory session store"
     );
     for (i, b) in backends.iter().enumerate() {
         println!("  backend {}: http://{b}/", i + 1);
     }
+    let jar = std::env::temp_dir().join("sessionlb-demo.jar");
+    let jar = jar.display();
     println!("Try:");
     println!("  curl -s http://{addr}/          # again and again: backends 1, 2 and 3 take turns");
     println!("  curl -s --http2-prior-knowledge http://{addr}/   # the same over HTTP/2 (h2c)");
+    println!(
+        "The backends keep a login and a counter in a cookie session (demo_session); the proxy keeps it for them:"
+    );
+    println!("  curl -s -c {jar} -b {jar} 'http://{addr}/login?user=alice'");
+    println!(
+        "  curl -s -c {jar} -b {jar} http://{addr}/count   # again and again: the count goes up on every backend"
+    );
+    println!(
+        "  grep -o 'slb_sid.*' {jar}   # the browser holds only an opaque ticket, never demo_session"
+    );
+    println!(
+        "  curl -s http://{admin_addr}/admin/sessions/$(grep -o 'slb_sid.*' {jar} | cut -f2)   # what the store holds"
+    );
+    println!("  curl -s http://{admin_addr}/metrics | grep session");
     println!("Each request is also logged below (access log on stdout). Ctrl-C stops.");
-    main_loop.run(server, shared, None)
+    main_loop.run_with_admin(server, shared, None, Some(admin))
 }
 
 /// The main thread's event loop. Its signal handlers are installed before
@@ -173,7 +200,33 @@ impl MainLoop {
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and serving the
     /// admin listener; then shuts down gracefully within
     /// `server.shutdown_timeout`.
+    /// Binds the admin listener, on this loop's runtime.
+    fn bind_admin(&self, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+        let _entered = self.rt.enter();
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
+        Ok(listener)
+    }
+
     fn run(self, server: Server, shared: Arc<Shared>, path: Option<PathBuf>) -> anyhow::Result<()> {
+        let admin = match shared.load().config.server.admin_listen {
+            Some(addr) => Some(self.bind_admin(addr)?),
+            None => None,
+        };
+        self.run_with_admin(server, shared, path, admin)
+    }
+
+    fn run_with_admin(
+        self,
+        server: Server,
+        shared: Arc<Shared>,
+        path: Option<PathBuf>,
+        admin: Option<tokio::net::TcpListener>,
+    ) -> anyhow::Result<()> {
         let MainLoop {
             rt,
             mut term,
@@ -181,10 +234,7 @@ impl MainLoop {
             mut hup,
         } = self;
         rt.block_on(async {
-        if let Some(addr) = shared.load().config.server.admin_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
+        if let Some(listener) = admin {
             let admin_addr = listener.local_addr()?;
             tracing::info!(%admin_addr, "admin listening");
             tokio::spawn(sessionlb::admin::serve(

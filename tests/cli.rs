@@ -161,9 +161,15 @@ fn run_refuses_a_bad_config_and_a_missing_file() {
 }
 
 #[tokio::test]
-async fn demo_balances_three_backends() {
+async fn demo_balances_three_backends_and_keeps_their_session() {
     let mut child = Command::new(bin())
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -175,6 +181,13 @@ async fn demo_balances_three_backends() {
         .find(|w| w.starts_with("http://"))
         .expect("demo prints its URL")
         .to_string();
+    let admin = loop {
+        let line = lines.next().expect("demo prints its admin URL").unwrap();
+        if let Some(at) = line.find("/admin/sessions/") {
+            let start = line.find("http://").unwrap();
+            break line[start..at].to_string();
+        }
+    };
     std::thread::spawn(move || for _ in lines {});
     let client = client::h1();
     let mut seen = Vec::new();
@@ -186,6 +199,39 @@ async fn demo_balances_three_backends() {
     }
     seen.sort();
     assert_eq!(seen, ["1", "2", "3"]);
+
+    // what the printed curl lines do: log in, count on every backend in
+    // turn, the browser holding only the ticket
+    let mut browser = client::Browser::new(client::h1());
+    let login = browser.get(&format!("{url}login?user=alice")).await;
+    assert!(
+        login.body.ends_with("logged in as alice, count 0\n"),
+        "{}",
+        login.body
+    );
+    let mut backends = Vec::new();
+    for n in 1..=6 {
+        let r = browser.get(&format!("{url}count")).await;
+        assert!(
+            r.body.ends_with(&format!("alice, count {n}\n")),
+            "{}",
+            r.body
+        );
+        backends.push(r.backend());
+    }
+    backends.sort();
+    backends.dedup();
+    assert_eq!(backends, ["1", "2", "3"]);
+    assert_eq!(browser.cookies.keys().collect::<Vec<_>>(), ["slb_sid"]);
+    let id = browser.cookies["slb_sid"].clone();
+    let stored = get(&client, &format!("{admin}/admin/sessions/{id}")).await;
+    assert!(
+        stored
+            .body
+            .contains(r#""name":"demo_session","value":"alice.6""#),
+        "{}",
+        stored.body
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

@@ -100,6 +100,64 @@ impl Sessions {
     }
 }
 
+/// What `GET /admin/sessions/{id}` shows of a stored session: its age and
+/// size, and its cookies only when it is unsealed (a sealed one opens with
+/// the browser's secret alone).
+#[derive(Debug, serde::Serialize)]
+pub struct Inspected {
+    pub created: u64,
+    pub age_seconds: u64,
+    pub sealed: bool,
+    pub bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookies: Option<Vec<InspectedEntry>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct InspectedEntry {
+    pub name: String,
+    pub value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
+impl Sessions {
+    /// Reads a session for an operator, without sliding its timeout.
+    pub async fn inspect(&self, id: &str) -> Result<Option<Inspected>, StoreError> {
+        let (Some(store), Some(id)) = (self.current(), SessionId::parse(id.as_bytes())) else {
+            return Ok(None);
+        };
+        let Some(stored) = store.get(&id).await? else {
+            return Ok(None);
+        };
+        let Some((sealed, created)) = record::Record::head(&stored) else {
+            return Ok(None);
+        };
+        let cookies = match sealed {
+            true => None,
+            false => Record::decode(&stored, &Ticket::unsealed(id))
+                .ok()
+                .map(|r| {
+                    r.entries
+                        .into_iter()
+                        .map(|e| InspectedEntry {
+                            name: e.name,
+                            value: String::from_utf8_lossy(&e.value).into_owned(),
+                            expires: e.expires,
+                        })
+                        .collect()
+                }),
+        };
+        Ok(Some(Inspected {
+            created,
+            age_seconds: crate::clock::unix_now().saturating_sub(created),
+            sealed,
+            bytes: stored.len(),
+            cookies,
+        }))
+    }
+}
+
 /// One pool's shared-store mode, compiled.
 #[derive(Debug)]
 pub struct Mode {

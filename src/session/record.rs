@@ -93,6 +93,18 @@ impl Record {
         Ok(out)
     }
 
+    /// The readable first line: whether the rest is sealed, and when the
+    /// session was created.
+    pub fn head(stored: &[u8]) -> Option<(bool, u64)> {
+        let rest = stored.strip_prefix(MAGIC)?;
+        let (sealed, rest) = match rest.strip_prefix(b"sealed ") {
+            Some(r) => (true, r),
+            None => (false, rest.strip_prefix(b"plain ")?),
+        };
+        let nl = memchr::memchr(b'\n', rest)?;
+        Some((sealed, number(&rest[..nl])?))
+    }
+
     pub fn decode(stored: &[u8], ticket: &Ticket) -> Result<Record, Unreadable> {
         let rest = stored.strip_prefix(MAGIC).ok_or(Unreadable::Format)?;
         let (sealed, rest) = if let Some(r) = rest.strip_prefix(b"sealed ") {

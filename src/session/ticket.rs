@@ -111,6 +111,11 @@ impl Ticket {
         })
     }
 
+    /// The ticket of an unsealed session: its id is all there is to it.
+    pub fn unsealed(id: SessionId) -> Ticket {
+        Ticket { id, secret: None }
+    }
+
     /// Reads a cookie value: `<id>.<secret>` when `sealed`, `<id>`
     /// otherwise. Malformed is `None`, never an error a client can learn
     /// from.
