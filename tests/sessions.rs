@@ -31,6 +31,7 @@ fn cookie_app() -> RawBackend {
                 "lang=en",
             ],
             "/sig" => &["sess.sig=SIG2; Path=/"],
+            "/rotate" => &["sess.sig=; Max-Age=0", "sess=NEW; Path=/"],
             "/big" => &["sess=BIG"],
             "/logout" => &[
                 "sess=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0",
@@ -322,4 +323,62 @@ async fn unsealed_tickets_are_bare_ids() {
     assert!(!t.contains('.'));
     let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={t}")]).await;
     assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG1|-");
+}
+
+/// A response that deletes one app cookie before it sets another: the new
+/// ticket takes the attributes of the cookie set, not of the deletion.
+#[tokio::test]
+async fn a_deletion_first_does_not_end_a_new_ticket() {
+    let app = cookie_app();
+    let cfg = config(
+        "round_robin",
+        &[app.entry()],
+        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n",
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client::h1();
+    let r = request(&c, "GET", &proxy.url("/rotate"), &[]).await;
+    let cookies = set_cookies(&r);
+    let ticket_cookie = cookies.iter().find(|c| c.starts_with("slb_sid=")).unwrap();
+    assert!(!ticket_cookie.contains("Max-Age"), "{ticket_cookie}");
+    let t = ticket(&r).unwrap();
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={t}")]).await;
+    assert_eq!(r.body, "sess=NEW|-");
+}
+
+/// The embedded store outlives reloads that leave `[store]` as it is: a
+/// reload that changes the pools keeps every session.
+#[tokio::test]
+async fn sessions_survive_a_reload() {
+    let app = cookie_app();
+    let other = cookie_app();
+    let session = "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n";
+    let proxy = Proxy::start(&with_admin(config("round_robin", &[app.entry()], session)));
+    let c = client::h1();
+    let t = ticket(&request(&c, "POST", &proxy.url("/login"), &[]).await).unwrap();
+    let cookie = format!("slb_sid={t}");
+    std::fs::write(
+        &proxy.config_path,
+        with_admin(config(
+            "round_robin",
+            &[app.entry(), other.entry()],
+            session,
+        )),
+    )
+    .unwrap();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        support::eventually_async(DEADLINE, || async {
+            proxy.metric("sessionlb_config_generation").await == 2.0
+        })
+        .await
+    );
+    for _ in 0..4 {
+        let r = request(&c, "GET", &proxy.url("/echo"), &[&cookie]).await;
+        assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG1|-");
+    }
+    assert!(
+        !other.requests().is_empty(),
+        "the new backend takes its share"
+    );
 }

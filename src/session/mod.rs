@@ -340,7 +340,14 @@ impl Mode {
             );
             return Ok(());
         }
-        let attrs = changes[0].attrs.clone();
+        // the ticket takes the attributes of a cookie the app sets (a
+        // deletion's would end the ticket at once)
+        let attrs = changes
+            .iter()
+            .find(|c| !c.deletes(now))
+            .unwrap_or(&changes[0])
+            .attrs
+            .clone();
         let (ticket, put, mut record) = match loaded.ticket {
             Some(ticket) => {
                 // the changes land on the session as it is now, not as this
