@@ -317,7 +317,7 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
     let id = ticket.split_once('.').unwrap().0;
     let key = format!("sessionlb:sessions:{id}");
     if let Some(redis) = redis {
-        assert_eq!(redis.keys("sessionlb:*"), [key.clone()]);
+        assert_eq!(redis.keys("sessionlb:*"), std::slice::from_ref(&key));
         let stored = redis.cmd(&["GET", &key]);
         assert!(stored.starts_with("slb1 sealed "), "{stored:?}");
         assert!(!stored.contains("alice"), "{stored:?}");
