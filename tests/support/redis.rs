@@ -22,6 +22,8 @@ pub struct Redis {
     readers: Vec<JoinHandle<()>>,
     /// The server's log (it logs to stdout), for panic messages.
     pub log: Arc<Lines>,
+    /// `(port, certificate, key)` of a TLS listener beside the plain one.
+    tls: Option<(u16, std::path::PathBuf, std::path::PathBuf)>,
     /// Keeps `--dir` somewhere of its own: nothing should be written there,
     /// but if it ever is, it goes away with the test.
     dir: tempfile::TempDir,
@@ -40,9 +42,23 @@ impl Redis {
         Redis::start_with(Some((user.to_string(), password.to_string())))
     }
 
+    /// A server that also speaks TLS (`rediss://`, [`Redis::tls_url`])
+    /// with `cert` and `key` (PEM files); [`Redis::cmd`] uses the plain port.
+    pub fn start_with_tls(cert: &std::path::Path, key: &std::path::Path) -> Redis {
+        Redis::start_with_options(None, Some((cert.to_path_buf(), key.to_path_buf())))
+    }
+
     fn start_with(auth: Option<(String, String)>) -> Redis {
+        Redis::start_with_options(auth, None)
+    }
+
+    fn start_with_options(
+        auth: Option<(String, String)>,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Redis {
         let mut redis = Redis {
             port: 0,
+            tls: tls.map(|(cert, key)| (0, cert, key)),
             auth,
             child: None,
             readers: Vec::new(),
@@ -54,6 +70,9 @@ impl Redis {
         let deadline = Instant::now() + DEADLINE;
         loop {
             redis.port = free_port();
+            if let Some(tls) = &mut redis.tls {
+                tls.0 = free_port();
+            }
             match redis.launch(deadline) {
                 Ok(()) => return redis,
                 Err(Failed::Exited) if redis.port_taken() && Instant::now() < deadline => {
@@ -81,6 +100,12 @@ impl Redis {
             None => String::new(),
         };
         format!("redis://{auth}127.0.0.1:{}/0", self.port)
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/0` for a server started with TLS.
+    pub fn tls_url(&self) -> String {
+        let (port, _, _) = self.tls.as_ref().expect("started with TLS");
+        format!("rediss://127.0.0.1:{port}/0")
     }
 
     /// Kills the server, as a crash would, and waits until its port refuses
@@ -166,6 +191,15 @@ impl Redis {
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--logfile", ""]);
+        if let Some((port, cert, key)) = &self.tls {
+            cmd.arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]);
+        }
         if let Some((user, password)) = &self.auth {
             let pass = format!(">{password}");
             // `resetpass` drops the default user's `nopass`, should the
