@@ -12,9 +12,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderValue;
-use sha2::Sha256;
 
 use super::round_robin::RoundRobin;
 use super::{Candidates, Outcome, Pick, Policy, Target};
@@ -40,11 +38,9 @@ pub struct StickyRoutes {
 /// 96 bits of HMAC-SHA256 over the backend identity, base64url.
 pub fn route_token(secret: Option<&str>, identity: &str) -> String {
     let key = secret.map_or(DEFAULT_KEY, str::as_bytes);
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(identity.as_bytes());
-    let digest = mac.finalize().into_bytes();
-    URL_SAFE_NO_PAD.encode(&digest[..12])
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    let digest = aws_lc_rs::hmac::sign(&key, identity.as_bytes());
+    URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12])
 }
 
 impl StickyRoutes {
