@@ -77,6 +77,10 @@ impl MemoryStore {
         let evictions = stats.clone();
         let cache = Cache::builder()
             .max_capacity(config.max_size)
+            // least recently used goes first: moka's default (TinyLFU)
+            // would refuse a new session, never read yet, in favour of
+            // old ones, logging out everyone who logs in while it is full
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_: &SessionId, held: &Held| {
                 u32::try_from(held.value.len())
                     .unwrap_or(u32::MAX)
