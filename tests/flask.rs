@@ -63,15 +63,6 @@ fn user(r: &Resp) -> Value {
     json(r)["user"].clone()
 }
 
-/// Every `Set-Cookie` of a response, as sent.
-fn set_cookies(r: &Resp) -> Vec<String> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect()
-}
-
 fn cookie_name(set_cookie: &str) -> &str {
     set_cookie
         .split_once('=')
@@ -91,7 +82,8 @@ fn clears(set_cookie: &str) -> bool {
 
 /// The ticket a response gives (a `Set-Cookie: slb_sid=<non-empty>`).
 fn ticket_given(r: &Resp) -> Option<String> {
-    let given: Vec<String> = set_cookies(r)
+    let given: Vec<String> = r
+        .set_cookies()
         .iter()
         .filter(|c| cookie_name(c) == TICKET && !cookie_value(c).is_empty())
         .map(|c| cookie_value(c).to_string())
@@ -148,7 +140,7 @@ impl Jar {
             (!cookie.is_empty()).then_some(cookie.as_str()),
         )
         .await;
-        for c in set_cookies(&r) {
+        for c in r.set_cookies() {
             let name = cookie_name(&c).to_string();
             if clears(&c) || cookie_value(&c).is_empty() {
                 self.cookies.remove(&name);
@@ -240,7 +232,7 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
     assert_eq!(login.status, 200, "{login:?}");
     assert_eq!(user(&login), "alice");
     assert_eq!(json(&login)["n"], 0);
-    let sent = set_cookies(&login);
+    let sent = login.set_cookies();
     assert_eq!(sent.len(), 1, "{login:?}");
     assert!(
         sent[0].contains("; Path=/") && sent[0].contains("; HttpOnly"),
@@ -330,7 +322,7 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
     let logout = jar.call(Method::POST, "/logout").await;
     assert_eq!(logout.status, 200, "{logout:?}");
     assert_eq!(user(&logout), Value::Null);
-    let sent = set_cookies(&logout);
+    let sent = logout.set_cookies();
     assert_eq!(sent.len(), 1, "{logout:?}");
     assert_eq!(cookie_name(&sent[0]), TICKET);
     assert_eq!(cookie_value(&sent[0]), "");
@@ -351,7 +343,7 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
         assert_eq!(who.status, 200, "{who:?}");
         assert_eq!(user(&who), Value::Null, "{who:?}");
         assert!(
-            set_cookies(&who)
+            who.set_cookies()
                 .iter()
                 .all(|c| cookie_name(c) == TICKET && clears(c))
         );
@@ -410,7 +402,7 @@ async fn two_cookie_session(proxy: &Proxy, client: HttpClient, name: &str) {
 
     let logout = jar.call(Method::POST, "/logout").await;
     assert_eq!(logout.status, 200, "{logout:?}");
-    let sent = set_cookies(&logout);
+    let sent = logout.set_cookies();
     assert_eq!(sent.len(), 1, "{logout:?}");
     assert!(
         cookie_name(&sent[0]) == TICKET && clears(&sent[0]),
@@ -437,7 +429,7 @@ fn assert_alices(responses: &[Resp], ticket: &str) {
     for r in responses {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(user(r), "alice", "{r:?}");
-        for c in set_cookies(r) {
+        for c in r.set_cookies() {
             assert_eq!(cookie_name(&c), TICKET, "{r:?}");
             assert_eq!(cookie_value(&c), ticket, "a second ticket minted: {r:?}");
         }
@@ -536,7 +528,7 @@ async fn concurrent_requests_of_one_session() {
     for (i, r) in logins.iter().enumerate() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(user(r), format!("u{i}"), "{r:?}");
-        let sent = set_cookies(r);
+        let sent = r.set_cookies();
         assert_eq!(sent.len(), 1, "{r:?}");
         let t = ticket_given(r).unwrap_or_else(|| panic!("no ticket: {r:?}"));
         assert_ticket_shape(&t);
@@ -553,7 +545,7 @@ async fn concurrent_requests_of_one_session() {
     for (i, r) in who.iter().enumerate() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(user(r), format!("u{i}"), "{r:?}");
-        assert!(set_cookies(r).is_empty(), "{r:?}");
+        assert!(r.set_cookies().is_empty(), "{r:?}");
     }
     assert_eq!(whoami_now().await, n2 + 1);
     assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 21.0);
@@ -584,7 +576,7 @@ async fn fixation_planted_ticket_is_never_adopted() {
     .await;
     assert_eq!(login.status, 200, "{login:?}");
     assert_eq!(user(&login), "alice");
-    let sent = set_cookies(&login);
+    let sent = login.set_cookies();
     assert_eq!(sent.len(), 1, "{login:?}");
     let ticket = ticket_given(&login).expect("a new ticket");
     assert_ticket_shape(&ticket);
@@ -599,7 +591,7 @@ async fn fixation_planted_ticket_is_never_adopted() {
         let who = call(&c, Method::GET, &whoami, Some(&planted_cookie)).await;
         assert_eq!(who.status, 200, "{who:?}");
         assert_eq!(user(&who), Value::Null, "{who:?}");
-        let sent = set_cookies(&who);
+        let sent = who.set_cookies();
         assert!(
             sent.len() == 1 && cookie_name(&sent[0]) == TICKET && clears(&sent[0]),
             "{who:?}"

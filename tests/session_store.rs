@@ -97,17 +97,9 @@ async fn post(c: &HttpClient, url: &str, cookie: Option<&str>) -> Resp {
     client::send(c, b.body(empty()).unwrap()).await
 }
 
-fn set_cookies(r: &Resp) -> Vec<String> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect()
-}
-
 /// The ticket a response gives the browser, if any.
 fn ticket(r: &Resp) -> Option<String> {
-    set_cookies(r).iter().find_map(|s| {
+    r.set_cookies().iter().find_map(|s| {
         let v = s.strip_prefix("slb_sid=")?.split(';').next()?;
         (!v.is_empty()).then(|| v.to_string())
     })
@@ -115,7 +107,7 @@ fn ticket(r: &Resp) -> Option<String> {
 
 /// Whether a response tells the browser to drop its ticket.
 fn cleared(r: &Resp) -> bool {
-    set_cookies(r)
+    r.set_cookies()
         .iter()
         .any(|s| s.starts_with("slb_sid=;") && s.contains("Max-Age=0"))
 }
@@ -131,7 +123,7 @@ async fn login_query(c: &HttpClient, proxy: &Proxy, query: &str) -> String {
     let r = post(c, &proxy.url(&format!("/login?{query}")), None).await;
     assert_eq!(r.status, 200, "login: {r:?}");
     assert!(
-        !set_cookies(&r).iter().any(|s| s.starts_with("session=")),
+        !r.set_cookies().iter().any(|s| s.starts_with("session=")),
         "the app's session cookie reached the browser: {r:?}"
     );
     ticket(&r).unwrap_or_else(|| panic!("login gave no ticket: {r:?}"))
@@ -250,7 +242,7 @@ async fn fail_closed_outage_answers_503_and_the_same_process_recovers() {
         (503, UNAVAILABLE),
         "{r:?}"
     );
-    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    assert!(r.set_cookies().is_empty(), "{r:?}");
 
     redis.restart();
     let restarted = Instant::now();
@@ -340,7 +332,7 @@ async fn a_session_redis_still_has_after_an_outage_works_again() {
     };
     assert_eq!(app_session(&r).as_deref(), Some("kept"), "{r:?}");
     assert!(
-        set_cookies(&r).is_empty(),
+        r.set_cookies().is_empty(),
         "the ticket was replaced or cleared: {r:?}"
     );
 }
@@ -368,7 +360,7 @@ async fn fail_open_forwards_without_the_session_and_says_so() {
     assert_eq!(r.body, "cookie: theme=dark", "what the backend received");
     assert!(!r.body.contains("session=") && !r.body.contains("slb_sid"));
     // the browser keeps its ticket for when the store is back
-    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    assert!(r.set_cookies().is_empty(), "{r:?}");
     metric_until(&proxy, FAIL_OPEN, |v| v >= 1.0).await;
     let warning = proxy
         .stderr
@@ -419,7 +411,7 @@ async fn redis_with_an_acl_password_and_a_wrong_one() {
         (503, UNAVAILABLE),
         "{r:?}"
     );
-    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    assert!(r.set_cookies().is_empty(), "{r:?}");
     assert_eq!(readyz(&c, &bad).await.status, 503);
     // the store's failure is logged (by the requests and by the watcher),
     // and no password is
@@ -470,13 +462,13 @@ async fn two_proxies_share_sessions_through_one_redis() {
     assert_eq!(r.body, "cookie: session=made-on-a");
     let last = backend_b.requests().pop().unwrap();
     assert_eq!(last.header("cookie").as_deref(), Some("session=made-on-a"));
-    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    assert!(r.set_cookies().is_empty(), "{r:?}");
 
     // and the other way: the app changes the session behind B, A sees it
     let cookie = format!("slb_sid={t}");
     let r = post(&c, &b.url("/login?v=changed-on-b"), Some(&cookie)).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(set_cookies(&r).is_empty(), "the ticket is unchanged: {r:?}");
+    assert!(r.set_cookies().is_empty(), "the ticket is unchanged: {r:?}");
     let r = with_ticket(&c, &a, &t).await;
     assert_eq!(app_session(&r).as_deref(), Some("changed-on-b"), "{r:?}");
 }
@@ -604,7 +596,7 @@ async fn activity_slides_the_idle_timeout_until_the_absolute_one() {
                 "{:?} after the login: {r:?}",
                 before - logged_in
             );
-            assert!(set_cookies(&r).is_empty(), "{r:?}");
+            assert!(r.set_cookies().is_empty(), "{r:?}");
             if before > logged_in + Duration::from_secs(2) {
                 past_idle = true;
             }
@@ -722,7 +714,7 @@ async fn the_memory_store_evicts_to_stay_within_max_size() {
         newest_kept,
         "the session just made was not kept ({} {:?}); the sessions kept: {kept:?}",
         r.status,
-        set_cookies(&r)
+        r.set_cookies()
     );
     assert!(
         (1..=16).contains(&kept.len()),

@@ -72,24 +72,16 @@ async fn request(c: &HttpClient, method: &str, url: &str, cookies: &[&str]) -> R
     send(c, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
-fn set_cookies(r: &Resp) -> Vec<String> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect()
-}
-
 /// The `slb_sid` value a response gives the browser.
 fn ticket(r: &Resp) -> Option<String> {
-    set_cookies(r).iter().find_map(|c| {
+    r.set_cookies().iter().find_map(|c| {
         c.strip_prefix("slb_sid=")
             .map(|rest| rest.split(';').next().unwrap().to_string())
     })
 }
 
 fn clears_ticket(r: &Resp) -> bool {
-    set_cookies(r)
+    r.set_cookies()
         .iter()
         .any(|c| c.starts_with("slb_sid=;") && c.contains("Max-Age=0"))
 }
@@ -110,7 +102,7 @@ async fn cookie_carrier(h2: bool) {
 
     let login = request(&c, "POST", &proxy.url("/login"), &["a=1"]).await;
     assert_eq!(login.status, 200);
-    let cookies = set_cookies(&login);
+    let cookies = login.set_cookies();
     // the app's other cookies pass as they were, in their order; its
     // session cookies never reach the browser
     assert_eq!(cookies[0], "theme=dark; Path=/");
@@ -141,7 +133,7 @@ async fn cookie_carrier(h2: bool) {
     let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
     let r = request(&c, "GET", &proxy.url("/echo"), &sent).await;
     assert_eq!(r.body, "a=1; sess=VALUE1; sess.sig=SIG1; b=\"q\"|-");
-    assert!(set_cookies(&r).is_empty(), "no change, no Set-Cookie");
+    assert!(r.set_cookies().is_empty(), "no change, no Set-Cookie");
     let forwarded = app.requests().last().unwrap().clone();
     assert_eq!(
         forwarded.header("cookie").unwrap(),
@@ -169,7 +161,7 @@ async fn cookie_carrier(h2: bool) {
         "{}",
         r.body
     );
-    assert!(!set_cookies(&r).iter().any(|c| c.starts_with("sess=")));
+    assert!(!r.set_cookies().iter().any(|c| c.starts_with("sess=")));
     assert_eq!(proxy.metric("sessionlb_session_too_large_total").await, 1.0);
     let r = request(&c, "GET", &proxy.url("/echo"), &[&cookie]).await;
     assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG2|-");
@@ -177,8 +169,8 @@ async fn cookie_carrier(h2: bool) {
     // the app logs out: both cookies gone, so the session is deleted and
     // the browser's ticket cleared; the old ticket replayed is no session
     let r = request(&c, "POST", &proxy.url("/logout"), &[&cookie]).await;
-    assert!(clears_ticket(&r), "{:?}", set_cookies(&r));
-    assert!(!set_cookies(&r).iter().any(|c| c.starts_with("sess")));
+    assert!(clears_ticket(&r), "{:?}", r.set_cookies());
+    assert!(!r.set_cookies().iter().any(|c| c.starts_with("sess")));
     let r = request(&c, "GET", &proxy.url("/echo"), &["a=1", &cookie]).await;
     assert_eq!(r.body, "a=1|-");
     assert!(clears_ticket(&r), "a stale ticket is cleared");
@@ -247,7 +239,7 @@ async fn header_carrier() {
     assert_eq!(r.body, "{\"user\":\"alice\"}");
     assert!(r.headers.get("x-session").is_none());
     let r = send(&c, forged("/logout", Some(&cookie))).await;
-    assert!(clears_ticket(&r), "{:?}", set_cookies(&r));
+    assert!(clears_ticket(&r), "{:?}", r.set_cookies());
     let r = send(&c, forged("/echo", Some(&cookie))).await;
     assert_eq!(r.body, "-");
     let sent = app.requests();
@@ -338,7 +330,7 @@ async fn a_deletion_first_does_not_end_a_new_ticket() {
     let proxy = Proxy::start(&cfg);
     let c = client::h1();
     let r = request(&c, "GET", &proxy.url("/rotate"), &[]).await;
-    let cookies = set_cookies(&r);
+    let cookies = r.set_cookies();
     let ticket_cookie = cookies.iter().find(|c| c.starts_with("slb_sid=")).unwrap();
     assert!(!ticket_cookie.contains("Max-Age"), "{ticket_cookie}");
     let t = ticket(&r).unwrap();

@@ -19,6 +19,15 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Every `Set-Cookie` of the response, as sent.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn backend(&self) -> String {
         self.headers
             .get("x-backend")
