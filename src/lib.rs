@@ -16,6 +16,7 @@ pub mod demo;
 /// only so that those can call them.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod histogram;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

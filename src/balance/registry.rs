@@ -5,6 +5,7 @@
 //! state by its identity (the address as written), so a backend that stays
 //! in the file keeps its health, counters and pooled connections.
 
+use crate::histogram::Histogram;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,7 +137,7 @@ impl BackendState {
 }
 
 /// Upper bounds of the request duration histogram, in seconds.
-pub const DURATION_BOUNDS: [f64; 11] = [
+pub static DURATION_BOUNDS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -147,9 +148,7 @@ pub struct PoolStats {
     sticky: [AtomicU64; 3],
     /// Answers of the proxy's own, given before a backend was chosen.
     responses: Box<[AtomicU64]>,
-    /// Per bucket of `DURATION_BOUNDS`, then +Inf; not cumulative.
-    durations: [AtomicU64; 12],
-    duration_sum_us: AtomicU64,
+    durations: Histogram<11>,
 }
 
 impl Default for PoolStats {
@@ -157,36 +156,19 @@ impl Default for PoolStats {
         PoolStats {
             sticky: Default::default(),
             responses: status_counters(),
-            durations: Default::default(),
-            duration_sum_us: AtomicU64::new(0),
+            durations: Histogram::new(&DURATION_BOUNDS),
         }
     }
 }
 
 impl PoolStats {
     pub fn observe_duration(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let bucket = DURATION_BOUNDS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(DURATION_BOUNDS.len());
-        self.durations[bucket].fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.durations.observe(d);
     }
 
     /// (sum in seconds, count, per-bucket counts with +Inf last)
     pub fn durations(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.durations)
-            .map(|(bound, c)| (bound, c.load(Ordering::Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, buckets)
+        self.durations.snapshot()
     }
 
     pub fn count_sticky(&self, outcome: super::Outcome) {

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::histogram::Histogram;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Load,
@@ -50,16 +52,23 @@ impl OpResult {
 
 /// Upper bounds of the store latency histogram, in seconds: a local store
 /// answers in tens of microseconds, a remote one in a millisecond or so.
-pub const DURATION_BOUNDS: [f64; 10] = [
+pub static DURATION_BOUNDS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct OpStats {
     results: [AtomicU64; 3],
-    /// One more than the bounds: the last is +Inf.
-    buckets: [AtomicU64; 11],
-    sum_ns: AtomicU64,
+    durations: Histogram<10>,
+}
+
+impl Default for OpStats {
+    fn default() -> Self {
+        OpStats {
+            results: Default::default(),
+            durations: Histogram::new(&DURATION_BOUNDS),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -79,14 +88,7 @@ impl Stats {
     pub fn count_op(&self, op: Op, result: OpResult, took: Duration) {
         let s = &self.ops[op as usize];
         s.results[result as usize].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        let bucket = DURATION_BOUNDS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(DURATION_BOUNDS.len());
-        s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        s.sum_ns
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        s.durations.observe(took);
     }
 
     pub fn op_count(&self, op: Op, result: OpResult) -> u64 {
@@ -96,17 +98,7 @@ impl Stats {
     /// (sum in seconds, count, per-bucket counts with +Inf last), as the
     /// encoder takes them.
     pub fn op_durations(&self, op: Op) -> (f64, u64, Vec<(f64, u64)>) {
-        let s = &self.ops[op as usize];
-        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&s.buckets)
-            .map(|(bound, c)| (bound, c.load(Ordering::Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = s.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        (sum, count, buckets)
+        self.ops[op as usize].durations.snapshot()
     }
 
     pub fn set_up(&self, up: bool) {
