@@ -176,6 +176,36 @@ async fn cookie_carrier(h2: bool) {
     assert!(clears_ticket(&r), "a stale ticket is cleared");
     assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 1.0);
     assert_eq!(proxy.metric("sessionlb_sessions_deleted_total").await, 1.0);
+    // one load per request with a ticket: six found, the last one gone
+    let ops = "sessionlb_session_store_ops_total";
+    assert_eq!(
+        proxy
+            .metric(&format!("{ops}{{op=\"load\",result=\"ok\"}}"))
+            .await,
+        6.0
+    );
+    assert_eq!(
+        proxy
+            .metric(&format!("{ops}{{op=\"load\",result=\"miss\"}}"))
+            .await,
+        1.0
+    );
+    // writes: the login, the new signature (the 502 and the logout write nothing)
+    assert_eq!(
+        proxy
+            .metric(&format!("{ops}{{op=\"put\",result=\"ok\"}}"))
+            .await,
+        2.0
+    );
+    assert_eq!(
+        proxy
+            .metric(&format!("{ops}{{op=\"delete\",result=\"ok\"}}"))
+            .await,
+        1.0
+    );
+    let timed = "sessionlb_session_store_duration_seconds_count{op=\"load\"}";
+    assert_eq!(proxy.metric(timed).await, 7.0);
+    assert_eq!(proxy.metric("sessionlb_session_store_up").await, 1.0);
 }
 
 #[tokio::test]
