@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod cookie;
 pub mod demo;
 /// Fuzz targets and their invariants, for the `fuzz/` crate and for
 /// `tests/fuzz_corpus.rs`, which replays the kept corpus on stable: public

@@ -5,37 +5,7 @@
 use http::HeaderValue;
 use http::header::{COOKIE, HeaderMap, SET_COOKIE};
 
-/// The value of the first cookie called `name` in the request, as bytes.
-pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .find_map(|v| cookie_in(v.as_bytes(), name.as_bytes()))
-}
-
-/// Scans one `Cookie` header (`a=1; b=2`) byte by byte: on the request
-/// path of every sticky request, `str` splitting and trimming cost several
-/// times more.
-fn cookie_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let mut rest = header;
-    loop {
-        let start = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
-        rest = &rest[start..];
-        let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
-        let pair = &rest[..end];
-        if pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'=' {
-            let mut value = &pair[name.len() + 1..];
-            while let [head @ .., b' ' | b'\t'] = value {
-                value = head;
-            }
-            return Some(value);
-        }
-        if end == rest.len() {
-            return None;
-        }
-        rest = &rest[end + 1..];
-    }
-}
+pub use crate::cookie::find as find_cookie;
 
 /// Prefix mode, request side: finds `name=<token>~<value>`, rewrites it to
 /// `name=<value>` in place and returns the token. Reads bytes, as

@@ -20,75 +20,94 @@ fn crumbs(field: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
     })
 }
 
-/// The value of the first cookie called `name`.
-pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|field| {
-        crumbs(field.as_bytes())
-            .find(|(n, _, _)| *n == name.as_bytes())
-            .map(|(_, v, _)| v)
-    })
-}
+pub use crate::cookie::find;
 
 /// Puts `replacement` (the app's cookies, `a=1; b=2`) where the first
 /// `ticket` cookie was, and takes out every other `ticket` cookie and every
 /// cookie named in `app` (a client does not set the app's session itself).
 /// Fields with nothing of the session are left as they are; a field left
-/// empty goes.
+/// empty goes. One pass per field: this runs on every request of a pool in
+/// shared-store mode.
 pub fn rewrite(headers: &mut HeaderMap, ticket: &str, app: &[String], replacement: &[u8]) {
     let ours = |name: &[u8]| name == ticket.as_bytes() || app.iter().any(|a| a.as_bytes() == name);
-    let touched = headers
-        .get_all(COOKIE)
-        .iter()
-        .any(|f| crumbs(f.as_bytes()).any(|(n, _, _)| ours(n)));
-    if !touched {
-        if !replacement.is_empty()
-            && let Ok(v) = HeaderValue::from_bytes(replacement)
-        {
-            headers.append(COOKIE, v);
-        }
+    let mut placed = false;
+    let mut changed = false;
+    let mut fields: Vec<Option<HeaderValue>> = Vec::new();
+    for field in headers.get_all(COOKIE) {
+        let new = rewrite_field(field.as_bytes(), ticket, &ours, replacement, &mut placed);
+        changed |= new.is_some();
+        fields.push(match new {
+            Some(out) => (!out.is_empty())
+                .then(|| HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok())
+                .flatten(),
+            None => Some(field.clone()),
+        });
+    }
+    if !placed && !replacement.is_empty() {
+        changed = true;
+        fields.push(HeaderValue::from_bytes(replacement).ok());
+    }
+    if !changed {
         return;
     }
-    let mut placed = false;
-    let mut fields: Vec<HeaderValue> = Vec::new();
-    for field in headers.get_all(COOKIE) {
-        if !crumbs(field.as_bytes()).any(|(n, _, _)| ours(n)) {
-            fields.push(field.clone());
-            continue;
+    let mut fields = fields.into_iter().flatten();
+    match fields.next() {
+        // `insert` replaces every field of the name at once
+        Some(first) => {
+            headers.insert(COOKIE, first);
         }
-        let mut out: Vec<u8> = Vec::with_capacity(field.len() + replacement.len());
-        for (name, _, pair) in crumbs(field.as_bytes()) {
-            let piece = if name == ticket.as_bytes() && !placed {
-                placed = true;
-                replacement
-            } else if ours(name) {
-                continue;
-            } else {
-                pair
-            };
-            if piece.is_empty() {
-                continue;
-            }
-            if !out.is_empty() {
-                out.extend_from_slice(b"; ");
-            }
-            out.extend_from_slice(piece);
-        }
-        if !out.is_empty()
-            && let Ok(v) = HeaderValue::from_bytes(&out)
-        {
-            fields.push(v);
+        None => {
+            headers.remove(COOKIE);
         }
     }
-    if !placed
-        && !replacement.is_empty()
-        && let Ok(v) = HeaderValue::from_bytes(replacement)
-    {
-        fields.push(v);
-    }
-    headers.remove(COOKIE);
     for f in fields {
         headers.append(COOKIE, f);
     }
+}
+
+/// One `Cookie` field rewritten, or `None` when it holds nothing of the
+/// session and stays as it is.
+fn rewrite_field(
+    field: &[u8],
+    ticket: &str,
+    ours: &impl Fn(&[u8]) -> bool,
+    replacement: &[u8],
+    placed: &mut bool,
+) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut kept = 0;
+    let mut start = 0;
+    while start <= field.len() {
+        let end = memchr::memchr(b';', &field[start..]).map_or(field.len(), |i| start + i);
+        let pair = field[start..end].trim_ascii();
+        let name = memchr::memchr(b'=', pair).map_or(pair, |eq| pair[..eq].trim_ascii());
+        let piece: &[u8] = if !pair.is_empty() && ours(name) {
+            if out.is_none() {
+                // the first of ours: what came before it stays as it was
+                let mut v = Vec::with_capacity(field.len() + replacement.len());
+                v.extend_from_slice(field[..kept].trim_ascii_end());
+                out = Some(v);
+            }
+            match name == ticket.as_bytes() && !std::mem::replace(placed, true) {
+                true => replacement,
+                false => &[],
+            }
+        } else {
+            pair
+        };
+        match &mut out {
+            Some(out) if !piece.is_empty() => {
+                if !out.is_empty() {
+                    out.extend_from_slice(b"; ");
+                }
+                out.extend_from_slice(piece);
+            }
+            Some(_) => {}
+            None => kept = end,
+        }
+        start = end + 1;
+    }
+    out
 }
 
 /// A `Set-Cookie` field of the app's, read.

@@ -89,7 +89,7 @@ impl Record {
         }
         let mut out = Vec::with_capacity(head.len() + plain.len() + 28);
         out.extend_from_slice(&head);
-        ticket.seal(&aad(ticket, &head), &plain, &mut out)?;
+        ticket.seal(BoundTo::new(ticket, &head).as_slice(), &plain, &mut out)?;
         Ok(out)
     }
 
@@ -123,7 +123,7 @@ impl Record {
         let head = &stored[..stored.len() - rest.len() + nl + 1];
         let mut body = rest[nl + 1..].to_vec();
         let plain = ticket
-            .open(&aad(ticket, head), &mut body)
+            .open(BoundTo::new(ticket, head).as_slice(), &mut body)
             .ok_or(Unreadable::Secret)?;
         let mut entries = Vec::new();
         for line in plain.split(|&b| b == b'\n') {
@@ -153,9 +153,26 @@ impl Record {
 }
 
 /// What a sealed blob is bound to: the session it belongs to and the
-/// readable first line beside it.
-fn aad(ticket: &Ticket, head: &[u8]) -> Vec<u8> {
-    [ticket.id.as_str().as_bytes(), head].concat()
+/// readable first line beside it. On the stack: the first line is at most
+/// `slb1 sealed ` and twenty digits.
+struct BoundTo {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl BoundTo {
+    fn new(ticket: &Ticket, head: &[u8]) -> BoundTo {
+        let id = ticket.id.as_str().as_bytes();
+        let mut bytes = [0u8; 64];
+        let len = (id.len() + head.len()).min(bytes.len());
+        bytes[..id.len()].copy_from_slice(id);
+        bytes[id.len()..len].copy_from_slice(&head[..len - id.len()]);
+        BoundTo { bytes, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 fn number(digits: &[u8]) -> Option<u64> {
