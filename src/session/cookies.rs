@@ -6,20 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
-/// One `name=value` pair of a `Cookie` field: the name trimmed, the value
-/// as sent.
-fn crumbs(field: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
-    field.split(|&b| b == b';').filter_map(|raw| {
-        let pair = raw.trim_ascii();
-        if pair.is_empty() {
-            return None;
-        }
-        let eq = memchr::memchr(b'=', pair).unwrap_or(pair.len());
-        let value = pair.get(eq + 1..).unwrap_or(&[]);
-        Some((pair[..eq].trim_ascii(), value.trim_ascii(), pair))
-    })
-}
-
 pub use crate::cookie::find;
 
 /// Puts `replacement` (the app's cookies, `a=1; b=2`) where the first
