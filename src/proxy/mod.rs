@@ -116,7 +116,7 @@ struct Waiting {
     admitted: Admitted,
     seen: Seen,
     client: IpAddr,
-    presented: Option<Vec<u8>>,
+    presented: crate::session::Presented,
 }
 
 /// Loads the request's session, hands it to the backend, and stores what

@@ -17,6 +17,32 @@ pub use crate::cookie::find;
 pub fn rewrite(headers: &mut HeaderMap, ticket: &str, app: &[String], replacement: &[u8]) {
     let ours = |name: &[u8]| name == ticket.as_bytes() || app.iter().any(|a| a.as_bytes() == name);
     let mut placed = false;
+    let mut all = headers.get_all(COOKIE).iter();
+    if let (first, None) = (all.next(), all.next()) {
+        // one field, as HTTP/1.1 clients send: no list of fields to build
+        let new = first
+            .and_then(|f| rewrite_field(f.as_bytes(), ticket, &ours, replacement, &mut placed));
+        let value = match new {
+            Some(out) if !out.is_empty() => {
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+            }
+            Some(_) => {
+                headers.remove(COOKIE);
+                None
+            }
+            None => None,
+        };
+        if let Some(v) = value {
+            headers.insert(COOKIE, v);
+        }
+        if !placed
+            && !replacement.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(replacement)
+        {
+            headers.append(COOKIE, v);
+        }
+        return;
+    }
     let mut changed = false;
     let mut fields: Vec<Option<HeaderValue>> = Vec::new();
     for field in headers.get_all(COOKIE) {

@@ -166,6 +166,15 @@ pub struct Mode {
     pub store: Arc<Store>,
 }
 
+/// The ticket cookie of a request, read.
+#[derive(Debug)]
+pub enum Presented {
+    None,
+    /// Not a ticket the proxy makes: no session, cleared in the response.
+    Malformed,
+    Ticket(Ticket),
+}
+
 /// What a request brought and found.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -192,25 +201,32 @@ impl Mode {
         self.store.stats()
     }
 
-    /// The ticket a request carries, taken before the request is set aside
+    /// The ticket a request carries, read before the request is set aside
     /// to wait for the store.
-    pub fn presented(&self, headers: &HeaderMap) -> Option<Vec<u8>> {
-        cookies::find(headers, &self.settings.cookie).map(<[u8]>::to_vec)
+    pub fn presented(&self, headers: &HeaderMap) -> Presented {
+        match cookies::find(headers, &self.settings.cookie) {
+            None => Presented::None,
+            Some(raw) => match Ticket::parse(raw, self.settings.encrypt) {
+                Some(ticket) => Presented::Ticket(ticket),
+                None => Presented::Malformed,
+            },
+        }
     }
 
     /// Loads the session a ticket names: one store round trip, which also
     /// restarts its idle timeout.
-    pub async fn load(&self, presented: Option<Vec<u8>>) -> Result<Loaded, SessionError> {
-        let Some(raw) = presented else {
-            return Ok(Loaded::default());
-        };
+    pub async fn load(&self, presented: Presented) -> Result<Loaded, SessionError> {
         let stale = Loaded {
             stale: true,
             ..Loaded::default()
         };
-        let Some(ticket) = Ticket::parse(&raw, self.settings.encrypt) else {
-            tracing::debug!(pool = &*self.pool, "malformed session ticket: no session");
-            return Ok(stale);
+        let ticket = match presented {
+            Presented::None => return Ok(Loaded::default()),
+            Presented::Malformed => {
+                tracing::debug!(pool = &*self.pool, "malformed session ticket: no session");
+                return Ok(stale);
+            }
+            Presented::Ticket(ticket) => ticket,
         };
         let stored = match self
             .store
@@ -285,7 +301,8 @@ impl Mode {
         let live = loaded.record.iter().flat_map(|r| r.live(now));
         match &self.settings.carrier {
             Carrier::Cookie { app_cookies } => {
-                let mut replacement = Vec::new();
+                let mut replacement =
+                    Vec::with_capacity(loaded.record.as_ref().map_or(0, Record::plain_len));
                 for e in live {
                     if !replacement.is_empty() {
                         replacement.extend_from_slice(b"; ");
