@@ -2,39 +2,59 @@
 """sessionlb beside nginx and HAProxy, measured in one run on loopback.
 
 Starts three identical backends (one nginx worker answering 200 with a 1 KiB
-body and `X-Backend: bN`), then each proxy in turn on the same port with the
-same number of worker threads, and drives it with wrk (same request stream:
-three rotating client sessions). Configurations:
+body and `X-Backend: bN`; `POST /login` answers the same with
+`Set-Cookie: session=<200 base64-like bytes>; Path=/; HttpOnly`, like an app
+with a cookie session that then does not change), then each proxy in turn on
+the same port with the same number of worker threads, and drives it with wrk
+(same request stream: three rotating client sessions). Configurations:
 
   sessionlb, nginx, HAProxy     round robin
   sessionlb, nginx              ip_hash
   sessionlb, HAProxy            cookie stickiness, steady state (each session
                                 replays the route cookie it was given)
+  sessionlb_store_memory        shared-store mode (round robin plus
+                                [pools.web.session] app_cookie = "session"),
+                                embedded memory store, steady state: each of
+                                the three sessions logged in once (POST /login
+                                through the proxy under test) and replays its
+                                `slb_sid` ticket; the session does not change
+  sessionlb_store_redis         the same with [store] kind = "redis", a
+                                redis-server started by this script
+                                (no persistence) on --redis-port
 
 Repetitions are interleaved; each row reports requests/s, p50, p99, proxy CPU
 time per request, and its ratio to nginx round robin in the same repetition.
+The shared-store rows are also reported against sessionlb's own round robin
+row of the same repetition, with their targets (memory >= 0.95x, Redis >=
+0.75x, goal 0.8x) and, for Redis, redis-server's CPU time per request.
 On a shared VM the hypervisor sometimes gives the CPU to another guest
-(steal time in /proc/stat); a run that lost more than --max-steal percent is
-measured again (--retries), and the medians are printed twice: over every
-repetition, and over the repetitions without steal.
+(steal time in /proc/stat), and on a shared machine other work (builds, test
+runs) takes CPU time too: the machine's busy time minus what the proxy, the
+backends, Redis and wrk used ("other %"). A run that lost more than
+--max-steal percent to steal or --max-other percent to other work is measured
+again (--retries), and the medians are printed twice: over every repetition,
+and over the clean repetitions (neither limit passed).
 Then it measures the memory that idle keep-alive client connections cost
-sessionlb and nginx. Missing tools (nginx, HAProxy, wrk) are installed from
-the Debian packages.
+sessionlb and nginx. Missing tools (nginx, HAProxy, wrk, redis-server) are
+installed from the Debian packages.
 
 Usage (from the repository root):
   cargo build --release
-  python3 benches/load/compare.py [--repeats 3] [--duration 10] [--idle 10000] [--max-steal 2]
+  python3 benches/load/compare.py [--repeats 3] [--duration 10] [--idle 10000] [--max-steal 2] [--max-other 5]
+      [--configs "slb_rr sessionlb_store_memory sessionlb_store_redis"]
 
 Everything listens on 127.0.0.1; every process started is stopped at exit.
 """
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +66,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 BODY = "a" * 1024
+# The app's session cookie value: 200 bytes of base64 (URL alphabet), about
+# what a small Flask session is.
+SESSION = base64.urlsafe_b64encode(bytes(range(7, 157))).decode()
+STORE_ROWS = {"sessionlb_store_memory": 0.95, "sessionlb_store_redis": 0.75}
+STORE_GOALS = {"sessionlb_store_redis": 0.8}
 STARTED = []
 
 
@@ -53,8 +78,11 @@ def log(msg):
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def ensure_tools():
-    missing = [pkg for tool, pkg in [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk")]
+def ensure_tools(redis=False):
+    tools = [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk")]
+    if redis:
+        tools.append(("redis-server", "redis-server"))
+    missing = [pkg for tool, pkg in tools
                if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists()]
     if not missing:
         return
@@ -124,6 +152,21 @@ def steal_percent(before, after):
     return 100.0 * delta[7] / total if len(delta) > 7 else 0.0
 
 
+def other_percent(before, after, own_seconds):
+    """Share of the machine's time that went to processes other than the
+    benchmark's: busy time (all but idle, iowait and steal; a task's times
+    include the interrupts it was charged) less `own_seconds`."""
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8]) or 1
+    busy = total - delta[3] - delta[4] - (delta[7] if len(delta) > 7 else 0)
+    tck = os.sysconf("SC_CLK_TCK")
+    return max(0.0, 100.0 * (busy / tck - own_seconds) / (total / tck))
+
+
+def noisy(r, args):
+    return r.get("steal_pct", 0) > args.max_steal or r.get("other_pct", 0) > args.max_other
+
+
 def cpu_seconds(pid):
     total = 0
     for p in tree_pids(pid):
@@ -159,8 +202,15 @@ class Bench:
     def start_backends(self):
         d = self.tmp / "backends"
         d.mkdir()
+        # /login: the app sets its session cookie; /whoami: the session
+        # cookie it received (to check the shared-store rows); everything
+        # else: 200, 1 KiB, no Set-Cookie.
         servers = "".join(
-            f'  server {{ listen {HOST}:{p} backlog=4096; location / {{ add_header X-Backend b{i}; return 200 "{BODY}"; }} }}\n'
+            f'  server {{ listen {HOST}:{p} backlog=4096;\n'
+            f'    location = /login {{ add_header X-Backend b{i}; '
+            f'add_header Set-Cookie "session={SESSION}; Path=/; HttpOnly"; return 200 "{BODY}"; }}\n'
+            f'    location = /whoami {{ add_header X-Backend b{i}; return 200 "$cookie_session"; }}\n'
+            f'    location / {{ add_header X-Backend b{i}; return 200 "{BODY}"; }} }}\n'
             for i, p in enumerate(self.backends, 1))
         conf = d / "nginx.conf"
         conf.write_text(self.nginx_head(d) + f"""http {{
@@ -173,6 +223,24 @@ class Bench:
         for p in self.backends:
             if not wait_http(p):
                 sys.exit(f"backend on {p} did not start: {(d / 'error.log').read_text()}")
+
+    def start_redis(self):
+        """A redis-server without persistence for the Redis store row."""
+        d = self.tmp / "redis"
+        d.mkdir()
+        port = self.args.redis_port
+        self.redis_proc = start([tool("redis-server"), "--port", str(port), "--bind", HOST,
+                                 "--save", "", "--appendonly", "no", "--dir", str(d)], d / "out.log")
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                with socket.create_connection((HOST, port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        sys.exit(f"redis-server on {port} did not start: {(d / 'out.log').read_text()}")
 
     def nginx_head(self, d, workers=1):
         return (f"worker_processes {workers};\nworker_rlimit_nofile 65536;\ndaemon off;\n"
@@ -236,8 +304,13 @@ backend be
 """)
             p = start([tool("haproxy"), "-db", "-f", str(conf)], d / "out.log")
         else:
-            pol = {"rr": "round_robin", "iphash": "ip_hash", "cookie": "cookie"}[policy]
+            pol = {"rr": "round_robin", "iphash": "ip_hash", "cookie": "cookie",
+                   "store_memory": "round_robin", "store_redis": "round_robin"}[policy]
             sticky = '[pools.web.sticky]\ncookie = "slb_route"\nsecret = "bench"\n' if pol == "cookie" else ""
+            if policy.startswith("store_"):
+                sticky = '[pools.web.session]\napp_cookie = "session"\n'
+            if policy == "store_redis":
+                sticky += f'[store]\nkind = "redis"\nurl = "redis://{HOST}:{self.args.redis_port}/0"\n'
             conf = d / "sessionlb.toml"
             conf.write_text(f"""[server]
 listen = ["{HOST}:{self.port}"]
@@ -268,7 +341,29 @@ access_log = {str(self.args.access_log).lower()}
                 if len(found) == 3:
                     return [found[k] for k in sorted(found)]
             sys.exit("slb_cookie: could not learn a route cookie per backend")
+        if name in STORE_ROWS:
+            return [self.login(name) for _ in range(3)]
         return ["", "", ""]
+
+    def login(self, name):
+        """One client session's login through the proxy: its ticket cookie
+        (`slb_sid=...`), checked to stand for the app's session."""
+        req = urllib.request.Request(f"http://{HOST}:{self.port}/login", data=b"", method="POST")
+        r = urllib.request.urlopen(req, timeout=5)
+        set_cookies = r.headers.get_all("Set-Cookie") or []
+        ticket = next((v.split(";")[0] for v in set_cookies if v.startswith("slb_sid=")), None)
+        if r.status != 200 or not ticket or any(v.startswith("session=") for v in set_cookies):
+            sys.exit(f"{name}: login through the proxy gave {r.status} {set_cookies}")
+        # the steady state: the ticket brings the app's session to the
+        # backend, and the response changes nothing
+        req = urllib.request.Request(f"http://{HOST}:{self.port}/whoami",
+                                     headers={"Cookie": f"theme=dark; {ticket}"})
+        r = urllib.request.urlopen(req, timeout=5)
+        body = r.read().decode()
+        if r.status != 200 or body != SESSION or r.headers.get_all("Set-Cookie"):
+            sys.exit(f"{name}: the ticket did not bring the session: {r.status} {body[:80]!r} "
+                     f"{r.headers.get_all('Set-Cookie')}")
+        return ticket
 
     def wrk(self, seconds, cookies):
         script = self.tmp / "bench.lua"
@@ -306,20 +401,35 @@ end
             cookies = self.cookies(name)
             self.wrk(self.args.warmup, cookies)
             # A run during which the hypervisor took CPU time from this
-            # machine (steal) measures the neighbours, not the proxy: it is
-            # measured again, up to --retries times.
+            # machine (steal), or other work on it did, measures the
+            # neighbours, not the proxy: it is measured again, up to
+            # --retries times.
+            redis = self.redis_proc if name == "sessionlb_store_redis" else None
+            others = [q for q in (self.backend_proc, getattr(self, "redis_proc", None)) if q]
             for attempt in range(self.args.retries + 1):
                 cpu0, stat0 = cpu_seconds(p.pid), cpu_times()
+                rcpu0 = cpu_seconds(redis.pid) if redis else 0.0
+                own0 = sum(cpu_seconds(q.pid) for q in others)
+                wrk0 = os.times()
                 rps, p50, p99, n, errors = self.wrk(self.args.duration, cookies)
-                cpu, steal = cpu_seconds(p.pid) - cpu0, steal_percent(stat0, cpu_times())
-                if steal <= self.args.max_steal:
+                wrk1, stat1 = os.times(), cpu_times()
+                cpu, steal = cpu_seconds(p.pid) - cpu0, steal_percent(stat0, stat1)
+                rcpu = cpu_seconds(redis.pid) - rcpu0 if redis else None
+                own = (cpu + sum(cpu_seconds(q.pid) for q in others) - own0
+                       + wrk1.children_user + wrk1.children_system - wrk0.children_user - wrk0.children_system)
+                other = other_percent(stat0, stat1, own)
+                if steal <= self.args.max_steal and other <= self.args.max_other:
                     break
                 if attempt < self.args.retries:
-                    log(f"{name}: {steal:.1f}% steal during the run; measuring again")
+                    log(f"{name}: {steal:.1f}% steal, {other:.1f}% other work during the run; measuring again")
         finally:
             stop(p)
-        return {"config": name, "rps": rps, "p50_us": p50, "p99_us": p99, "requests": n,
-                "errors": errors, "cpu_us_per_req": cpu * 1e6 / max(n, 1), "steal_pct": steal}
+        r = {"config": name, "rps": rps, "p50_us": p50, "p99_us": p99, "requests": n,
+             "errors": errors, "cpu_us_per_req": cpu * 1e6 / max(n, 1), "steal_pct": steal,
+             "other_pct": other}
+        if rcpu is not None:
+            r["redis_cpu_us_per_req"] = rcpu * 1e6 / max(n, 1)
+        return r
 
     # ------------------------------------------------------------ idle memory
     def idle(self, name, n):
@@ -378,31 +488,41 @@ def main():
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive connections (0: skip)")
     ap.add_argument("--port", type=int, default=28080)
+    ap.add_argument("--redis-port", type=int, default=28090, help="the Redis store row's redis-server")
     ap.add_argument("--max-steal", type=float, default=2.0,
                     help="a run with more CPU steal (%%) than this is measured again")
+    ap.add_argument("--max-other", type=float, default=5.0,
+                    help="a run during which other processes used more of the machine (%%) than this "
+                         "is measured again")
     ap.add_argument("--retries", type=int, default=3, help="measurements again per run at most")
     ap.add_argument("--access-log", action="store_true", help="sessionlb with its access log on")
-    ap.add_argument("--configs", default="nginx_rr haproxy_rr slb_rr nginx_iphash slb_iphash haproxy_cookie slb_cookie")
+    ap.add_argument("--configs", default="nginx_rr haproxy_rr slb_rr nginx_iphash slb_iphash haproxy_cookie slb_cookie "
+                    "sessionlb_store_memory sessionlb_store_redis")
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
     if not Path(args.sessionlb).exists():
         sys.exit(f"{args.sessionlb} not found: run `cargo build --release` first")
-    ensure_tools()
+    configs = args.configs.split()
+    ensure_tools(redis="sessionlb_store_redis" in configs)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    configs = args.configs.split()
     results, idle = [], []
     with tempfile.TemporaryDirectory(prefix="sessionlb-compare-") as tmp:
         bench = Bench(args, tmp)
         try:
             bench.start_backends()
+            if "sessionlb_store_redis" in configs:
+                bench.start_redis()
             for rep in range(1, args.repeats + 1):
                 for name in configs:
                     r = bench.run_one(name)
                     r["rep"] = rep
                     results.append(r)
+                    redis = (f" redis cpu {r['redis_cpu_us_per_req']:.1f}us/req"
+                             if "redis_cpu_us_per_req" in r else "")
                     log(f"rep {rep} {name}: {r['rps']:.0f} req/s p50 {r['p50_us']}us p99 {r['p99_us']}us "
-                        f"cpu {r['cpu_us_per_req']:.1f}us/req steal {r['steal_pct']:.1f}% errors {r['errors']}")
+                        f"cpu {r['cpu_us_per_req']:.1f}us/req{redis} steal {r['steal_pct']:.1f}% "
+                        f"other {r['other_pct']:.1f}% errors {r['errors']}")
             if args.idle:
                 for name in ("nginx_rr", "slb_rr"):
                     i = bench.idle(name, args.idle)
@@ -416,27 +536,83 @@ def main():
         Path(args.json).write_text(json.dumps({"results": results, "idle": idle}, indent=1))
 
 
+def store_report(by_rep, args):
+    """The shared-store rows against sessionlb's own round robin row (and
+    nginx's) of the same repetition, with their targets."""
+    names = [n for n in STORE_ROWS if any(n in rows for rows in by_rep.values())]
+    if not names:
+        return
+    print("\nShared-store mode, steady state (3 sessions replaying their ticket), against sessionlb "
+          "round robin (slb_rr) and nginx round robin of the same repetition:\n")
+    print("| rep | config | req/s | vs slb_rr | vs nginx_rr | p50 ms | p99 ms | CPU µs/req | "
+          "CPU vs slb_rr | redis CPU µs/req | steal % | other % | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for rep, rows in sorted(by_rep.items()):
+        slb, ngx = rows.get("slb_rr"), rows.get("nginx_rr")
+        for name in names:
+            r = rows.get(name)
+            if not r:
+                continue
+            rcpu = r.get("redis_cpu_us_per_req")
+            print(f"| {rep} | {name} | {r['rps']:,.0f} | "
+                  f"{ratio(r['rps'], slb['rps']) if slb else float('nan'):.3f} | "
+                  f"{ratio(r['rps'], ngx['rps']) if ngx else float('nan'):.3f} | "
+                  f"{r['p50_us'] / 1000:.3f} | {r['p99_us'] / 1000:.3f} | {r['cpu_us_per_req']:.1f} | "
+                  f"{ratio(r['cpu_us_per_req'], slb['cpu_us_per_req']) if slb else float('nan'):.2f} | "
+                  f"{'' if rcpu is None else f'{rcpu:.1f}'} | {r.get('steal_pct', 0):.1f} | "
+                  f"{r.get('other_pct', 0):.1f} | {r['errors']} |")
+    print("\n| config | target vs slb_rr | repetitions | req/s vs slb_rr (median) | verdict | "
+          "clean repetitions | median of clean | verdict | CPU µs/req (median) | "
+          "redis CPU µs/req (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        target = STORE_ROWS[name]
+        goal = STORE_GOALS.get(name)
+        pairs = [(rows[name], rows["slb_rr"]) for rows in by_rep.values() if name in rows and "slb_rr" in rows]
+        clean = [(a, b) for a, b in pairs if not noisy(a, args) and not noisy(b, args)]
+
+        def med(ps):
+            return statistics.median(a["rps"] / b["rps"] for a, b in ps) if ps else float("nan")
+
+        def verdict(x):
+            if x != x:
+                return "n/a"
+            v = "meets" if x >= target else "MISSES"
+            if goal is not None:
+                v += f", goal {goal:g}x {'met' if x >= goal else 'not met'}"
+            return v
+
+        all_med, clean_med = med(pairs), med(clean)
+        cpu = statistics.median(a["cpu_us_per_req"] for a, _ in pairs) if pairs else float("nan")
+        rcpus = [a["redis_cpu_us_per_req"] for a, _ in pairs if "redis_cpu_us_per_req" in a]
+        rcpu = f"{statistics.median(rcpus):.1f}" if rcpus else ""
+        tgt = f">= {target:g}x" + (f" (goal {goal:g}x)" if goal is not None else "")
+        print(f"| {name} | {tgt} | {len(pairs)} | {all_med:.3f} | {verdict(all_med)} | {len(clean)} | "
+              f"{clean_med:.3f} | {verdict(clean_med)} | {cpu:.1f} | {rcpu} |")
+
+
 def report(results, idle, args):
     print(f"\n{args.repeats} repetitions, {args.duration}s each, {args.workers} worker(s) per proxy, "
           f"wrk -t{args.threads} -c{args.connections}, 3 loopback nginx backends, 1 KiB responses\n")
-    print("| rep | config | req/s | ratio | p50 ms | p99 ms | p99 ratio | CPU µs/req | CPU ratio | steal % | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| rep | config | req/s | ratio | p50 ms | p99 ms | p99 ratio | CPU µs/req | CPU ratio | steal % | "
+          "other % | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     by_rep = {}
     for r in results:
         by_rep.setdefault(r["rep"], {})[r["config"]] = r
     ratios = {}
-    clean = {}  # only repetitions where neither run lost time to steal
+    clean = {}  # only repetitions where neither run lost time to steal or other work
     for rep, rows in sorted(by_rep.items()):
         base = rows.get("nginx_rr")
         for name, r in rows.items():
             rr = [ratio(r["rps"], base["rps"]), ratio(r["p99_us"], base["p99_us"]),
                   ratio(r["cpu_us_per_req"], base["cpu_us_per_req"])] if base else [float("nan")] * 3
             ratios.setdefault(name, []).append(rr)
-            if base and max(r.get("steal_pct", 0), base.get("steal_pct", 0)) <= args.max_steal:
+            if base and not noisy(r, args) and not noisy(base, args):
                 clean.setdefault(name, []).append(rr)
             print(f"| {rep} | {name} | {r['rps']:,.0f} | {rr[0]:.2f} | {r['p50_us'] / 1000:.3f} | "
                   f"{r['p99_us'] / 1000:.3f} | {rr[1]:.2f} | {r['cpu_us_per_req']:.1f} | {rr[2]:.2f} | "
-                  f"{r.get('steal_pct', 0):.1f} | {r['errors']} |")
+                  f"{r.get('steal_pct', 0):.1f} | {r.get('other_pct', 0):.1f} | {r['errors']} |")
     print("\nMedian over repetitions of the per-repetition ratios to nginx round robin:\n")
     print("| config | req/s ratio | p99 ratio | CPU/req ratio |")
     print("|---|---|---|---|")
@@ -444,24 +620,25 @@ def report(results, idle, args):
         med = [statistics.median(x[i] for x in rs) for i in range(3)]
         print(f"| {name} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} |")
     print(f"\nThe same over the repetitions where neither the run nor nginx's lost more than "
-          f"{args.max_steal:g}% of the machine to steal (another guest of the host):\n")
+          f"{args.max_steal:g}% of the machine to steal (another guest of the host) nor more than "
+          f"{args.max_other:g}% to other work on it:\n")
     print("| config | repetitions | req/s ratio | p99 ratio | CPU/req ratio |")
     print("|---|---|---|---|---|")
     for name in ratios:
         rs = clean.get(name, [])
         med = [statistics.median(x[i] for x in rs) if rs else float("nan") for i in range(3)]
         print(f"| {name} | {len(rs)} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} |")
-    for label, table in (("all", ratios), ("without steal", clean)):
+    for label, table in (("all", ratios), ("clean", clean)):
         slb = {n: [x[0] for x in rs] for n, rs in table.items() if n.startswith("slb_")}
         if "slb_rr" not in slb:
             continue
         for n in ("slb_iphash", "slb_cookie"):
             pairs = [(r[n], r["slb_rr"]) for r in by_rep.values() if n in r and "slb_rr" in r
-                     and (label == "all" or max(r[n].get("steal_pct", 0),
-                                                r["slb_rr"].get("steal_pct", 0)) <= args.max_steal)]
+                     and (label == "all" or not (noisy(r[n], args) or noisy(r["slb_rr"], args)))]
             if pairs:
                 rel = statistics.median(a["rps"] / b["rps"] for a, b in pairs)
                 print(f"\n{n} vs slb_rr, same repetition ({label}, {len(pairs)}): {rel:.3f}")
+    store_report(by_rep, args)
     if idle:
         print("\n| proxy | idle conns | RSS before KiB | RSS with conns KiB | KiB per conn |")
         print("|---|---|---|---|---|")
