@@ -98,7 +98,12 @@ fn compile(c: &mut Criterion) {
     c.bench_function("compile/1000_backends", |b| {
         b.iter(|| {
             let config = Config::parse(black_box(&text), Path::new(".")).unwrap();
-            black_box(Runtime::build(config, &Registry::default(), 1))
+            black_box(Runtime::build(
+                config,
+                &Registry::default(),
+                &sessionlb::session::Sessions::default(),
+                1,
+            ))
         })
     });
 }
