@@ -32,6 +32,7 @@ fn cookie_app() -> RawBackend {
             ],
             "/sig" => &["sess.sig=SIG2; Path=/"],
             "/rotate" => &["sess.sig=; Max-Age=0", "sess=NEW; Path=/"],
+            "/quoted" => &["sess=\"a b\"; Path=/"],
             "/big" => &["sess=BIG"],
             "/logout" => &[
                 "sess=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0",
@@ -403,4 +404,21 @@ async fn sessions_survive_a_reload() {
         !other.requests().is_empty(),
         "the new backend takes its share"
     );
+}
+
+/// A quoted value goes back to the app quoted, as a browser sends it:
+/// Werkzeug quotes a cookie value with a space and reads nothing without.
+#[tokio::test]
+async fn quoted_app_cookies_go_back_quoted() {
+    let app = cookie_app();
+    let cfg = config(
+        "round_robin",
+        &[app.entry()],
+        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n",
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client::h1();
+    let t = ticket(&request(&c, "GET", &proxy.url("/quoted"), &[]).await).unwrap();
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={t}")]).await;
+    assert_eq!(r.body, "sess=\"a b\"|-");
 }

@@ -158,10 +158,10 @@ pub fn parse_set_cookie(field: &[u8], now: u64) -> Option<SetCookie> {
     if name.is_empty() {
         return None;
     }
-    let mut value = first[eq + 1..].trim_ascii();
-    if let [b'"', inner @ .., b'"'] = value {
-        value = inner;
-    }
+    // quotes and all, as a browser keeps it and sends it back: an app
+    // that quoted a value (Werkzeug does, for one with a space) reads it
+    // unquoted itself
+    let value = first[eq + 1..].trim_ascii();
     let mut attrs = Attrs::default();
     let mut max_age: Option<i64> = None;
     let mut expires: Option<u64> = None;
