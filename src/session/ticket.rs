@@ -88,6 +88,13 @@ impl fmt::Debug for Ticket {
 #[error("the system random number generator failed")]
 pub struct RandomError;
 
+/// Seeds the CSPRNG now rather than at the first ticket: its first use
+/// gathers entropy for some 100 ms, which would stall a worker's
+/// connections in the middle of serving.
+pub fn warm_up() {
+    let _ = random::<1>();
+}
+
 fn random<const N: usize>() -> Result<[u8; N], RandomError> {
     let mut bytes = [0u8; N];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| RandomError)?;
