@@ -62,3 +62,8 @@ fn forwarded_for() {
 fn config() {
     replay("config", sessionlb::fuzzing::config);
 }
+
+#[test]
+fn session() {
+    replay("session", sessionlb::fuzzing::session);
+}
