@@ -96,32 +96,17 @@ impl Record {
     /// The readable first line: whether the rest is sealed, and when the
     /// session was created.
     pub fn head(stored: &[u8]) -> Option<(bool, u64)> {
-        let rest = stored.strip_prefix(MAGIC)?;
-        let (sealed, rest) = match rest.strip_prefix(b"sealed ") {
-            Some(r) => (true, r),
-            None => (false, rest.strip_prefix(b"plain ")?),
-        };
-        let nl = memchr::memchr(b'\n', rest)?;
-        Some((sealed, number(&rest[..nl])?))
+        split_head(stored).map(|(sealed, created, _)| (sealed, created))
     }
 
     pub fn decode(stored: &[u8], ticket: &Ticket) -> Result<Record, Unreadable> {
-        let rest = stored.strip_prefix(MAGIC).ok_or(Unreadable::Format)?;
-        let (sealed, rest) = if let Some(r) = rest.strip_prefix(b"sealed ") {
-            (true, r)
-        } else if let Some(r) = rest.strip_prefix(b"plain ") {
-            (false, r)
-        } else {
-            return Err(Unreadable::Format);
-        };
+        let (sealed, created, head_len) = split_head(stored).ok_or(Unreadable::Format)?;
         if sealed != ticket.is_sealed() {
             // a pool switched `encrypt`: its old tickets are no sessions
             return Err(Unreadable::Secret);
         }
-        let nl = memchr::memchr(b'\n', rest).ok_or(Unreadable::Format)?;
-        let created = number(&rest[..nl]).ok_or(Unreadable::Format)?;
-        let head = &stored[..stored.len() - rest.len() + nl + 1];
-        let mut body = rest[nl + 1..].to_vec();
+        let (head, rest) = stored.split_at(head_len);
+        let mut body = rest.to_vec();
         let plain = ticket
             .open(BoundTo::new(ticket, head).as_slice(), &mut body)
             .ok_or(Unreadable::Secret)?;
@@ -150,6 +135,19 @@ impl Record {
         }
         Ok(Record { created, entries })
     }
+}
+
+/// The first line, read: sealed or not, the creation time, and the line's
+/// length with its newline.
+fn split_head(stored: &[u8]) -> Option<(bool, u64, usize)> {
+    let rest = stored.strip_prefix(MAGIC)?;
+    let (sealed, rest) = match rest.strip_prefix(b"sealed ") {
+        Some(r) => (true, r),
+        None => (false, rest.strip_prefix(b"plain ")?),
+    };
+    let nl = memchr::memchr(b'\n', rest)?;
+    let created = number(&rest[..nl])?;
+    Some((sealed, created, stored.len() - rest.len() + nl + 1))
 }
 
 /// What a sealed blob is bound to: the session it belongs to and the
