@@ -91,9 +91,7 @@ impl Sessions {
         };
         let found = store.delete(&id).await?;
         if found {
-            self.stats
-                .deleted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.count_deleted();
             tracing::info!(session = %id.redacted(), "session revoked");
         }
         Ok(found)
@@ -181,6 +179,9 @@ pub struct Loaded {
     /// The client's ticket, when it names a live session.
     ticket: Option<Ticket>,
     record: Option<Record>,
+    /// When `record` was read (unix seconds): what its cookies' expiries
+    /// are measured against on the way to the backend.
+    read_at: u64,
     /// A ticket that is no session: cleared in the response.
     stale: bool,
     /// The store failed and the pool is `fail_open`: the request goes on
@@ -251,6 +252,7 @@ impl Mode {
                 Ok(Loaded {
                     ticket: Some(ticket),
                     record: Some(record),
+                    read_at: now,
                     ..Loaded::default()
                 })
             }
@@ -260,10 +262,7 @@ impl Mode {
                 let id = ticket.id;
                 tokio::spawn(async move {
                     if let Ok(true) = store.delete(&id).await {
-                        store
-                            .stats()
-                            .deleted
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        store.stats().count_deleted();
                     }
                 });
                 Ok(stale)
@@ -284,9 +283,7 @@ impl Mode {
                 Err(SessionError::Unavailable(error))
             }
             OnStoreError::FailOpen => {
-                self.stats()
-                    .failed_open
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats().count_failed_open();
                 tracing::warn!(pool = &*self.pool, during, %error, "session store unavailable: forwarding without the session (fail_open)");
                 Ok(())
             }
@@ -297,8 +294,7 @@ impl Mode {
     /// cookies where the ticket was (or the blob header), and nothing of
     /// the session a client sent itself.
     pub fn to_backend(&self, headers: &mut HeaderMap, loaded: &Loaded) {
-        let now = crate::clock::unix_now();
-        let live = loaded.record.iter().flat_map(|r| r.live(now));
+        let live = loaded.record.iter().flat_map(|r| r.live(loaded.read_at));
         match &self.settings.carrier {
             Carrier::Cookie { app_cookies } => {
                 let mut replacement =
@@ -404,9 +400,7 @@ impl Mode {
             if put == Put::Existing {
                 match self.store.delete(&ticket.id).await {
                     Ok(true) => {
-                        self.stats()
-                            .deleted
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.stats().count_deleted();
                         tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended by the app");
                     }
                     Ok(false) => {}
@@ -418,9 +412,7 @@ impl Mode {
         }
         let size = record.plain_len();
         if size > self.settings.max_blob_bytes {
-            self.stats()
-                .too_large
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats().count_too_large();
             tracing::warn!(
                 pool = &*self.pool,
                 size,
@@ -449,9 +441,7 @@ impl Mode {
             Err(error) => return self.store_failed(error, "store"),
         }
         if put == Put::New {
-            self.stats()
-                .created
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats().count_created();
             tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session created");
         }
         // a new ticket, or the app renewed its cookie's lifetime

@@ -112,4 +112,20 @@ impl Stats {
     pub fn count_eviction(&self) {
         self.evicted.fetch_add(1, Ordering::Relaxed);
     }
+
+    pub fn count_created(&self) {
+        self.created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_deleted(&self) {
+        self.deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_failed_open(&self) {
+        self.failed_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_too_large(&self) {
+        self.too_large.fetch_add(1, Ordering::Relaxed);
+    }
 }
