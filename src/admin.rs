@@ -129,10 +129,7 @@ async fn handle(
                     r
                 }
                 Ok(None) => text(StatusCode::NOT_FOUND, "no such session\n"),
-                Err(error) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the session store is unavailable: {error}\n"),
-                ),
+                Err(error) => store_unavailable(&error),
             }
         }
         (&Method::DELETE, p) if p.starts_with("/admin/sessions/") => {
@@ -143,14 +140,18 @@ async fn handle(
                     r
                 }
                 Ok(false) => text(StatusCode::NOT_FOUND, "no such session\n"),
-                Err(error) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the session store is unavailable: {error}\n"),
-                ),
+                Err(error) => store_unavailable(&error),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn store_unavailable(error: &crate::session::StoreError) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the session store is unavailable: {error}\n"),
+    )
 }
 
 /// Ready when the configuration is loaded and, when a pool keeps sessions,
