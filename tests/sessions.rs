@@ -58,6 +58,22 @@ fn cookie_app() -> RawBackend {
     })
 }
 
+/// The `[pools.web.session]` of the tests: [`cookie_app`]'s two cookies.
+const SESSION: &str = "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n";
+
+/// [`cookie_app`] behind a proxy (with an admin listener) whose session
+/// section is [`SESSION`] and then `extra`.
+fn cookie_app_proxy(extra: &str) -> (RawBackend, Proxy) {
+    let app = cookie_app();
+    let cfg = with_admin(config(
+        "round_robin",
+        &[app.entry()],
+        &format!("{SESSION}{extra}"),
+    ));
+    let proxy = Proxy::start(&cfg);
+    (app, proxy)
+}
+
 fn with_admin(cfg: String) -> String {
     cfg.replace(
         "workers = 1\n",
@@ -92,13 +108,7 @@ fn clears_ticket(r: &Resp) -> bool {
 /// one response, two app cookies updated one by one, a session too large,
 /// and the app's logout.
 async fn cookie_carrier(h2: bool) {
-    let app = cookie_app();
-    let cfg = with_admin(config(
-        "round_robin",
-        &[app.entry()],
-        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\nmax_blob_bytes = 1000\n",
-    ));
-    let proxy = Proxy::start(&cfg);
+    let (app, proxy) = cookie_app_proxy("max_blob_bytes = 1000\n");
     let c = if h2 { client::h2() } else { client::h1() };
 
     let login = request(&c, "POST", &proxy.url("/login"), &["a=1"]).await;
@@ -286,13 +296,7 @@ async fn header_carrier() {
 /// operator revokes a session by its id.
 #[tokio::test]
 async fn tickets_cannot_be_planted_guessed_or_kept_after_revocation() {
-    let app = cookie_app();
-    let cfg = with_admin(config(
-        "round_robin",
-        &[app.entry()],
-        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n",
-    ));
-    let proxy = Proxy::start(&cfg);
+    let (_app, proxy) = cookie_app_proxy("");
     let c = client::h1();
     let planted = "slb_sid=AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let login = request(&c, "POST", &proxy.url("/login"), &[planted]).await;
@@ -326,19 +330,12 @@ async fn tickets_cannot_be_planted_guessed_or_kept_after_revocation() {
     // ids never appear whole in the log
     let logs = proxy.stderr.all().join("\n") + &proxy.stdout.all().join("\n");
     assert!(!logs.contains(id), "{logs}");
-    let _ = DEADLINE;
 }
 
 /// `encrypt = false`: the ticket is the bare id, the blob stored plain.
 #[tokio::test]
 async fn unsealed_tickets_are_bare_ids() {
-    let app = cookie_app();
-    let cfg = config(
-        "round_robin",
-        &[app.entry()],
-        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\nencrypt = false\n",
-    );
-    let proxy = Proxy::start(&cfg);
+    let (_app, proxy) = cookie_app_proxy("encrypt = false\n");
     let c = client::h1();
     let login = request(&c, "POST", &proxy.url("/login"), &[]).await;
     let t = ticket(&login).unwrap();
@@ -352,13 +349,7 @@ async fn unsealed_tickets_are_bare_ids() {
 /// ticket takes the attributes of the cookie set, not of the deletion.
 #[tokio::test]
 async fn a_deletion_first_does_not_end_a_new_ticket() {
-    let app = cookie_app();
-    let cfg = config(
-        "round_robin",
-        &[app.entry()],
-        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n",
-    );
-    let proxy = Proxy::start(&cfg);
+    let (_app, proxy) = cookie_app_proxy("");
     let c = client::h1();
     let r = request(&c, "GET", &proxy.url("/rotate"), &[]).await;
     let cookies = r.set_cookies();
@@ -375,8 +366,7 @@ async fn a_deletion_first_does_not_end_a_new_ticket() {
 async fn sessions_survive_a_reload() {
     let app = cookie_app();
     let other = cookie_app();
-    let session = "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n";
-    let proxy = Proxy::start(&with_admin(config("round_robin", &[app.entry()], session)));
+    let proxy = Proxy::start(&with_admin(config("round_robin", &[app.entry()], SESSION)));
     let c = client::h1();
     let t = ticket(&request(&c, "POST", &proxy.url("/login"), &[]).await).unwrap();
     let cookie = format!("slb_sid={t}");
@@ -385,7 +375,7 @@ async fn sessions_survive_a_reload() {
         with_admin(config(
             "round_robin",
             &[app.entry(), other.entry()],
-            session,
+            SESSION,
         )),
     )
     .unwrap();
@@ -410,13 +400,7 @@ async fn sessions_survive_a_reload() {
 /// Werkzeug quotes a cookie value with a space and reads nothing without.
 #[tokio::test]
 async fn quoted_app_cookies_go_back_quoted() {
-    let app = cookie_app();
-    let cfg = config(
-        "round_robin",
-        &[app.entry()],
-        "[pools.web.session]\napp_cookie = [\"sess\", \"sess.sig\"]\n",
-    );
-    let proxy = Proxy::start(&cfg);
+    let (_app, proxy) = cookie_app_proxy("");
     let c = client::h1();
     let t = ticket(&request(&c, "GET", &proxy.url("/quoted"), &[]).await).unwrap();
     let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={t}")]).await;
