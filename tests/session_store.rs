@@ -152,6 +152,23 @@ fn app_session(r: &Resp) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The first `200` for a request with `ticket`, polled until the
+/// deadline (after the store came back).
+async fn served_again(c: &HttpClient, proxy: &Proxy, ticket: &str) -> Resp {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = with_ticket(c, proxy, ticket).await;
+        if r.status == 200 {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ticket does not work again: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn readyz(c: &HttpClient, proxy: &Proxy) -> Resp {
     client::get(c, &format!("http://{}/readyz", proxy.admin_addr())).await
 }
@@ -318,23 +335,50 @@ async fn a_session_redis_still_has_after_an_outage_works_again() {
 
     redis.restart();
     assert_eq!(redis.cmd(&["SET", &key, &value, "EX", "1800"]), "OK");
-    let deadline = Instant::now() + DEADLINE;
-    let r = loop {
-        let r = with_ticket(&c, &proxy, &t).await;
-        if r.status == 200 {
-            break r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the ticket does not work again: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let r = served_again(&c, &proxy, &t).await;
     assert_eq!(app_session(&r).as_deref(), Some("kept"), "{r:?}");
     assert!(
         r.set_cookies().is_empty(),
         "the ticket was replaced or cleared: {r:?}"
     );
+}
+
+/// A Redis that stops answering (stopped with SIGSTOP: its socket open,
+/// nothing read) costs a request `store.timeout`, not the client's
+/// patience: 503 (fail_closed). When it answers again, so does the proxy,
+/// in the same process, with the same session.
+#[tokio::test]
+async fn a_redis_that_hangs_costs_a_request_the_store_timeout() {
+    let redis = Redis::start();
+    let backend = app();
+    let proxy = Proxy::start(&store_config(
+        &backend,
+        "encrypt = false",
+        &format!("{}timeout = \"300ms\"\n", redis_store(&redis)),
+    ));
+    let c = client::h1();
+    let t = login(&c, &proxy, "patient").await;
+
+    redis.pause();
+    let r = tokio::time::timeout(DEADLINE, with_ticket(&c, &proxy, &t))
+        .await
+        .expect("the proxy answers while Redis hangs");
+    redis.resume();
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (503, UNAVAILABLE),
+        "{r:?}"
+    );
+    assert!(
+        proxy_log(&proxy)
+            .iter()
+            .any(|l| l.contains("session store unavailable") && l.contains("300ms")),
+        "no log line names the timeout: {:?}",
+        proxy_log(&proxy)
+    );
+
+    let r = served_again(&c, &proxy, &t).await;
+    assert_eq!(app_session(&r).as_deref(), Some("patient"), "{r:?}");
 }
 
 #[tokio::test]

@@ -122,6 +122,26 @@ impl Redis {
         );
     }
 
+    /// Stops the server without closing anything (SIGSTOP): its socket
+    /// stays open and accepts, and nothing is answered, as a Redis that
+    /// hangs. [`Redis::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let status = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {which} {pid}");
+    }
+
     /// Starts the server again on the same port (empty) and waits until it
     /// answers. It retries until the deadline if the port is not free yet.
     pub fn restart(&mut self) {

@@ -95,26 +95,31 @@ impl RedisStore {
         key
     }
 
-    /// Runs one command, bounded by the store's timeout however the
-    /// connection behaves. A connection found dropped (Redis restarted, or
-    /// failed over, since this worker last used it) is replaced and the
-    /// command sent once more: every command here may be repeated, and the
-    /// first request after a restart should not fail for the old socket.
+    /// Runs one command. Each attempt is bounded by the store's timeout
+    /// (the connection's own: connecting, and waiting for an answer), so
+    /// that a Redis that hangs costs a request that long and no more. A
+    /// connection found dropped (Redis restarted, or failed over, since
+    /// this worker last used it) is replaced and the command sent once
+    /// more: every command here may be repeated, and the first request
+    /// after a restart should not fail for the old socket.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let mut conn = self.connection()?;
-        let started = tokio::time::Instant::now();
-        let attempt = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn));
-        let error = match attempt.await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) if error.is_connection_dropped() => error,
-            Ok(Err(error)) => return Err(error.into()),
-            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+        let error = match cmd.query_async::<T>(&mut conn).await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_connection_dropped() => error,
+            Err(error) => return Err(self.failed(error)),
         };
-        let left = self.timeout.saturating_sub(started.elapsed());
         tracing::debug!(%error, "Redis connection dropped: reconnecting");
-        match tokio::time::timeout(left, cmd.query_async::<T>(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        cmd.query_async::<T>(&mut conn)
+            .await
+            .map_err(|error| self.failed(error))
+    }
+
+    /// A timeout says how long was waited, as the setting does.
+    fn failed(&self, error: redis::RedisError) -> StoreError {
+        match error.is_timeout() {
+            true => StoreError::Timeout(self.timeout),
+            false => StoreError::Redis(error),
         }
     }
 
