@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use support::client::{self, HttpClient, Resp, send};
-use support::raw::{RawBackend, RawRequest, Reply};
+use support::raw::{self as raw, RawBackend, RawRequest, Reply};
 use support::{DEADLINE, Proxy, config};
 
 /// An app that keeps its session in `sess` and `sess.sig`, scripted by
@@ -330,6 +330,48 @@ async fn tickets_cannot_be_planted_guessed_or_kept_after_revocation() {
     // ids never appear whole in the log
     let logs = proxy.stderr.all().join("\n") + &proxy.stdout.all().join("\n");
     assert!(!logs.contains(id), "{logs}");
+}
+
+/// A connection remembers the session its last request opened, so that
+/// the next request with that ticket skips opening it again; on that same
+/// connection, the same id with another secret still opens nothing, and
+/// the real ticket after it still opens the session. Three requests
+/// pipelined on one raw connection, so they surely share it.
+#[tokio::test]
+async fn a_connection_remembers_no_secret_but_its_own() {
+    let (_app, proxy) = cookie_app_proxy("");
+    let c = client::h1();
+    let t = ticket(&request(&c, "POST", &proxy.url("/login"), &[]).await).unwrap();
+    let (id, secret) = t.split_once('.').unwrap();
+    let mut wrong: Vec<u8> = secret.bytes().collect();
+    wrong[3] = if wrong[3] == b'A' { b'B' } else { b'A' };
+    let wrong = format!("{id}.{}", String::from_utf8(wrong).unwrap());
+    let get = |ticket: &str, close: &str| {
+        format!("GET /echo HTTP/1.1\r\nHost: a\r\nCookie: slb_sid={ticket}\r\n{close}\r\n")
+    };
+    let first = get(&t, "");
+    let rest = get(&wrong, "") + &get(&t, "Connection: close\r\n");
+    let addr = proxy.addrs[0];
+    let got = tokio::task::spawn_blocking(move || {
+        raw::exchange(
+            addr,
+            first.as_bytes(),
+            false,
+            rest.as_bytes(),
+            DEADLINE,
+            DEADLINE,
+        )
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&got.received);
+    let bodies: Vec<&str> = text
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|r| r.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .collect();
+    let session = "sess=VALUE1; sess.sig=SIG1|-";
+    assert_eq!(bodies, [session, "-|-", session], "{text}");
 }
 
 /// `encrypt = false`: the ticket is the bare id, the blob stored plain.

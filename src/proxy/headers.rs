@@ -59,6 +59,10 @@ pub struct Seen {
     pub unknown_coding: bool,
     /// [`FWD_FOR`] and the other forwarding fields present.
     forwarding: u8,
+    /// Bytes the proxy put into the fields (a session's cookies where its
+    /// ticket was): room for them in the backend's head, which is then
+    /// written without growing.
+    pub added: usize,
 }
 
 const FWD_FOR: u8 = 1 << 0;
@@ -111,11 +115,12 @@ impl Seen {
         seen
     }
 
-    /// Counts the `Cookie` fields again, after the session's cookies took
-    /// the ticket's place.
-    pub fn recount_cookies(&mut self, headers: &HeaderMap) {
+    /// Counts the `Cookie` fields again, after the session's cookies
+    /// (`added` bytes) took the ticket's place.
+    pub fn session_rewrote(&mut self, headers: &HeaderMap, added: usize) {
         let n = headers.get_all(http::header::COOKIE).iter().count();
         self.cookies = u8::try_from(n).unwrap_or(u8::MAX);
+        self.added = added;
     }
 
     /// The request has the fields of an upgrade: a cheap first look, the

@@ -29,6 +29,7 @@ pub use route::Router;
 
 use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
+use crate::session::Loaded;
 use body::{Finish, LogInfo};
 use headers::{Forwarded, RequestId, Seen};
 use upstream::{ClientBody, Exchange, Head, Outgoing, RequestHead};
@@ -36,9 +37,10 @@ use upstream::{ClientBody, Exchange, Head, Outgoing, RequestHead};
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
 ///
-/// Everything up to sending is synchronous; the future that waits for the
-/// backend holds the request once (it is moved several times by hyper and
-/// tokio, so its size is paid per request).
+/// Everything up to sending is synchronous, but for a pool in shared-store
+/// mode, whose request waits for its session first; the future that waits
+/// holds the request once (it is moved several times by hyper and tokio,
+/// so its size is paid per request).
 pub fn handle(
     req: Request<Incoming>,
     conn: Arc<Connection>,
@@ -81,7 +83,7 @@ pub fn handle(
                 &request_id,
             ))),
             Some(mode) => {
-                let presented = mode.presented(&admitted.parts.headers);
+                let presented = mode.presented(&admitted.parts.headers, &finish.conn.recall);
                 Ok(Step::Session(Box::new(Waiting {
                     admitted,
                     seen,
@@ -92,14 +94,35 @@ pub fn handle(
         },
     };
     async move {
-        let result = match step {
-            Ok(Step::Ready(mut prepared)) => exchange(&mut prepared, &mut finish).await,
-            // boxed: only requests with a session pay for its future
+        // The session's steps are in this future rather than a future of
+        // their own: they wait where no exchange is in flight, so they
+        // share its room and leave it hardly larger, where a boxed future
+        // around the whole exchange would cost each such request a large
+        // allocation and copy.
+        let mut loaded = None;
+        let prepared = match step {
+            Ok(Step::Ready(prepared)) => Ok(prepared),
             Ok(Step::Session(waiting)) => {
-                Box::pin(with_session(*waiting, &mut finish, &request_id)).await
+                match load_session(waiting, &mut finish, &request_id).await {
+                    Ok((prepared, found)) => {
+                        loaded = Some(found);
+                        Ok(prepared)
+                    }
+                    Err(reject) => Err(reject),
+                }
             }
             Err(reject) => Err(reject),
         };
+        let mut result = match prepared {
+            Ok(mut prepared) => exchange(&mut prepared, &mut finish).await,
+            Err(reject) => Err(reject),
+        };
+        if let Some(loaded) = loaded
+            && let Ok(answer) = &mut result
+            && let Err(reject) = store_session(answer, loaded, &finish).await
+        {
+            result = Err(reject);
+        }
         Ok(respond(result, finish, &request_id))
     }
 }
@@ -107,6 +130,8 @@ pub fn handle(
 /// A routed request: ready to send, or waiting for its session.
 enum Step {
     Ready(Prepared),
+    /// Boxed: the request as it came, which only requests with a session
+    /// keep this long.
     Session(Box<Waiting>),
 }
 
@@ -119,38 +144,51 @@ struct Waiting {
     presented: crate::session::Presented,
 }
 
-/// Loads the request's session, hands it to the backend, and stores what
-/// the response changed before its head goes to the client.
-async fn with_session(
-    waiting: Waiting,
+/// Loads a request's session (one store round trip) and writes the
+/// request for the backend with it.
+async fn load_session(
+    waiting: Box<Waiting>,
     finish: &mut Finish,
     request_id: &RequestId,
-) -> Result<Answer, Reject> {
+) -> Result<(Prepared, Loaded), Reject> {
     let rt = finish.rt.clone();
+    let Some(mode) = rt.sessions[waiting.admitted.pool].as_ref() else {
+        return Err(Reject::NoRoute);
+    };
+    let loaded = mode.load(waiting.presented, &finish.conn.recall).await?;
     let Waiting {
         mut admitted,
         mut seen,
         client,
-        presented,
-    } = waiting;
-    let Some(mode) = rt.sessions[admitted.pool].as_ref() else {
-        return Err(Reject::NoRoute);
+        ..
+    } = *waiting;
+    let added = mode.to_backend(&mut admitted.parts.headers, &loaded);
+    seen.session_rewrote(&admitted.parts.headers, added);
+    Ok((compose(admitted, &seen, finish, client, request_id), loaded))
+}
+
+/// Takes the session's changes out of the response and stores them before
+/// its head goes to the client.
+async fn store_session(answer: &mut Answer, loaded: Loaded, finish: &Finish) -> Result<(), Reject> {
+    let rt = &finish.rt;
+    let Some(mode) = finish.pool.and_then(|p| rt.sessions.get(p)?.as_ref()) else {
+        return Ok(());
     };
-    let loaded = mode.load(presented).await?;
-    mode.to_backend(&mut admitted.parts.headers, &loaded);
-    seen.recount_cookies(&admitted.parts.headers);
-    let mut prepared = compose(admitted, &seen, finish, client, request_id);
-    let mut answer = exchange(&mut prepared, finish).await?;
-    if let Err(error) = mode
-        .from_backend(&mut answer.head.headers, loaded, finish.conn.tls)
-        .await
-    {
+    let stored = mode
+        .from_backend(
+            &mut answer.head.headers,
+            loaded,
+            finish.conn.tls,
+            &finish.conn.recall,
+        )
+        .await;
+    if let Err(error) = stored {
         if let Some(exchange) = answer.body.take() {
             exchange.abort();
         }
         return Err(error.into());
     }
-    Ok(answer)
+    Ok(())
 }
 
 /// The response to send for what the exchange with the backend gave.
@@ -325,7 +363,7 @@ fn compose(
             .map(|on| Box::new((on, protocols))),
         None => None,
     };
-    let mut head = RequestHead::new(&parts.method, target, parts.headers.len());
+    let mut head = RequestHead::with_room(&parts.method, target, parts.headers.len(), seen.added);
     let conn = &finish.conn;
     let formatted;
     let client_ip = if client == conn.peer.ip() {

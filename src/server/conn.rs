@@ -70,6 +70,9 @@ pub struct Connection {
     /// When a write to the client started to wait (its socket buffer full:
     /// it is not reading); 0 when none is waiting. Bounded by `client_io`.
     write_stalled_ms: AtomicU64,
+    /// The session this connection's last request opened (shared-store
+    /// mode).
+    pub recall: crate::session::Recall,
 }
 
 impl Connection {
@@ -297,6 +300,7 @@ pub(super) async fn serve(
         response_due_ms: AtomicU64::new(0),
         response_late: AtomicBool::new(false),
         write_stalled_ms: AtomicU64::new(0),
+        recall: crate::session::Recall::default(),
     });
     let result = match sniffed {
         Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,

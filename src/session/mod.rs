@@ -10,6 +10,7 @@
 //! whose session is gone, is no session.
 
 pub mod cookies;
+pub mod recall;
 pub mod record;
 pub mod stats;
 pub mod store;
@@ -21,7 +22,8 @@ use http::HeaderMap;
 use http::header::SET_COOKIE;
 
 use crate::config::{self, Carrier, OnStoreError};
-use record::{Entry, Record};
+pub use recall::Recall;
+use record::{Entry, Opened, Record};
 pub use stats::Stats;
 use store::{Put, Ttl};
 pub use store::{Store, StoreError};
@@ -133,14 +135,13 @@ impl Sessions {
         };
         let cookies = match sealed {
             true => None,
-            false => Record::decode(&stored, &Ticket::unsealed(id))
+            false => Opened::open(stored.clone(), &Ticket::unsealed(id))
                 .ok()
-                .map(|r| {
-                    r.entries
-                        .into_iter()
+                .map(|o| {
+                    o.entries()
                         .map(|e| InspectedEntry {
-                            name: e.name,
-                            value: String::from_utf8_lossy(&e.value).into_owned(),
+                            name: e.name.to_string(),
+                            value: String::from_utf8_lossy(e.value).into_owned(),
                             expires: e.expires,
                         })
                         .collect()
@@ -178,7 +179,7 @@ pub enum Presented {
 pub struct Loaded {
     /// The client's ticket, when it names a live session.
     ticket: Option<Ticket>,
-    record: Option<Record>,
+    record: Option<Opened>,
     /// When `record` was read (unix seconds): what its cookies' expiries
     /// are measured against on the way to the backend.
     read_at: u64,
@@ -203,20 +204,30 @@ impl Mode {
     }
 
     /// The ticket a request carries, read before the request is set aside
-    /// to wait for the store.
-    pub fn presented(&self, headers: &HeaderMap) -> Presented {
-        match cookies::find(headers, &self.settings.cookie) {
-            None => Presented::None,
-            Some(raw) => match Ticket::parse(raw, self.settings.encrypt) {
-                Some(ticket) => Presented::Ticket(ticket),
-                None => Presented::Malformed,
-            },
+    /// to wait for the store (or recalled, when the connection's last
+    /// request carried the same).
+    pub fn presented(&self, headers: &HeaderMap, recall: &Recall) -> Presented {
+        let Some(raw) = cookies::find(headers, &self.settings.cookie) else {
+            return Presented::None;
+        };
+        let ticket = recall
+            .ticket(raw)
+            .filter(|t| t.is_sealed() == self.settings.encrypt)
+            .or_else(|| Ticket::parse(raw, self.settings.encrypt));
+        match ticket {
+            Some(ticket) => Presented::Ticket(ticket),
+            None => Presented::Malformed,
         }
     }
 
     /// Loads the session a ticket names: one store round trip, which also
-    /// restarts its idle timeout.
-    pub async fn load(&self, presented: Presented) -> Result<Loaded, SessionError> {
+    /// restarts its idle timeout. The value is opened again only when it
+    /// is not what the connection opened last.
+    pub async fn load(
+        &self,
+        presented: Presented,
+        recall: &Recall,
+    ) -> Result<Loaded, SessionError> {
         let stale = Loaded {
             stale: true,
             ..Loaded::default()
@@ -236,6 +247,7 @@ impl Mode {
         {
             Ok(Some(stored)) => stored,
             Ok(None) => {
+                recall.forget();
                 tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "unknown or expired session");
                 return Ok(stale);
             }
@@ -247,7 +259,13 @@ impl Mode {
             }
         };
         let now = crate::clock::unix_now();
-        match record::Record::decode(&stored, &ticket) {
+        let opened = match recall.opened(&ticket, &stored) {
+            Some(opened) => Ok(opened),
+            None => Opened::open(stored.clone(), &ticket).inspect(|opened| {
+                recall.remember(&ticket, stored, opened);
+            }),
+        };
+        match opened {
             Ok(record) if record.created + self.settings.absolute_timeout.as_secs() > now => {
                 Ok(Loaded {
                     ticket: Some(ticket),
@@ -292,22 +310,23 @@ impl Mode {
 
     /// Writes the session into the request for the backend: the app's
     /// cookies where the ticket was (or the blob header), and nothing of
-    /// the session a client sent itself.
-    pub fn to_backend(&self, headers: &mut HeaderMap, loaded: &Loaded) {
+    /// the session a client sent itself. Returns the bytes it added.
+    pub fn to_backend(&self, headers: &mut HeaderMap, loaded: &Loaded) -> usize {
         let live = loaded.record.iter().flat_map(|r| r.live(loaded.read_at));
         match &self.settings.carrier {
             Carrier::Cookie { app_cookies } => {
                 let mut replacement =
-                    Vec::with_capacity(loaded.record.as_ref().map_or(0, Record::plain_len));
+                    Vec::with_capacity(loaded.record.as_ref().map_or(0, Opened::len));
                 for e in live {
                     if !replacement.is_empty() {
                         replacement.extend_from_slice(b"; ");
                     }
                     replacement.extend_from_slice(e.name.as_bytes());
                     replacement.push(b'=');
-                    replacement.extend_from_slice(&e.value);
+                    replacement.extend_from_slice(e.value);
                 }
                 cookies::rewrite(headers, &self.settings.cookie, app_cookies, &replacement);
+                replacement.len()
             }
             Carrier::Header {
                 header,
@@ -316,10 +335,13 @@ impl Mode {
                 headers.remove(header);
                 headers.remove(update_header);
                 cookies::rewrite(headers, &self.settings.cookie, &[], b"");
-                if let Some(e) = live.last()
-                    && let Ok(v) = http::HeaderValue::from_bytes(&e.value)
-                {
-                    headers.insert(header.clone(), v);
+                match live.last().map(|e| http::HeaderValue::from_bytes(e.value)) {
+                    Some(Ok(v)) => {
+                        let added = v.len();
+                        headers.insert(header.clone(), v);
+                        added
+                    }
+                    _ => 0,
                 }
             }
         }
@@ -332,20 +354,41 @@ impl Mode {
         headers: &mut HeaderMap,
         loaded: Loaded,
         tls: bool,
+        recall: &Recall,
     ) -> Result<(), SessionError> {
         let now = crate::clock::unix_now();
         let changes = self.changes(headers, now);
+        if changes.is_empty() {
+            if loaded.stale
+                && let Some(v) =
+                    cookies::clear_cookie(&self.settings.cookie, &cookies::Attrs::default(), tls)
+            {
+                headers.append(SET_COOKIE, v);
+            }
+            return Ok(());
+        }
+        // the next request opens what this one stores
+        recall.forget();
+        // boxed: most responses change nothing, and the future of a write
+        // (a read, then a write or a delete) would make every request's
+        // future larger
+        Box::pin(self.store_changes(headers, loaded, changes, now, tls)).await
+    }
+
+    /// Applies a response's changes to the session as it is stored now.
+    async fn store_changes(
+        &self,
+        headers: &mut HeaderMap,
+        loaded: Loaded,
+        changes: Vec<cookies::SetCookie>,
+        now: u64,
+        tls: bool,
+    ) -> Result<(), SessionError> {
         let clear = |headers: &mut HeaderMap, attrs: &cookies::Attrs| {
             if let Some(v) = cookies::clear_cookie(&self.settings.cookie, attrs, tls) {
                 headers.append(SET_COOKIE, v);
             }
         };
-        if changes.is_empty() {
-            if loaded.stale {
-                clear(headers, &cookies::Attrs::default());
-            }
-            return Ok(());
-        }
         if loaded.unavailable {
             tracing::warn!(
                 pool = &*self.pool,
@@ -369,8 +412,8 @@ impl Mode {
                     Ok(current) => current,
                     Err(error) => return self.store_failed(error, "update"),
                 };
-                match current.and_then(|b| Record::decode(&b, &ticket).ok()) {
-                    Some(record) => (ticket, Put::Existing, record),
+                match current.and_then(|b| Opened::open(b, &ticket).ok()) {
+                    Some(opened) => (ticket, Put::Existing, opened.to_record()),
                     None => {
                         // revoked, or logged out, while this request ran
                         tracing::info!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended during the request: change not stored");

@@ -12,6 +12,8 @@
 //! line stays readable so that an operator sees a session's age with
 //! `redis-cli`; it reveals nothing else.
 
+use bytes::Bytes;
+
 use super::ticket::{RandomError, Ticket};
 
 const MAGIC: &[u8] = b"slb1 ";
@@ -100,41 +102,129 @@ impl Record {
     }
 
     pub fn decode(stored: &[u8], ticket: &Ticket) -> Result<Record, Unreadable> {
-        let (sealed, created, head_len) = split_head(stored).ok_or(Unreadable::Format)?;
+        Opened::open(Bytes::copy_from_slice(stored), ticket).map(|o| o.to_record())
+    }
+}
+
+/// A stored session opened for one request: its lines in one buffer (the
+/// stored value itself when it is plain), read in place. The read path
+/// takes no copy of each cookie; [`Record`] is for changing a session.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub created: u64,
+    /// `name=value\n` lines, checked when opened.
+    lines: Bytes,
+}
+
+/// One line of an [`Opened`] session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+    pub expires: Option<u64>,
+}
+
+impl Opened {
+    pub fn open(stored: Bytes, ticket: &Ticket) -> Result<Opened, Unreadable> {
+        let (sealed, created, head_len) = split_head(&stored).ok_or(Unreadable::Format)?;
         if sealed != ticket.is_sealed() {
             // a pool switched `encrypt`: its old tickets are no sessions
             return Err(Unreadable::Secret);
         }
-        let (head, rest) = stored.split_at(head_len);
-        let mut body = rest.to_vec();
-        let plain = ticket
-            .open(BoundTo::new(ticket, head).as_slice(), &mut body)
-            .ok_or(Unreadable::Secret)?;
-        let mut entries = Vec::new();
-        for line in plain.split(|&b| b == b'\n') {
-            if line.is_empty() {
-                continue;
+        let lines = match sealed {
+            false => stored.slice(head_len..),
+            true => {
+                let (head, rest) = stored.split_at(head_len);
+                let mut body = rest.to_vec();
+                let plain = ticket
+                    .open(BoundTo::new(ticket, head).as_slice(), &mut body)
+                    .ok_or(Unreadable::Secret)?;
+                Bytes::from(body).slice(plain)
             }
-            let (expires, line) = match line.strip_prefix(b"@") {
-                Some(l) => {
-                    let sp = memchr::memchr(b' ', l).ok_or(Unreadable::Format)?;
-                    (
-                        Some(number(&l[..sp]).ok_or(Unreadable::Format)?),
-                        &l[sp + 1..],
-                    )
-                }
-                None => (None, line),
-            };
-            let eq = memchr::memchr(b'=', line).ok_or(Unreadable::Format)?;
-            let name = std::str::from_utf8(&line[..eq]).map_err(|_| Unreadable::Format)?;
-            entries.push(Entry {
-                name: name.to_string(),
-                value: line[eq + 1..].to_vec(),
-                expires,
-            });
+        };
+        let mut rest = &lines[..];
+        while !rest.is_empty() {
+            let (line, after) = next_line(rest);
+            rest = after;
+            if !line.is_empty() {
+                entry(line).ok_or(Unreadable::Format)?;
+            }
         }
-        Ok(Record { created, entries })
+        Ok(Opened { created, lines })
     }
+
+    /// Every entry, in the order stored (expired ones too: see
+    /// [`Opened::live`]).
+    pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
+        let mut rest = &self.lines[..];
+        std::iter::from_fn(move || {
+            while !rest.is_empty() {
+                let (line, after) = next_line(rest);
+                rest = after;
+                // every line was read once when opened
+                if let Some(e) = entry(line) {
+                    return Some(e);
+                }
+            }
+            None
+        })
+    }
+
+    /// Entries the app has not let expire by `now`.
+    pub fn live(&self, now: u64) -> impl Iterator<Item = EntryRef<'_>> {
+        self.entries()
+            .filter(move |e| e.expires.is_none_or(|t| t > now))
+    }
+
+    /// The session as a [`Record`], to change it.
+    pub fn to_record(&self) -> Record {
+        Record {
+            created: self.created,
+            entries: self
+                .entries()
+                .map(|e| Entry {
+                    name: e.name.to_string(),
+                    value: e.value.to_vec(),
+                    expires: e.expires,
+                })
+                .collect(),
+        }
+    }
+
+    /// The size of the lines: room for the app's cookies in a request.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// The line `text` starts with (without its newline), and what follows it.
+fn next_line(text: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b'\n', text) {
+        Some(nl) => (&text[..nl], &text[nl + 1..]),
+        None => (text, &[]),
+    }
+}
+
+/// One line read: `[@<expires> ]<name>=<value>`; `None` when it is not one
+/// (an empty line is not one).
+fn entry(line: &[u8]) -> Option<EntryRef<'_>> {
+    let (expires, line) = match line.strip_prefix(b"@") {
+        Some(l) => {
+            let sp = memchr::memchr(b' ', l)?;
+            (Some(number(&l[..sp])?), &l[sp + 1..])
+        }
+        None => (None, line),
+    };
+    let eq = memchr::memchr(b'=', line)?;
+    Some(EntryRef {
+        name: std::str::from_utf8(&line[..eq]).ok()?,
+        value: &line[eq + 1..],
+        expires,
+    })
 }
 
 /// The first line, read: sealed or not, the creation time, and the line's

@@ -6,6 +6,7 @@
 //! nowhere: a store dump, with or without the configuration, opens nothing.
 
 use std::fmt;
+use std::ops::Range;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
@@ -18,6 +19,8 @@ pub const ID_BYTES: usize = 16;
 pub const SECRET_BYTES: usize = 32;
 const ID_CHARS: usize = 22;
 const SECRET_CHARS: usize = 43;
+/// The longest cookie value: `<id>.<secret>`.
+pub const TICKET_CHARS: usize = ID_CHARS + 1 + SECRET_CHARS;
 
 /// A session's name in the store: 22 base64url characters.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,7 +73,7 @@ fn canonical(text: &[u8], bytes: usize) -> bool {
 }
 
 /// What the browser's cookie holds.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Ticket {
     pub id: SessionId,
     /// `None` when blobs are stored plain.
@@ -133,7 +136,7 @@ impl Ticket {
                 secret: None,
             });
         }
-        if value.len() != ID_CHARS + 1 + SECRET_CHARS || value[ID_CHARS] != b'.' {
+        if value.len() != TICKET_CHARS || value[ID_CHARS] != b'.' {
             return None;
         }
         let id = SessionId::parse(&value[..ID_CHARS])?;
@@ -152,7 +155,7 @@ impl Ticket {
 
     /// The cookie value.
     pub fn value(&self) -> String {
-        let mut s = String::with_capacity(ID_CHARS + 1 + SECRET_CHARS);
+        let mut s = String::with_capacity(TICKET_CHARS);
         s.push_str(self.id.as_str());
         if let Some(secret) = &self.secret {
             s.push('.');
@@ -189,11 +192,12 @@ impl Ticket {
         Ok(())
     }
 
-    /// Opens what [`Ticket::seal`] made; `None` for a wrong secret or a
-    /// blob that was changed.
-    pub fn open<'a>(&self, aad: &[u8], sealed: &'a mut [u8]) -> Option<&'a [u8]> {
+    /// Opens what [`Ticket::seal`] made, in place: where the plain text now
+    /// is in `sealed`, or `None` for a wrong secret or a blob that was
+    /// changed.
+    pub fn open(&self, aad: &[u8], sealed: &mut [u8]) -> Option<Range<usize>> {
         let Some(key) = self.key() else {
-            return Some(sealed);
+            return Some(0..sealed.len());
         };
         if sealed.len() < NONCE_LEN {
             return None;
@@ -201,7 +205,7 @@ impl Ticket {
         let (nonce, body) = sealed.split_at_mut(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let plain = key.open_in_place(nonce, Aad::from(aad), body).ok()?;
-        Some(plain)
+        Some(NONCE_LEN..NONCE_LEN + plain.len())
     }
 
     fn key(&self) -> Option<LessSafeKey> {
@@ -261,10 +265,9 @@ mod tests {
         let mut sealed = Vec::new();
         t.seal(b"aad", b"session=hello", &mut sealed).unwrap();
         assert!(!sealed.windows(5).any(|w| w == b"hello"));
-        assert_eq!(
-            t.open(b"aad", &mut sealed.clone()).unwrap(),
-            b"session=hello"
-        );
+        let mut opened = sealed.clone();
+        let plain = t.open(b"aad", &mut opened).unwrap();
+        assert_eq!(&opened[plain], b"session=hello");
         assert!(t.open(b"other", &mut sealed.clone()).is_none());
         let other = Ticket::mint(true).unwrap();
         assert!(other.open(b"aad", &mut sealed.clone()).is_none());

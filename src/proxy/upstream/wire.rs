@@ -58,7 +58,13 @@ impl RequestHead {
     /// target that is only a query (from `http://host?q`) gets its path,
     /// `/`.
     pub fn new(method: &Method, target: &str, fields: usize) -> RequestHead {
-        let mut bytes = Vec::with_capacity(256 + 64 * fields + target.len());
+        RequestHead::with_room(method, target, fields, 0)
+    }
+
+    /// [`RequestHead::new`] for fields that hold `extra` bytes more than
+    /// usual.
+    pub fn with_room(method: &Method, target: &str, fields: usize, extra: usize) -> RequestHead {
+        let mut bytes = Vec::with_capacity(256 + 64 * fields + target.len() + extra);
         bytes.extend_from_slice(method.as_str().as_bytes());
         bytes.push(b' ');
         if target.starts_with('?') {

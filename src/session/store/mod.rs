@@ -3,6 +3,11 @@
 //! Every operation names one key, so that Redis Sentinel (one master) and
 //! Cluster (a key's slot) fit behind the same calls. The proxy's read path
 //! costs one call, [`Store::load`], which also slides the idle timeout.
+//!
+//! Redis's futures are boxed where they are awaited: they are large (a
+//! command, a timeout, a connection), and every request of a pool in
+//! shared-store mode carries the store's futures in its own, so the memory
+//! store would otherwise pay for Redis's size on each request.
 
 mod memory;
 mod redis;
@@ -84,7 +89,7 @@ impl Store {
         let started = std::time::Instant::now();
         let result = match self {
             Store::Memory(m) => Ok(m.load(id)),
-            Store::Redis(r) => r.load(id, idle).await,
+            Store::Redis(r) => Box::pin(r.load(id, idle)).await,
         };
         self.count(Op::Load, started, &result, |v| v.is_some());
         result
@@ -96,7 +101,7 @@ impl Store {
         let started = std::time::Instant::now();
         let result = match self {
             Store::Memory(m) => Ok(m.get(id)),
-            Store::Redis(r) => r.get(id).await,
+            Store::Redis(r) => Box::pin(r.get(id)).await,
         };
         self.count(Op::Get, started, &result, |v| v.is_some());
         result
@@ -113,7 +118,7 @@ impl Store {
         let started = std::time::Instant::now();
         let result = match self {
             Store::Memory(m) => Ok(m.put(id, value, ttl, put)),
-            Store::Redis(r) => r.put(id, value, ttl, put).await,
+            Store::Redis(r) => Box::pin(r.put(id, value, ttl, put)).await,
         };
         self.count(Op::Put, started, &result, |done| *done);
         result
@@ -124,7 +129,7 @@ impl Store {
         let started = std::time::Instant::now();
         let result = match self {
             Store::Memory(m) => Ok(m.delete(id)),
-            Store::Redis(r) => r.delete(id).await,
+            Store::Redis(r) => Box::pin(r.delete(id)).await,
         };
         self.count(Op::Delete, started, &result, |found| *found);
         result
@@ -135,7 +140,7 @@ impl Store {
         let started = std::time::Instant::now();
         let result = match self {
             Store::Memory(_) => Ok(()),
-            Store::Redis(r) => r.ping().await,
+            Store::Redis(r) => Box::pin(r.ping()).await,
         };
         self.count(Op::Ping, started, &result, |_| true);
         result
