@@ -14,19 +14,27 @@ the same port with the same number of worker threads, and drives it with wrk
                                 replays the route cookie it was given)
   sessionlb_store_memory        shared-store mode (round robin plus
                                 [pools.web.session] app_cookie = "session"),
-                                embedded memory store, steady state: each of
-                                the three sessions logged in once (POST /login
-                                through the proxy under test) and replays its
-                                `slb_sid` ticket; the session does not change
+                                embedded memory store, steady state: a session
+                                logged in once (POST /login through the proxy
+                                under test) replays its `slb_sid` ticket on
+                                every connection, as a browser's connection
+                                carries its own client's session; the session
+                                does not change
   sessionlb_store_redis         the same with [store] kind = "redis", a
                                 redis-server started by this script
                                 (no persistence) on --redis-port
+  sessionlb_store_memory_mixed  the same with three sessions rotating on
+  sessionlb_store_redis_mixed   every connection, as a CDN's pooled
+                                connections mix clients: no request finds the
+                                session its connection opened last, and each
+                                opens (decrypts) its session anew
 
 Repetitions are interleaved; each row reports requests/s, p50, p99, proxy CPU
 time per request, and its ratio to nginx round robin in the same repetition.
 The shared-store rows are also reported against sessionlb's own round robin
 row of the same repetition, with their targets (memory >= 0.95x, Redis >=
-0.75x, goal 0.8x) and, for Redis, redis-server's CPU time per request.
+0.75x, goal 0.8x; the _mixed rows have none) and, for Redis,
+redis-server's CPU time per request.
 On a shared VM the hypervisor sometimes gives the CPU to another guest
 (steal time in /proc/stat), and on a shared machine other work (builds, test
 runs) takes CPU time too: the machine's busy time minus what the proxy, the
@@ -35,8 +43,10 @@ backends, Redis and wrk used ("other %"). A run that lost more than
 again (--retries), and the medians are printed twice: over every repetition,
 and over the clean repetitions (neither limit passed).
 Then it measures the memory that idle keep-alive client connections cost
-sessionlb and nginx. Missing tools (nginx, HAProxy, wrk, redis-server) are
-installed from the Debian packages.
+sessionlb and nginx (and, when sessionlb_store_memory is measured, sessionlb
+with each idle connection's request carrying a session's ticket). Missing
+tools (nginx, HAProxy, wrk, redis-server) are installed from the Debian
+packages.
 
 Usage (from the repository root):
   cargo build --release
@@ -69,7 +79,8 @@ BODY = "a" * 1024
 # The app's session cookie value: 200 bytes of base64 (URL alphabet), about
 # what a small Flask session is.
 SESSION = base64.urlsafe_b64encode(bytes(range(7, 157))).decode()
-STORE_ROWS = {"sessionlb_store_memory": 0.95, "sessionlb_store_redis": 0.75}
+STORE_ROWS = {"sessionlb_store_memory": 0.95, "sessionlb_store_redis": 0.75,
+              "sessionlb_store_memory_mixed": None, "sessionlb_store_redis_mixed": None}
 STORE_GOALS = {"sessionlb_store_redis": 0.8}
 STARTED = []
 
@@ -304,6 +315,7 @@ backend be
 """)
             p = start([tool("haproxy"), "-db", "-f", str(conf)], d / "out.log")
         else:
+            policy = policy.removesuffix("_mixed")
             pol = {"rr": "round_robin", "iphash": "ip_hash", "cookie": "cookie",
                    "store_memory": "round_robin", "store_redis": "round_robin"}[policy]
             sticky = '[pools.web.sticky]\ncookie = "slb_route"\nsecret = "bench"\n' if pol == "cookie" else ""
@@ -341,8 +353,12 @@ access_log = {str(self.args.access_log).lower()}
                 if len(found) == 3:
                     return [found[k] for k in sorted(found)]
             sys.exit("slb_cookie: could not learn a route cookie per backend")
-        if name in STORE_ROWS:
+        if name.endswith("_mixed"):
             return [self.login(name) for _ in range(3)]
+        if name in STORE_ROWS:
+            # every connection replays the one ticket, as a browser's
+            # connection carries its own client's session
+            return [self.login(name)]
         return ["", "", ""]
 
     def login(self, name):
@@ -370,15 +386,17 @@ access_log = {str(self.args.access_log).lower()}
         script.write_text("""
 local reqs = {}
 local i = 0
+local n = 3
 init = function(args)
-  for k = 1, 3 do
+  if #args > 0 then n = #args end
+  for k = 1, n do
     local c = "theme=dark; sid=s" .. k
     if args[k] and args[k] ~= "" then c = c .. "; " .. args[k] end
     wrk.headers["Cookie"] = c
     reqs[k] = wrk.format("GET", "/")
   end
 end
-request = function() i = i % 3 + 1; return reqs[i] end
+request = function() i = i % n + 1; return reqs[i] end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT %.1f %d %d %d %d\\n", summary.requests / (summary.duration / 1e6),
@@ -404,7 +422,7 @@ end
             # machine (steal), or other work on it did, measures the
             # neighbours, not the proxy: it is measured again, up to
             # --retries times.
-            redis = self.redis_proc if name == "sessionlb_store_redis" else None
+            redis = self.redis_proc if name.startswith("sessionlb_store_redis") else None
             others = [q for q in (self.backend_proc, getattr(self, "redis_proc", None)) if q]
             for attempt in range(self.args.retries + 1):
                 cpu0, stat0 = cpu_seconds(p.pid), cpu_times()
@@ -435,9 +453,12 @@ end
     def idle(self, name, n):
         p = self.start_proxy(name)
         try:
+            # shared store: each connection's request carries a session's
+            # ticket, so each holds what it remembers of the session
+            cookie = self.cookies(name)[0] if name in STORE_ROWS else "sid=s1"
             time.sleep(0.5)
             before = rss_kib(p.pid)
-            ok = asyncio.run(hold_connections(self.port, n, lambda: rss_kib(p.pid)))
+            ok = asyncio.run(hold_connections(self.port, n, cookie, lambda: rss_kib(p.pid)))
             after = ok[1]
         finally:
             stop(p)
@@ -445,12 +466,12 @@ end
                 "kib_per_conn": (after - before) / max(ok[0], 1)}
 
 
-async def hold_connections(port, n, measure):
-    """Opens n keep-alive connections, one GET each, and measures while
-    they are all open and idle."""
+async def hold_connections(port, n, cookie, measure):
+    """Opens n keep-alive connections, one GET each (with `cookie`), and
+    measures while they are all open and idle."""
     conns = []
     sem = asyncio.Semaphore(256)
-    request = b"GET / HTTP/1.1\r\nHost: bench\r\nCookie: theme=dark; sid=s1\r\n\r\n"
+    request = f"GET / HTTP/1.1\r\nHost: bench\r\nCookie: theme=dark; {cookie}\r\n\r\n".encode()
 
     async def one():
         async with sem:
@@ -503,7 +524,8 @@ def main():
     if not Path(args.sessionlb).exists():
         sys.exit(f"{args.sessionlb} not found: run `cargo build --release` first")
     configs = args.configs.split()
-    ensure_tools(redis="sessionlb_store_redis" in configs)
+    uses_redis = any(c.startswith("sessionlb_store_redis") for c in configs)
+    ensure_tools(redis=uses_redis)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     results, idle = [], []
@@ -511,7 +533,7 @@ def main():
         bench = Bench(args, tmp)
         try:
             bench.start_backends()
-            if "sessionlb_store_redis" in configs:
+            if uses_redis:
                 bench.start_redis()
             for rep in range(1, args.repeats + 1):
                 for name in configs:
@@ -524,7 +546,7 @@ def main():
                         f"cpu {r['cpu_us_per_req']:.1f}us/req{redis} steal {r['steal_pct']:.1f}% "
                         f"other {r['other_pct']:.1f}% errors {r['errors']}")
             if args.idle:
-                for name in ("nginx_rr", "slb_rr"):
+                for name in ["nginx_rr", "slb_rr"] + [c for c in configs if c == "sessionlb_store_memory"]:
                     i = bench.idle(name, args.idle)
                     idle.append(i)
                     log(f"idle {name}: {i['conns']} conns, {i['kib_per_conn']:.2f} KiB/conn")
@@ -542,7 +564,8 @@ def store_report(by_rep, args):
     names = [n for n in STORE_ROWS if any(n in rows for rows in by_rep.values())]
     if not names:
         return
-    print("\nShared-store mode, steady state (3 sessions replaying their ticket), against sessionlb "
+    print("\nShared-store mode, steady state (sessions replaying their ticket: one on every "
+          "connection, or three mixed on each connection for _mixed), against sessionlb "
           "round robin (slb_rr) and nginx round robin of the same repetition:\n")
     print("| rep | config | req/s | vs slb_rr | vs nginx_rr | p50 ms | p99 ms | CPU µs/req | "
           "CPU vs slb_rr | redis CPU µs/req | steal % | other % | errors |")
@@ -575,7 +598,7 @@ def store_report(by_rep, args):
             return statistics.median(a["rps"] / b["rps"] for a, b in ps) if ps else float("nan")
 
         def verdict(x):
-            if x != x:
+            if x != x or target is None:
                 return "n/a"
             v = "meets" if x >= target else "MISSES"
             if goal is not None:
@@ -586,7 +609,7 @@ def store_report(by_rep, args):
         cpu = statistics.median(a["cpu_us_per_req"] for a, _ in pairs) if pairs else float("nan")
         rcpus = [a["redis_cpu_us_per_req"] for a, _ in pairs if "redis_cpu_us_per_req" in a]
         rcpu = f"{statistics.median(rcpus):.1f}" if rcpus else ""
-        tgt = f">= {target:g}x" + (f" (goal {goal:g}x)" if goal is not None else "")
+        tgt = "none" if target is None else f">= {target:g}x" + (f" (goal {goal:g}x)" if goal is not None else "")
         print(f"| {name} | {tgt} | {len(pairs)} | {all_med:.3f} | {verdict(all_med)} | {len(clean)} | "
               f"{clean_med:.3f} | {verdict(clean_med)} | {cpu:.1f} | {rcpu} |")
 

@@ -25,7 +25,9 @@
 #   cargo build --release --bin sessionlb --example hyper_floor --example exchange_floor
 #   bash benches/load/instructions.sh [N1 N2]
 # KEEP_WORK=1 keeps the callgrind outputs (NAME-a.out, NAME-b.out) for
-# callgrind_annotate.
+# callgrind_annotate; ROWS="slb_rr slb_store_memory" runs only the rows
+# named (slb_rr, slb_cookie, slb_store_memory, slb_store_redis, floor,
+# exchange, nginx).
 # Installs valgrind, h2load (nghttp2-client), nginx and redis-server from the
 # Debian packages when missing. Loopback only; every process is stopped at exit.
 set -euo pipefail
@@ -168,6 +170,7 @@ run() {
 per_request() {
   local name=$1 cookie=$2; shift 2
   local a b
+  if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $name "* ]]; then echo "not run"; return; fi
   a=$(run "$N1" "$WORK/$name-a.out" "$cookie" "$@")
   b=$(run "$N2" "$WORK/$name-b.out" "$cookie" "$@")
   [[ "$a" =~ ^[0-9]+$ && "$b" =~ ^[0-9]+$ ]] || { echo failed; return; }
