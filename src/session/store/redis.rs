@@ -88,11 +88,18 @@ impl RedisStore {
         })
     }
 
-    fn key(&self, id: &SessionId) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 22);
-        key.push_str(&self.prefix);
-        key.push_str(id.as_str());
-        key
+    /// A command on one session's key, its buffers sized once for what
+    /// follows (`args` more arguments, `extra` more bytes), rather than
+    /// grown argument by argument.
+    fn on_key(&self, name: &str, id: &SessionId, args: usize, extra: usize) -> redis::Cmd {
+        let key_len = self.prefix.len() + id.as_str().len();
+        let mut cmd = redis::Cmd::with_capacity(2 + args, name.len() + key_len + extra);
+        cmd.arg(name);
+        let mut key = Vec::with_capacity(key_len);
+        key.extend_from_slice(self.prefix.as_bytes());
+        key.extend_from_slice(id.as_str().as_bytes());
+        cmd.arg(&key[..]);
+        cmd
     }
 
     /// Runs one command. Each attempt is bounded by the store's timeout
@@ -128,15 +135,14 @@ impl RedisStore {
         id: &SessionId,
         idle: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(self.key(id)).arg("EX").arg(idle.as_secs().max(1));
+        let mut cmd = self.on_key("GETEX", id, 2, 24);
+        cmd.arg("EX").arg(idle.as_secs().max(1));
         let value: Option<Vec<u8>> = self.run(&cmd).await?;
         Ok(value.map(Bytes::from))
     }
 
     pub(super) async fn get(&self, id: &SessionId) -> Result<Option<Bytes>, StoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.key(id));
+        let cmd = self.on_key("GET", id, 0, 0);
         let value: Option<Vec<u8>> = self.run(&cmd).await?;
         Ok(value.map(Bytes::from))
     }
@@ -148,9 +154,8 @@ impl RedisStore {
         ttl: Ttl,
         put: Put,
     ) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(id))
-            .arg(&value[..])
+        let mut cmd = self.on_key("SET", id, 4, value.len() + 32);
+        cmd.arg(&value[..])
             .arg("EX")
             .arg(ttl.seconds(crate::clock::unix_now()))
             .arg(match put {
@@ -163,8 +168,7 @@ impl RedisStore {
     }
 
     pub(super) async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(id));
+        let cmd = self.on_key("DEL", id, 0, 0);
         let n: u64 = self.run(&cmd).await?;
         Ok(n > 0)
     }
