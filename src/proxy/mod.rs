@@ -29,7 +29,7 @@ pub use route::Router;
 
 use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
-use crate::session::Loaded;
+use crate::session::{Load, Loaded};
 use body::{Finish, LogInfo};
 use headers::{Forwarded, RequestId, Seen};
 use upstream::{ClientBody, Exchange, Head, Outgoing, RequestHead};
@@ -37,8 +37,8 @@ use upstream::{ClientBody, Exchange, Head, Outgoing, RequestHead};
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
 ///
-/// Everything up to sending is synchronous, but for a pool in shared-store
-/// mode, whose request waits for its session first; the future that waits
+/// Everything up to sending is synchronous, but for a pool whose sessions
+/// are in Redis, whose request waits for its session first; the future that waits
 /// holds the request once (it is moved several times by hyper and tokio,
 /// so its size is paid per request).
 pub fn handle(
@@ -78,18 +78,34 @@ pub fn handle(
             None => Ok(Step::Ready(compose(
                 admitted,
                 &seen,
-                &mut finish,
+                &finish,
                 client,
                 &request_id,
             ))),
             Some(mode) => {
-                let presented = mode.presented(&admitted.parts.headers, &finish.conn.recall);
-                Ok(Step::Session(Box::new(Waiting {
-                    admitted,
-                    seen,
-                    client,
-                    presented,
-                })))
+                let recall = &finish.conn.recall;
+                match mode.load_now(mode.presented(&admitted.parts.headers, recall), recall) {
+                    // the memory store answers at once: nothing to wait for
+                    Load::Done(Ok(loaded)) => Ok(Step::Loaded(
+                        with_session_cookies(
+                            mode,
+                            &loaded,
+                            admitted,
+                            seen,
+                            &finish,
+                            client,
+                            &request_id,
+                        ),
+                        loaded,
+                    )),
+                    Load::Done(Err(error)) => Err(error.into()),
+                    Load::Wait(ticket) => Ok(Step::Session(Box::new(Waiting {
+                        admitted,
+                        seen,
+                        client,
+                        ticket,
+                    }))),
+                }
             }
         },
     };
@@ -102,6 +118,10 @@ pub fn handle(
         let mut loaded = None;
         let prepared = match step {
             Ok(Step::Ready(prepared)) => Ok(prepared),
+            Ok(Step::Loaded(prepared, found)) => {
+                loaded = Some(found);
+                Ok(prepared)
+            }
             Ok(Step::Session(waiting)) => {
                 match load_session(waiting, &mut finish, &request_id).await {
                     Ok((prepared, found)) => {
@@ -127,11 +147,13 @@ pub fn handle(
     }
 }
 
-/// A routed request: ready to send, or waiting for its session.
+/// A routed request: ready to send (with its session, when the store
+/// answered at once), or waiting for its session.
 enum Step {
     Ready(Prepared),
-    /// Boxed: the request as it came, which only requests with a session
-    /// keep this long.
+    Loaded(Prepared, Loaded),
+    /// Boxed: the request as it came, which only requests whose store
+    /// answers over the network keep this long.
     Session(Box<Waiting>),
 }
 
@@ -141,7 +163,7 @@ struct Waiting {
     admitted: Admitted,
     seen: Seen,
     client: IpAddr,
-    presented: crate::session::Presented,
+    ticket: crate::session::Ticket,
 }
 
 /// Loads a request's session (one store round trip) and writes the
@@ -155,16 +177,33 @@ async fn load_session(
     let Some(mode) = rt.sessions[waiting.admitted.pool].as_ref() else {
         return Err(Reject::NoRoute);
     };
-    let loaded = mode.load(waiting.presented, &finish.conn.recall).await?;
+    let loaded = mode.load(waiting.ticket, &finish.conn.recall).await?;
     let Waiting {
-        mut admitted,
-        mut seen,
+        admitted,
+        seen,
         client,
         ..
     } = *waiting;
-    let added = mode.to_backend(&mut admitted.parts.headers, &loaded);
+    Ok((
+        with_session_cookies(mode, &loaded, admitted, seen, finish, client, request_id),
+        loaded,
+    ))
+}
+
+/// Writes a request of a pool in shared-store mode for the backend, with
+/// its session in place of its ticket.
+fn with_session_cookies(
+    mode: &crate::session::Mode,
+    loaded: &Loaded,
+    mut admitted: Admitted,
+    mut seen: Seen,
+    finish: &Finish,
+    client: IpAddr,
+    request_id: &RequestId,
+) -> Prepared {
+    let added = mode.to_backend(&mut admitted.parts.headers, loaded);
     seen.session_rewrote(&admitted.parts.headers, added);
-    Ok((compose(admitted, &seen, finish, client, request_id), loaded))
+    compose(admitted, &seen, finish, client, request_id)
 }
 
 /// Takes the session's changes out of the response and stores them before
@@ -328,7 +367,7 @@ fn admit(req: Request<Incoming>, seen: &Seen, finish: &mut Finish) -> Result<Adm
 fn compose(
     admitted: Admitted,
     seen: &Seen,
-    finish: &mut Finish,
+    finish: &Finish,
     client: IpAddr,
     request_id: &RequestId,
 ) -> Prepared {

@@ -18,6 +18,7 @@ pub mod ticket;
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::SET_COOKIE;
 
@@ -174,6 +175,13 @@ pub enum Presented {
     Ticket(Ticket),
 }
 
+/// A session loaded at once, or the ticket to load it with, waiting.
+#[derive(Debug)]
+pub enum Load {
+    Done(Result<Loaded, SessionError>),
+    Wait(Ticket),
+}
+
 /// What a request brought and found.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -188,6 +196,16 @@ pub struct Loaded {
     /// The store failed and the pool is `fail_open`: the request goes on
     /// without its session and nothing of it is stored.
     unavailable: bool,
+}
+
+impl Loaded {
+    /// A ticket that is no session.
+    fn stale() -> Loaded {
+        Loaded {
+            stale: true,
+            ..Loaded::default()
+        }
+    }
 }
 
 impl Mode {
@@ -220,36 +238,49 @@ impl Mode {
         }
     }
 
-    /// Loads the session a ticket names: one store round trip, which also
-    /// restarts its idle timeout. The value is opened again only when it
-    /// is not what the connection opened last.
-    pub async fn load(
-        &self,
-        presented: Presented,
-        recall: &Recall,
-    ) -> Result<Loaded, SessionError> {
-        let stale = Loaded {
-            stale: true,
-            ..Loaded::default()
-        };
+    /// Loads the session a ticket names, when the store answers at once
+    /// (the memory store): the request then needs no waiting step. A
+    /// store that answers over the network gives the ticket back, for
+    /// [`Mode::load`].
+    pub fn load_now(&self, presented: Presented, recall: &Recall) -> Load {
         let ticket = match presented {
-            Presented::None => return Ok(Loaded::default()),
+            Presented::None => return Load::Done(Ok(Loaded::default())),
             Presented::Malformed => {
                 tracing::debug!(pool = &*self.pool, "malformed session ticket: no session");
-                return Ok(stale);
+                return Load::Done(Ok(Loaded::stale()));
             }
             Presented::Ticket(ticket) => ticket,
         };
-        let stored = match self
+        match self.store.load_now(&ticket.id) {
+            Some(found) => Load::Done(self.loaded(ticket, found, recall)),
+            None => Load::Wait(ticket),
+        }
+    }
+
+    /// Loads the session a ticket names: one store round trip, which also
+    /// restarts its idle timeout.
+    pub async fn load(&self, ticket: Ticket, recall: &Recall) -> Result<Loaded, SessionError> {
+        let found = self
             .store
             .load(&ticket.id, self.settings.idle_timeout)
-            .await
-        {
+            .await;
+        self.loaded(ticket, found, recall)
+    }
+
+    /// What the store's answer for a ticket is. The value is opened again
+    /// only when it is not what the connection opened last.
+    fn loaded(
+        &self,
+        ticket: Ticket,
+        found: Result<Option<Bytes>, StoreError>,
+        recall: &Recall,
+    ) -> Result<Loaded, SessionError> {
+        let stored = match found {
             Ok(Some(stored)) => stored,
             Ok(None) => {
                 recall.forget();
                 tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "unknown or expired session");
-                return Ok(stale);
+                return Ok(Loaded::stale());
             }
             Err(error) => {
                 return self.store_failed(error, "load").map(|()| Loaded {
@@ -283,11 +314,11 @@ impl Mode {
                         store.stats().count_deleted();
                     }
                 });
-                Ok(stale)
+                Ok(Loaded::stale())
             }
             Err(why) => {
                 tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), ?why, "session ticket does not open its session");
-                Ok(stale)
+                Ok(Loaded::stale())
             }
         }
     }
