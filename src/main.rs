@@ -119,9 +119,6 @@ fn run_file(path: &Path) -> anyhow::Result<()> {
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
     let main_loop = MainLoop::new()?;
     let shared = Shared::new(config);
-    if shared.load().needs_store {
-        sessionlb::session::ticket::warm_up();
-    }
     let server = Server::start(shared.clone())?;
     for addr in server.local_addrs() {
         tracing::info!(%addr, "listening");
@@ -139,9 +136,6 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     init_tracing(&config.log.level);
     let main_loop = MainLoop::new()?;
     let shared = Shared::new(config);
-    if shared.load().needs_store {
-        sessionlb::session::ticket::warm_up();
-    }
     let server = Server::start(shared.clone())?;
     let addr = server.local_addrs()[0];
     let admin = main_loop.bind_admin(admin)?;

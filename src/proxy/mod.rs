@@ -37,10 +37,10 @@ use upstream::{ClientBody, Exchange, Head, Outgoing, RequestHead};
 /// Serves one request from a client connection. Never fails: every problem
 /// becomes a response with a status and a short plain-text cause.
 ///
-/// Everything up to sending is synchronous, but for a pool whose sessions
-/// are in Redis, whose request waits for its session first; the future that waits
-/// holds the request once (it is moved several times by hyper and tokio,
-/// so its size is paid per request).
+/// Everything up to sending is synchronous, except loading a session from
+/// a store on the network (Redis); the future that waits holds the request
+/// once (it is moved several times by hyper and tokio, so its size is paid
+/// per request).
 pub fn handle(
     req: Request<Incoming>,
     conn: Arc<Connection>,

@@ -53,6 +53,10 @@ impl Server {
         if !unsupported.is_empty() {
             return Err(ServerError::Unsupported(unsupported));
         }
+        if shared.load().needs_store {
+            // before any worker serves a request that mints a ticket
+            crate::session::ticket::warm_up();
+        }
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -142,13 +142,8 @@ impl Opened {
                 Bytes::from(body).slice(plain)
             }
         };
-        let mut rest = &lines[..];
-        while !rest.is_empty() {
-            let (line, after) = next_line(rest);
-            rest = after;
-            if !line.is_empty() {
-                entry(line).ok_or(Unreadable::Format)?;
-            }
+        for line in non_empty_lines(&lines) {
+            entry(line).ok_or(Unreadable::Format)?;
         }
         Ok(Opened { created, lines })
     }
@@ -156,18 +151,8 @@ impl Opened {
     /// Every entry, in the order stored (expired ones too: see
     /// [`Opened::live`]).
     pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
-        let mut rest = &self.lines[..];
-        std::iter::from_fn(move || {
-            while !rest.is_empty() {
-                let (line, after) = next_line(rest);
-                rest = after;
-                // every line was read once when opened
-                if let Some(e) = entry(line) {
-                    return Some(e);
-                }
-            }
-            None
-        })
+        // every line was read once when opened
+        non_empty_lines(&self.lines).filter_map(entry)
     }
 
     /// Entries the app has not let expire by `now`.
@@ -201,12 +186,22 @@ impl Opened {
     }
 }
 
-/// The line `text` starts with (without its newline), and what follows it.
-fn next_line(text: &[u8]) -> (&[u8], &[u8]) {
-    match memchr::memchr(b'\n', text) {
-        Some(nl) => (&text[..nl], &text[nl + 1..]),
-        None => (text, &[]),
-    }
+/// The lines of `text` that are not empty, without their newlines.
+fn non_empty_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let (line, after) = match memchr::memchr(b'\n', rest) {
+                Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+                None => (rest, &[][..]),
+            };
+            rest = after;
+            if !line.is_empty() {
+                return Some(line);
+            }
+        }
+        None
+    })
 }
 
 /// One line read: `[@<expires> ]<name>=<value>`; `None` when it is not one

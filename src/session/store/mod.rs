@@ -86,25 +86,31 @@ impl Store {
     /// Reads a session and restarts its idle timeout, in one round trip
     /// (`GETEX key EX idle`).
     pub async fn load(&self, id: &SessionId, idle: Duration) -> Result<Option<Bytes>, StoreError> {
-        let started = std::time::Instant::now();
-        let result = match self {
-            Store::Memory(m) => Ok(m.load(id)),
-            Store::Redis(r) => Box::pin(r.load(id, idle)).await,
-        };
-        self.count(Op::Load, started, &result, |v| v.is_some());
-        result
+        match self {
+            Store::Memory(m) => self.load_memory(m, id),
+            Store::Redis(r) => {
+                let started = std::time::Instant::now();
+                let result = Box::pin(r.load(id, idle)).await;
+                self.count(Op::Load, started, &result, |v| v.is_some());
+                result
+            }
+        }
     }
 
     /// [`Store::load`], when the store answers at once: `None` for a store
     /// that needs the network.
     pub fn load_now(&self, id: &SessionId) -> Option<Result<Option<Bytes>, StoreError>> {
-        let Store::Memory(m) = self else {
-            return None;
-        };
+        match self {
+            Store::Memory(m) => Some(self.load_memory(m, id)),
+            Store::Redis(_) => None,
+        }
+    }
+
+    fn load_memory(&self, m: &MemoryStore, id: &SessionId) -> Result<Option<Bytes>, StoreError> {
         let started = std::time::Instant::now();
         let result = Ok(m.load(id));
         self.count(Op::Load, started, &result, |v| v.is_some());
-        Some(result)
+        result
     }
 
     /// Reads a session without touching its timeout: the current value a
