@@ -42,6 +42,18 @@ backends, Redis and wrk used ("other %"). A run that lost more than
 --max-steal percent to steal or --max-other percent to other work is measured
 again (--retries), and the medians are printed twice: over every repetition,
 and over the clean repetitions (neither limit passed).
+--paired N measures each shared-store row once more against slb_rr, in
+N slices of --slice seconds, both proxies running side by side. On this
+kind of shared VM one run's cost per request drifts by a third from one
+minute to the next, more than a row's difference from slb_rr. In turn
+(the default): slb_rr, the row, slb_rr, ...; each slice of the row against
+the mean of the slb_rr slices around it. --together --pin: both driven at
+once, both proxies on CPU 0 (each gets half of it) and the backends, Redis
+and the two wrk on CPU 1, so that each slice's ratio of requests/s is the
+ratio of the two proxies' costs through the same moments of the machine.
+The row slb_rr_control (slb_rr measured against itself) shows the method's
+own error: 0.99 (0.97-1.05 per slice) here. This is the measurement the
+shared-store targets are judged by.
 Then it measures the memory that idle keep-alive client connections cost
 sessionlb and nginx (and, when sessionlb_store_memory is measured, sessionlb
 with each idle connection's request carrying a session's ticket). Missing
@@ -52,6 +64,8 @@ Usage (from the repository root):
   cargo build --release
   python3 benches/load/compare.py [--repeats 3] [--duration 10] [--idle 10000] [--max-steal 2] [--max-other 5]
       [--configs "slb_rr sessionlb_store_memory sessionlb_store_redis"]
+  python3 benches/load/compare.py --repeats 0 --idle 0 --paired 10 --together --pin \
+      --configs "sessionlb_store_memory sessionlb_store_redis"
 
 Everything listens on 127.0.0.1; every process started is stopped at exit.
 """
@@ -80,9 +94,36 @@ BODY = "a" * 1024
 # what a small Flask session is.
 SESSION = base64.urlsafe_b64encode(bytes(range(7, 157))).decode()
 STORE_ROWS = {"sessionlb_store_memory": 0.95, "sessionlb_store_redis": 0.75,
-              "sessionlb_store_memory_mixed": None, "sessionlb_store_redis_mixed": None}
+              "sessionlb_store_memory_mixed": None, "sessionlb_store_redis_mixed": None,
+              "slb_rr_control": None}
+# slb_rr_control is slb_rr under another name: --paired against slb_rr, the
+# method's own error (it should read 1.0)
+ALIASES = {"slb_rr_control": "slb_rr"}
 STORE_GOALS = {"sessionlb_store_redis": 0.8}
 STARTED = []
+# wrk's requests: three rotating client sessions (`sid=s1..3`), each with the
+# extra cookie given for it (a route cookie, a ticket)
+WRK_SCRIPT = """
+local reqs = {}
+local i = 0
+local n = 3
+init = function(args)
+  if #args > 0 then n = #args end
+  for k = 1, n do
+    local c = "theme=dark; sid=s" .. k
+    if args[k] and args[k] ~= "" then c = c .. "; " .. args[k] end
+    wrk.headers["Cookie"] = c
+    reqs[k] = wrk.format("GET", "/")
+  end
+end
+request = function() i = i % n + 1; return reqs[i] end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %d %d %d %d\\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), summary.requests,
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
 
 
 def log(msg):
@@ -109,7 +150,19 @@ def tool(name):
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def start(cmd, log_path, **kw):
+# --pin: the proxy under test alone on one CPU, everything else (backends,
+# Redis, wrk) on the other, so that the scheduler's placement does not change
+# a proxy's cost from one run to the next
+PIN = {}
+
+
+def pinned(cmd, role):
+    cpu = PIN.get(role)
+    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
+
+
+def start(cmd, log_path, role="rest", **kw):
+    cmd = pinned(cmd, role)
     out = open(log_path, "w")
     p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
     STARTED.append(p)
@@ -263,6 +316,7 @@ class Bench:
 
     # ------------------------------------------------------------ proxies
     def start_proxy(self, name):
+        name = ALIASES.get(name, name)
         d = self.tmp / f"{name}-{time.time_ns()}"
         d.mkdir()
         kind, policy = name.split("_", 1)
@@ -286,7 +340,7 @@ class Bench:
   }}
 }}
 """)
-            p = start([tool("nginx"), "-p", f"{d}/", "-c", str(conf)], d / "out.log")
+            p = start([tool("nginx"), "-p", f"{d}/", "-c", str(conf)], d / "out.log", role="proxy")
         elif kind == "haproxy":
             cookie = {"rr": ("", "", "", ""), "cookie": ("cookie SRV insert indirect nocache",
                                                       "cookie s1", "cookie s2", "cookie s3")}[policy]
@@ -313,7 +367,7 @@ backend be
   server s2 {HOST}:{be[1]} {cookie[2]}
   server s3 {HOST}:{be[2]} {cookie[3]}
 """)
-            p = start([tool("haproxy"), "-db", "-f", str(conf)], d / "out.log")
+            p = start([tool("haproxy"), "-db", "-f", str(conf)], d / "out.log", role="proxy")
         else:
             policy = policy.removesuffix("_mixed")
             pol = {"rr": "round_robin", "iphash": "ip_hash", "cookie": "cookie",
@@ -333,7 +387,8 @@ backends = [{{ addr = "{HOST}:{be[0]}" }}, {{ addr = "{HOST}:{be[1]}" }}, {{ add
 {sticky}[log]
 access_log = {str(self.args.access_log).lower()}
 """)
-            p = start([self.slb, "run", "-c", str(conf)], d / "out.log", env=dict(os.environ, RUST_LOG="warn"))
+            p = start([self.slb, "run", "-c", str(conf)], d / "out.log", role="proxy",
+                      env=dict(os.environ, RUST_LOG="warn"))
         if not wait_http(self.port):
             stop(p)
             sys.exit(f"{name} did not start; see {d}")
@@ -341,6 +396,7 @@ access_log = {str(self.args.access_log).lower()}
 
     def cookies(self, name):
         """The three sessions' extra cookie: one per backend for sticky configs."""
+        name = ALIASES.get(name, name)
         if name == "haproxy_cookie":
             return ["SRV=s1", "SRV=s2", "SRV=s3"]
         if name == "slb_cookie":
@@ -381,37 +437,16 @@ access_log = {str(self.args.access_log).lower()}
                      f"{r.headers.get_all('Set-Cookie')}")
         return ticket
 
-    def wrk(self, seconds, cookies):
+    def wrk_start(self, seconds, cookies, port=None):
         script = self.tmp / "bench.lua"
-        script.write_text("""
-local reqs = {}
-local i = 0
-local n = 3
-init = function(args)
-  if #args > 0 then n = #args end
-  for k = 1, n do
-    local c = "theme=dark; sid=s" .. k
-    if args[k] and args[k] ~= "" then c = c .. "; " .. args[k] end
-    wrk.headers["Cookie"] = c
-    reqs[k] = wrk.format("GET", "/")
-  end
-end
-request = function() i = i % n + 1; return reqs[i] end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %.1f %d %d %d %d\\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), summary.requests,
-    e.connect + e.read + e.write + e.timeout + e.status))
-end
-""")
+        if not script.exists():
+            script.write_text(WRK_SCRIPT)
         cmd = [tool("wrk"), f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s",
-               "--timeout", "5s", "-s", str(script), f"http://{HOST}:{self.port}/", "--", *cookies]
-        out = subprocess.run(cmd, capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("RESULT"):
-                rps, p50, p99, n, errors = line.split()[1:]
-                return float(rps), int(p50), int(p99), int(n), int(errors)
-        raise RuntimeError(f"wrk printed no result:\n{out}")
+               "--timeout", "5s", "-s", str(script), f"http://{HOST}:{port or self.port}/", "--", *cookies]
+        return subprocess.Popen(pinned(cmd, "rest"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def wrk(self, seconds, cookies):
+        return wrk_result(self.wrk_start(seconds, cookies))
 
     def run_one(self, name):
         p = self.start_proxy(name)
@@ -422,32 +457,110 @@ end
             # machine (steal), or other work on it did, measures the
             # neighbours, not the proxy: it is measured again, up to
             # --retries times.
-            redis = self.redis_proc if name.startswith("sessionlb_store_redis") else None
-            others = [q for q in (self.backend_proc, getattr(self, "redis_proc", None)) if q]
             for attempt in range(self.args.retries + 1):
-                cpu0, stat0 = cpu_seconds(p.pid), cpu_times()
-                rcpu0 = cpu_seconds(redis.pid) if redis else 0.0
-                own0 = sum(cpu_seconds(q.pid) for q in others)
-                wrk0 = os.times()
-                rps, p50, p99, n, errors = self.wrk(self.args.duration, cookies)
-                wrk1, stat1 = os.times(), cpu_times()
-                cpu, steal = cpu_seconds(p.pid) - cpu0, steal_percent(stat0, stat1)
-                rcpu = cpu_seconds(redis.pid) - rcpu0 if redis else None
-                own = (cpu + sum(cpu_seconds(q.pid) for q in others) - own0
-                       + wrk1.children_user + wrk1.children_system - wrk0.children_user - wrk0.children_system)
-                other = other_percent(stat0, stat1, own)
-                if steal <= self.args.max_steal and other <= self.args.max_other:
+                r = self.measure(name, p, cookies, self.args.duration)
+                if not noisy(r, self.args):
                     break
                 if attempt < self.args.retries:
-                    log(f"{name}: {steal:.1f}% steal, {other:.1f}% other work during the run; measuring again")
+                    log(f"{name}: {r['steal_pct']:.1f}% steal, {r['other_pct']:.1f}% other work during the run; "
+                        f"measuring again")
         finally:
             stop(p)
+        return r
+
+    def measure(self, name, p, cookies, seconds):
+        """One wrk run against the proxy `p`, with what it cost the proxy
+        (and Redis) and what the machine lost to other guests and work."""
+        redis = self.redis_proc if name.startswith("sessionlb_store_redis") else None
+        others = [q for q in (self.backend_proc, getattr(self, "redis_proc", None)) if q]
+        cpu0, stat0 = cpu_seconds(p.pid), cpu_times()
+        rcpu0 = cpu_seconds(redis.pid) if redis else 0.0
+        own0 = sum(cpu_seconds(q.pid) for q in others)
+        wrk0 = os.times()
+        rps, p50, p99, n, errors = self.wrk(seconds, cookies)
+        wrk1, stat1 = os.times(), cpu_times()
+        cpu, steal = cpu_seconds(p.pid) - cpu0, steal_percent(stat0, stat1)
+        own = (cpu + sum(cpu_seconds(q.pid) for q in others) - own0
+               + wrk1.children_user + wrk1.children_system - wrk0.children_user - wrk0.children_system)
         r = {"config": name, "rps": rps, "p50_us": p50, "p99_us": p99, "requests": n,
              "errors": errors, "cpu_us_per_req": cpu * 1e6 / max(n, 1), "steal_pct": steal,
-             "other_pct": other}
-        if rcpu is not None:
-            r["redis_cpu_us_per_req"] = rcpu * 1e6 / max(n, 1)
+             "other_pct": other_percent(stat0, stat1, own)}
+        if redis:
+            r["redis_cpu_us_per_req"] = (cpu_seconds(redis.pid) - rcpu0) * 1e6 / max(n, 1)
         return r
+
+    def paired(self, name, rounds):
+        """`name` and slb_rr running side by side on two ports, measured in
+        turn for --slice seconds each (rr, name, rr, ..., name, rr). Each
+        slice of `name` is compared with the mean of the rr slices on either
+        side of it: on a shared VM a proxy's cost per request drifts by a
+        third from one minute to the next, more than the difference
+        measured, and slices seconds apart drift together."""
+        home = self.port
+        ports = {"slb_rr": home, name: home + 20}
+        procs, cookies, slices = {}, {}, []
+        try:
+            for row, port in ports.items():
+                self.port = port
+                procs[row] = self.start_proxy(row)
+                cookies[row] = self.cookies(row)
+                self.wrk(self.args.warmup, cookies[row])
+            if self.args.together:
+                for _ in range(rounds):
+                    rr, r = self.measure_together([(row, procs[row], cookies[row], ports[row])
+                                                   for row in ("slb_rr", name)])
+                    slices += [rr, r, rr]
+            else:
+                for row in ["slb_rr"] + [r for _ in range(rounds) for r in (name, "slb_rr")]:
+                    self.port = ports[row]
+                    slices.append(self.measure(row, procs[row], cookies[row], self.args.slice))
+        finally:
+            self.port = home
+            for p in procs.values():
+                stop(p)
+        pairs = []
+        step = 3 if self.args.together else 2
+        for i in range(1, len(slices), step):
+            before, r, after = slices[i - 1], slices[i], slices[i + 1]
+            rr = {k: (before[k] + after[k]) / 2 for k in ("rps", "cpu_us_per_req", "p99_us")}
+            pairs.append({"config": name, "rps": r["rps"], "rr_rps": rr["rps"],
+                          "vs_rr": r["rps"] / rr["rps"],
+                          "cpu_vs_rr": r["cpu_us_per_req"] / rr["cpu_us_per_req"],
+                          "p99_us": r["p99_us"], "rr_p99_us": rr["p99_us"],
+                          "cpu_us_per_req": r["cpu_us_per_req"],
+                          "redis_cpu_us_per_req": r.get("redis_cpu_us_per_req"),
+                          "errors": r["errors"] + before["errors"] + (after["errors"] if after is not before else 0),
+                          "noisy": any(noisy(x, self.args) for x in (before, r, after))})
+            log(f"paired {name} {len(pairs)}: {r['rps']:.0f} req/s vs slb_rr {rr['rps']:.0f}: "
+                f"{pairs[-1]['vs_rr']:.3f}, CPU/req {pairs[-1]['cpu_vs_rr']:.3f}"
+                f"{' (noisy)' if pairs[-1]['noisy'] else ''}")
+        return pairs
+
+    def measure_together(self, rows):
+        """wrk against every proxy of `rows` at once, for --slice seconds:
+        with --pin, the proxies share CPU 0 and each gets half of it, so
+        the ratio of their requests/s is the inverse ratio of their costs
+        per request, measured through the same moments of the machine."""
+        redis = getattr(self, "redis_proc", None)
+        others = [q for q in (self.backend_proc, redis) if q]
+        cpu0 = [cpu_seconds(p.pid) for _, p, _, _ in rows]
+        rcpu0 = cpu_seconds(redis.pid) if redis else 0.0
+        stat0, own0, wrk0 = cpu_times(), sum(cpu_seconds(q.pid) for q in others), os.times()
+        running = [self.wrk_start(self.args.slice, cookies, port) for _, _, cookies, port in rows]
+        got = [wrk_result(w) for w in running]
+        wrk1, stat1 = os.times(), cpu_times()
+        cpus = [cpu_seconds(p.pid) - c for (_, p, _, _), c in zip(rows, cpu0)]
+        own = (sum(cpus) + sum(cpu_seconds(q.pid) for q in others) - own0
+               + wrk1.children_user + wrk1.children_system - wrk0.children_user - wrk0.children_system)
+        steal, other = steal_percent(stat0, stat1), other_percent(stat0, stat1, own)
+        out = []
+        for (name, _, _, _), (rps, p50, p99, n, errors), cpu in zip(rows, got, cpus):
+            r = {"config": name, "rps": rps, "p50_us": p50, "p99_us": p99, "requests": n, "errors": errors,
+                 "cpu_us_per_req": cpu * 1e6 / max(n, 1), "steal_pct": steal, "other_pct": other}
+            if redis and name.startswith("sessionlb_store_redis"):
+                r["redis_cpu_us_per_req"] = (cpu_seconds(redis.pid) - rcpu0) * 1e6 / max(n, 1)
+            out.append(r)
+        return out
 
     # ------------------------------------------------------------ idle memory
     def idle(self, name, n):
@@ -494,6 +607,15 @@ async def hold_connections(port, n, cookie, measure):
     return len(conns), rss
 
 
+def wrk_result(proc):
+    out = proc.communicate()[0]
+    for line in out.splitlines():
+        if line.startswith("RESULT"):
+            rps, p50, p99, n, errors = line.split()[1:]
+            return float(rps), int(p50), int(p99), int(n), int(errors)
+    raise RuntimeError(f"wrk printed no result:\n{out}")
+
+
 def ratio(a, b):
     return a / b if b else float("nan")
 
@@ -519,8 +641,17 @@ def main():
     ap.add_argument("--access-log", action="store_true", help="sessionlb with its access log on")
     ap.add_argument("--configs", default="nginx_rr haproxy_rr slb_rr nginx_iphash slb_iphash haproxy_cookie slb_cookie "
                     "sessionlb_store_memory sessionlb_store_redis")
+    ap.add_argument("--paired", type=int, default=0, metavar="N",
+                    help="also measure each shared-store row in N slices alternating with slb_rr slices")
+    ap.add_argument("--slice", type=int, default=3, help="seconds per --paired slice")
+    ap.add_argument("--together", action="store_true",
+                    help="--paired: drive slb_rr and the row at once instead of in turn (use with --pin)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the proxy under test on CPU 0, backends, Redis and wrk on CPU 1")
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
+    if args.pin:
+        PIN.update(proxy=0, rest=1)
     if not Path(args.sessionlb).exists():
         sys.exit(f"{args.sessionlb} not found: run `cargo build --release` first")
     configs = args.configs.split()
@@ -528,7 +659,7 @@ def main():
     ensure_tools(redis=uses_redis)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    results, idle = [], []
+    results, idle, paired = [], [], []
     with tempfile.TemporaryDirectory(prefix="sessionlb-compare-") as tmp:
         bench = Bench(args, tmp)
         try:
@@ -545,6 +676,8 @@ def main():
                     log(f"rep {rep} {name}: {r['rps']:.0f} req/s p50 {r['p50_us']}us p99 {r['p99_us']}us "
                         f"cpu {r['cpu_us_per_req']:.1f}us/req{redis} steal {r['steal_pct']:.1f}% "
                         f"other {r['other_pct']:.1f}% errors {r['errors']}")
+            for name in (c for c in configs if c in STORE_ROWS and args.paired):
+                paired += bench.paired(name, args.paired)
             if args.idle:
                 for name in ["nginx_rr", "slb_rr"] + [c for c in configs if c == "sessionlb_store_memory"]:
                     i = bench.idle(name, args.idle)
@@ -554,8 +687,9 @@ def main():
             for p in list(STARTED):
                 stop(p)
     report(results, idle, args)
+    paired_report(paired, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "idle": idle}, indent=1))
+        Path(args.json).write_text(json.dumps({"results": results, "idle": idle, "paired": paired}, indent=1))
 
 
 def store_report(by_rep, args):
@@ -612,6 +746,34 @@ def store_report(by_rep, args):
         tgt = "none" if target is None else f">= {target:g}x" + (f" (goal {goal:g}x)" if goal is not None else "")
         print(f"| {name} | {tgt} | {len(pairs)} | {all_med:.3f} | {verdict(all_med)} | {len(clean)} | "
               f"{clean_med:.3f} | {verdict(clean_med)} | {cpu:.1f} | {rcpu} |")
+
+
+def paired_report(pairs, args):
+    if not pairs:
+        return
+    print(f"\nShared-store rows measured in turn with slb_rr ({args.slice}s slices; each against the "
+          f"mean of the slb_rr slices before and after it"
+          f"{'; proxy on CPU 0, the rest on CPU 1' if args.pin else ''}):\n")
+    print("| config | target vs slb_rr | slices | req/s vs slb_rr (median, min-max) | verdict | clean slices | "
+          "median of clean | CPU/req vs slb_rr | p99 ms (slb_rr p99) | redis CPU µs/req | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(p["config"] for p in pairs):
+        ps = [p for p in pairs if p["config"] == name]
+        clean = [p for p in ps if not p["noisy"]]
+        target = STORE_ROWS[name]
+        med = statistics.median(p["vs_rr"] for p in ps)
+        cmed = statistics.median(p["vs_rr"] for p in clean) if clean else float("nan")
+        verdict = "n/a" if target is None else ("meets" if med >= target else "MISSES")
+        goal = STORE_GOALS.get(name)
+        if goal is not None:
+            verdict += f", goal {goal:g}x {'met' if med >= goal else 'not met'}"
+        rcpus = [p["redis_cpu_us_per_req"] for p in ps if p["redis_cpu_us_per_req"] is not None]
+        print(f"| {name} | {'none' if target is None else f'>= {target:g}x'} | {len(ps)} | "
+              f"{med:.3f} ({min(p['vs_rr'] for p in ps):.2f}-{max(p['vs_rr'] for p in ps):.2f}) | {verdict} | "
+              f"{len(clean)} | {cmed:.3f} | {statistics.median(p['cpu_vs_rr'] for p in ps):.3f} | "
+              f"{statistics.median(p['p99_us'] for p in ps) / 1000:.2f} "
+              f"({statistics.median(p['rr_p99_us'] for p in ps) / 1000:.2f}) | "
+              f"{f'{statistics.median(rcpus):.1f}' if rcpus else ''} | {sum(p['errors'] for p in ps)} |")
 
 
 def report(results, idle, args):
