@@ -374,6 +374,89 @@ async fn a_connection_remembers_no_secret_but_its_own() {
     assert_eq!(bodies, [session, "-|-", session], "{text}");
 }
 
+/// A browser's connection sends the same `Cookie` field request after
+/// request, and the connection gives the backend the same field back
+/// without rewriting it again; every change is still seen at once: another
+/// cookie beside the ticket, a session the app changed, a revocation. One
+/// raw keep-alive connection, one request at a time.
+#[tokio::test]
+async fn a_connection_forwards_the_session_as_it_is_now() {
+    let (_app, proxy) = cookie_app_proxy("");
+    let c = client::h1();
+    let t = ticket(&request(&c, "POST", &proxy.url("/login"), &[]).await).unwrap();
+    let admin = format!(
+        "http://{}/admin/sessions/{}",
+        proxy.admin_addr(),
+        t.split_once('.').unwrap().0
+    );
+    let addr = proxy.addrs[0];
+    let ticket = t.clone();
+    let bodies = tokio::task::spawn_blocking(move || {
+        let mut conn = raw::Sequential::connect(addr, DEADLINE);
+        let mut get = |path: &str, theme: &str| {
+            let head = conn.request(&format!(
+                "GET {path} HTTP/1.1\r\nHost: a\r\nCookie: theme={theme}; slb_sid={ticket}\r\n\r\n"
+            ));
+            head.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+        };
+        let mut bodies = vec![
+            get("/echo", "dark"),
+            get("/echo", "dark"),
+            get("/echo", "light"),
+        ];
+        // the app changes the session: the same field brings the new one
+        get("/sig", "light");
+        bodies.push(get("/echo", "light"));
+        bodies.push(get("/echo", "light"));
+        (bodies, conn)
+    })
+    .await
+    .unwrap();
+    let (bodies, mut conn) = bodies;
+    assert_eq!(
+        bodies,
+        [
+            "theme=dark; sess=VALUE1; sess.sig=SIG1|-",
+            "theme=dark; sess=VALUE1; sess.sig=SIG1|-",
+            "theme=light; sess=VALUE1; sess.sig=SIG1|-",
+            "theme=light; sess=VALUE1; sess.sig=SIG2|-",
+            "theme=light; sess=VALUE1; sess.sig=SIG2|-",
+        ]
+    );
+    // changed through another connection: seen on this one at once
+    let cookie = format!("slb_sid={t}");
+    let rotated = request(&c, "GET", &proxy.url("/rotate"), &[&cookie]).await;
+    assert_eq!(rotated.status.as_u16(), 200);
+    let field = format!("GET /echo HTTP/1.1\r\nHost: a\r\nCookie: theme=light; {cookie}\r\n\r\n");
+    let (changed, mut conn) = tokio::task::spawn_blocking(move || (conn.request(&field), conn))
+        .await
+        .unwrap();
+    assert!(
+        changed.ends_with("\r\n\r\ntheme=light; sess=NEW|-"),
+        "{changed}"
+    );
+
+    assert_eq!(
+        request(&c, "DELETE", &admin, &[]).await.status.as_u16(),
+        204
+    );
+    let after = tokio::task::spawn_blocking(move || {
+        conn.request(&format!(
+            "GET /echo HTTP/1.1\r\nHost: a\r\nCookie: theme=light; slb_sid={t}\r\n\r\n"
+        ))
+    })
+    .await
+    .unwrap();
+    assert!(
+        after.ends_with("\r\n\r\ntheme=light|-"),
+        "revoked at once: {after}"
+    );
+    assert!(
+        after.to_ascii_lowercase().contains("set-cookie: slb_sid=;"),
+        "the ticket is cleared: {after}"
+    );
+}
+
 /// `encrypt = false`: the ticket is the bare id, the blob stored plain.
 #[tokio::test]
 async fn unsealed_tickets_are_bare_ids() {

@@ -115,11 +115,10 @@ impl Seen {
         seen
     }
 
-    /// Counts the `Cookie` fields again, after the session's cookies
-    /// (`added` bytes) took the ticket's place.
-    pub fn session_rewrote(&mut self, headers: &HeaderMap, added: usize) {
-        let n = headers.get_all(http::header::COOKIE).iter().count();
-        self.cookies = u8::try_from(n).unwrap_or(u8::MAX);
+    /// The session's cookies (`added` bytes) took the ticket's place,
+    /// leaving `cookies` fields.
+    pub fn session_rewrote(&mut self, cookies: usize, added: usize) {
+        self.cookies = u8::try_from(cookies).unwrap_or(u8::MAX);
         self.added = added;
     }
 

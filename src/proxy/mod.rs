@@ -99,11 +99,11 @@ pub fn handle(
                         loaded,
                     )),
                     Load::Done(Err(error)) => Err(error.into()),
-                    Load::Wait(ticket) => Ok(Step::Session(Box::new(Waiting {
+                    Load::Wait(claim) => Ok(Step::Session(Box::new(Waiting {
                         admitted,
                         seen,
                         client,
-                        ticket,
+                        claim,
                     }))),
                 }
             }
@@ -163,7 +163,7 @@ struct Waiting {
     admitted: Admitted,
     seen: Seen,
     client: IpAddr,
-    ticket: crate::session::Ticket,
+    claim: crate::session::Claim,
 }
 
 /// Loads a request's session (one store round trip) and writes the
@@ -177,7 +177,7 @@ async fn load_session(
     let Some(mode) = rt.sessions[waiting.admitted.pool].as_ref() else {
         return Err(Reject::NoRoute);
     };
-    let loaded = mode.load(waiting.ticket, &finish.conn.recall).await?;
+    let loaded = mode.load(waiting.claim, &finish.conn.recall).await?;
     let Waiting {
         admitted,
         seen,
@@ -192,6 +192,7 @@ async fn load_session(
 
 /// Writes a request of a pool in shared-store mode for the backend, with
 /// its session in place of its ticket.
+#[inline]
 fn with_session_cookies(
     mode: &crate::session::Mode,
     loaded: &Loaded,
@@ -201,8 +202,8 @@ fn with_session_cookies(
     client: IpAddr,
     request_id: &RequestId,
 ) -> Prepared {
-    let added = mode.to_backend(&mut admitted.parts.headers, loaded);
-    seen.session_rewrote(&admitted.parts.headers, added);
+    let rewritten = mode.to_backend(&mut admitted.parts.headers, loaded, &finish.conn.recall);
+    seen.session_rewrote(rewritten.cookies, rewritten.added);
     compose(admitted, &seen, finish, client, request_id)
 }
 

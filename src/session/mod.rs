@@ -16,14 +16,15 @@ pub mod stats;
 pub mod store;
 pub mod ticket;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::HeaderMap;
-use http::header::SET_COOKIE;
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
 
 use crate::config::{self, Carrier, OnStoreError};
-pub use recall::Recall;
+pub use recall::{Claim, Recall};
 use record::{Entry, Opened, Record};
 pub use stats::Stats;
 use store::{Put, Ttl};
@@ -161,6 +162,10 @@ impl Sessions {
 /// One pool's shared-store mode, compiled.
 #[derive(Debug)]
 pub struct Mode {
+    /// Unique in the process, so that a connection's [`Recall`] gives what
+    /// one pool's settings wrote to that pool only, and nothing across a
+    /// reload.
+    id: u64,
     pub pool: Arc<str>,
     pub settings: config::Session,
     pub store: Arc<Store>,
@@ -172,14 +177,14 @@ pub enum Presented {
     None,
     /// Not a ticket the proxy makes: no session, cleared in the response.
     Malformed,
-    Ticket(Ticket),
+    Ticket(Claim),
 }
 
 /// A session loaded at once, or the ticket to load it with, waiting.
 #[derive(Debug)]
 pub enum Load {
     Done(Result<Loaded, SessionError>),
-    Wait(Ticket),
+    Wait(Claim),
 }
 
 /// What a request brought and found.
@@ -196,6 +201,17 @@ pub struct Loaded {
     /// The store failed and the pool is `fail_open`: the request goes on
     /// without its session and nothing of it is stored.
     unavailable: bool,
+    /// The `Cookie` field the backend gets, as the connection recalls it.
+    forward: Option<HeaderValue>,
+}
+
+/// What writing the session into a request did to its head.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewritten {
+    /// Bytes the head may have grown by.
+    pub added: usize,
+    /// `Cookie` fields it now has.
+    pub cookies: usize,
 }
 
 impl Loaded {
@@ -210,7 +226,9 @@ impl Loaded {
 
 impl Mode {
     pub fn new(pool: Arc<str>, settings: config::Session, store: Arc<Store>) -> Mode {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Mode {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             pool,
             settings,
             store,
@@ -225,6 +243,12 @@ impl Mode {
     /// to wait for the store (or recalled, when the connection's last
     /// request carried the same).
     pub fn presented(&self, headers: &HeaderMap, recall: &Recall) -> Presented {
+        if let Carrier::Cookie { .. } = self.settings.carrier
+            && let Some(field) = single(headers, &COOKIE)
+            && let Some(claim) = recall.claim(self.id, field.as_bytes(), crate::clock::unix_now)
+        {
+            return Presented::Ticket(claim);
+        }
         let Some(raw) = cookies::find(headers, &self.settings.cookie) else {
             return Presented::None;
         };
@@ -233,7 +257,10 @@ impl Mode {
             .filter(|t| t.is_sealed() == self.settings.encrypt)
             .or_else(|| Ticket::parse(raw, self.settings.encrypt));
         match ticket {
-            Some(ticket) => Presented::Ticket(ticket),
+            Some(ticket) => Presented::Ticket(Claim {
+                ticket,
+                recalled: None,
+            }),
             None => Presented::Malformed,
         }
     }
@@ -243,38 +270,39 @@ impl Mode {
     /// store that answers over the network gives the ticket back, for
     /// [`Mode::load`].
     pub fn load_now(&self, presented: Presented, recall: &Recall) -> Load {
-        let ticket = match presented {
+        let claim = match presented {
             Presented::None => return Load::Done(Ok(Loaded::default())),
             Presented::Malformed => {
                 tracing::debug!(pool = &*self.pool, "malformed session ticket: no session");
                 return Load::Done(Ok(Loaded::stale()));
             }
-            Presented::Ticket(ticket) => ticket,
+            Presented::Ticket(claim) => claim,
         };
-        match self.store.load_now(&ticket.id) {
-            Some(found) => Load::Done(self.loaded(ticket, found, recall)),
-            None => Load::Wait(ticket),
+        match self.store.load_now(&claim.ticket.id) {
+            Some(found) => Load::Done(self.loaded(claim, found, recall)),
+            None => Load::Wait(claim),
         }
     }
 
     /// Loads the session a ticket names: one store round trip, which also
     /// restarts its idle timeout.
-    pub async fn load(&self, ticket: Ticket, recall: &Recall) -> Result<Loaded, SessionError> {
+    pub async fn load(&self, claim: Claim, recall: &Recall) -> Result<Loaded, SessionError> {
         let found = self
             .store
-            .load(&ticket.id, self.settings.idle_timeout)
+            .load(&claim.ticket.id, self.settings.idle_timeout)
             .await;
-        self.loaded(ticket, found, recall)
+        self.loaded(claim, found, recall)
     }
 
     /// What the store's answer for a ticket is. The value is opened again
     /// only when it is not what the connection opened last.
     fn loaded(
         &self,
-        ticket: Ticket,
+        claim: Claim,
         found: Result<Option<Bytes>, StoreError>,
         recall: &Recall,
     ) -> Result<Loaded, SessionError> {
+        let Claim { ticket, recalled } = claim;
         let stored = match found {
             Ok(Some(stored)) => stored,
             Ok(None) => {
@@ -290,11 +318,18 @@ impl Mode {
             }
         };
         let now = crate::clock::unix_now();
-        let opened = match recall.opened(&ticket, &stored) {
-            Some(opened) => Ok(opened),
-            None => Opened::open(stored.clone(), &ticket).inspect(|opened| {
-                recall.remember(&ticket, stored, opened);
-            }),
+        let (opened, forward) = match recalled {
+            Some(r) if r.holds_for(&stored) => (Ok(r.opened), Some(r.forward)),
+            _ => match recall.opened(&ticket, &stored) {
+                Some(opened) => (Ok(opened), None),
+                None => {
+                    let opened = Opened::open(stored.clone(), &ticket);
+                    if let Ok(opened) = &opened {
+                        recall.remember(&ticket, stored, opened);
+                    }
+                    (opened, None)
+                }
+            },
         };
         match opened {
             Ok(record) if record.created + self.settings.absolute_timeout.as_secs() > now => {
@@ -302,6 +337,7 @@ impl Mode {
                     ticket: Some(ticket),
                     record: Some(record),
                     read_at: now,
+                    forward,
                     ..Loaded::default()
                 })
             }
@@ -341,10 +377,25 @@ impl Mode {
 
     /// Writes the session into the request for the backend: the app's
     /// cookies where the ticket was (or the blob header), and nothing of
-    /// the session a client sent itself. Returns the bytes it added.
-    pub fn to_backend(&self, headers: &mut HeaderMap, loaded: &Loaded) -> usize {
+    /// the session a client sent itself.
+    pub fn to_backend(
+        &self,
+        headers: &mut HeaderMap,
+        loaded: &Loaded,
+        recall: &Recall,
+    ) -> Rewritten {
+        // the one field the connection recalled the forward for
+        if let Some(forward) = &loaded.forward
+            && let Some(field) = headers.get_mut(COOKIE)
+        {
+            *field = forward.clone();
+            return Rewritten {
+                added: forward.len(),
+                cookies: 1,
+            };
+        }
         let live = loaded.record.iter().flat_map(|r| r.live(loaded.read_at));
-        match &self.settings.carrier {
+        let added = match &self.settings.carrier {
             Carrier::Cookie { app_cookies } => {
                 let mut replacement =
                     Vec::with_capacity(loaded.record.as_ref().map_or(0, Opened::len));
@@ -356,7 +407,21 @@ impl Mode {
                     replacement.push(b'=');
                     replacement.extend_from_slice(e.value);
                 }
+                let from = single(headers, &COOKIE).cloned();
                 cookies::rewrite(headers, &self.settings.cookie, app_cookies, &replacement);
+                if let (Some(record), Some(from), Some(to)) =
+                    (&loaded.record, from, single(headers, &COOKIE))
+                {
+                    // the next request of the connection, sending the same
+                    // field for the same stored value, gets the same
+                    let until = record
+                        .entries()
+                        .filter_map(|e| e.expires)
+                        .filter(|&t| t > loaded.read_at)
+                        .min()
+                        .unwrap_or(u64::MAX);
+                    recall.forwarded(record, self.id, from.as_bytes(), to.clone(), until);
+                }
                 replacement.len()
             }
             Carrier::Header {
@@ -375,6 +440,10 @@ impl Mode {
                     _ => 0,
                 }
             }
+        };
+        Rewritten {
+            added,
+            cookies: headers.get_all(COOKIE).iter().count(),
         }
     }
 
@@ -557,5 +626,14 @@ impl Mode {
                 }
             }
         }
+    }
+}
+
+/// The one field called `name`, when there is exactly one.
+fn single<'a>(headers: &'a HeaderMap, name: &http::header::HeaderName) -> Option<&'a HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
     }
 }

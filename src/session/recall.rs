@@ -11,10 +11,17 @@
 //! same ticket every time. The connection keeps only what its own requests
 //! carry anyway (the ticket, and the cookies it sends to the backend), and
 //! only while it is open.
+//!
+//! A browser also sends the same `Cookie` field, byte for byte, on request
+//! after request; the field the backend got for it is remembered too, and
+//! given again for the same field, the same pool and the same stored
+//! value, for as long as none of the session's cookies has expired: the
+//! rewrite is a function of exactly those.
 
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use http::HeaderValue;
 
 use super::record::Opened;
 use super::ticket::{TICKET_CHARS, Ticket};
@@ -32,6 +39,48 @@ struct Recent {
     ticket: Ticket,
     stored: Bytes,
     opened: Opened,
+    forwarded: Option<Forwarded>,
+}
+
+/// A `Cookie` field of the client's and what the backend got in its place.
+#[derive(Debug)]
+struct Forwarded {
+    /// The pool's shared-store mode that rewrote it (`Mode::id`).
+    mode: u64,
+    /// The client's field, copied: the request's own bytes share a buffer
+    /// with everything else it read.
+    from: Bytes,
+    to: HeaderValue,
+    /// Unix seconds at which the first of the session's cookies expires.
+    until: u64,
+}
+
+/// The ticket a request carries, with what the connection recalls of its
+/// session when the request's `Cookie` field is the one it forwarded last.
+#[derive(Debug)]
+pub struct Claim {
+    pub ticket: Ticket,
+    pub recalled: Option<Recalled>,
+}
+
+/// A session as the connection opened and forwarded it: valid only while
+/// the store still holds `stored`.
+#[derive(Debug)]
+pub struct Recalled {
+    stored: Bytes,
+    pub opened: Opened,
+    pub forward: HeaderValue,
+}
+
+impl Recalled {
+    /// Whether the store's answer is the value this was opened from.
+    pub fn holds_for(&self, stored: &Bytes) -> bool {
+        same(&self.stored, stored)
+    }
+}
+
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 impl Recall {
@@ -42,15 +91,48 @@ impl Recall {
         (recent.raw[..recent.raw_len] == *raw).then(|| recent.ticket.clone())
     }
 
+    /// The claim of a request whose one `Cookie` field is, byte for byte,
+    /// the one the connection forwarded last for `mode`.
+    /// `now` (unix seconds) is read only when a cookie of the session
+    /// expires.
+    pub fn claim(&self, mode: u64, field: &[u8], now: impl FnOnce() -> u64) -> Option<Claim> {
+        let recent = self.0.lock().ok()?;
+        let recent = recent.as_ref()?;
+        let f = recent.forwarded.as_ref()?;
+        let fresh = f.until == u64::MAX || now() < f.until;
+        (f.mode == mode && f.from == field && fresh).then(|| Claim {
+            ticket: recent.ticket.clone(),
+            recalled: Some(Recalled {
+                stored: recent.stored.clone(),
+                opened: recent.opened.clone(),
+                forward: f.to.clone(),
+            }),
+        })
+    }
+
+    /// Remembers what the backend got for the client's `Cookie` field, when
+    /// `opened` is the session remembered (a concurrent stream of the
+    /// connection may have opened another since).
+    pub fn forwarded(&self, opened: &Opened, mode: u64, from: &[u8], to: HeaderValue, until: u64) {
+        if let Ok(mut recent) = self.0.lock()
+            && let Some(recent) = recent.as_mut()
+            && recent.opened.is(opened)
+        {
+            recent.forwarded = Some(Forwarded {
+                mode,
+                from: Bytes::copy_from_slice(from),
+                to,
+                until,
+            });
+        }
+    }
+
     /// What `stored` opens to for `ticket`, when that is what was opened
     /// last.
     pub fn opened(&self, ticket: &Ticket, stored: &Bytes) -> Option<Opened> {
         let recent = self.0.lock().ok()?;
         let recent = recent.as_ref()?;
-        let same_value = (recent.stored.as_ptr() == stored.as_ptr()
-            && recent.stored.len() == stored.len())
-            || recent.stored == *stored;
-        (same_value && recent.ticket == *ticket).then(|| recent.opened.clone())
+        (same(&recent.stored, stored) && recent.ticket == *ticket).then(|| recent.opened.clone())
     }
 
     pub fn remember(&self, ticket: &Ticket, stored: Bytes, opened: &Opened) {
@@ -65,6 +147,7 @@ impl Recall {
                 ticket: ticket.clone(),
                 stored,
                 opened: opened.clone(),
+                forwarded: None,
             }));
         }
     }
@@ -124,5 +207,48 @@ mod tests {
         recall.forget();
         assert!(recall.ticket(t.value().as_bytes()).is_none());
         assert!(recall.opened(&t, &stored).is_none());
+    }
+
+    #[test]
+    fn a_forwarded_field_is_given_again_only_for_the_same_field_pool_and_time() {
+        let recall = Recall::default();
+        let t = Ticket::mint(true).unwrap();
+        let stored = sealed(&t, b"alice");
+        let opened = Opened::open(stored.clone(), &t).unwrap();
+        let field = format!("theme=dark; slb_sid={}", t.value());
+        let to = HeaderValue::from_static("theme=dark; session=alice");
+        // nothing remembered of the session: nothing to forward
+        recall.forwarded(&opened, 1, field.as_bytes(), to.clone(), 2_000);
+        assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
+
+        recall.remember(&t, stored.clone(), &opened);
+        // what another opening of the session gave is not remembered for
+        // the one the connection holds
+        let other = Opened::open(Bytes::copy_from_slice(&stored), &t).unwrap();
+        recall.forwarded(&other, 1, field.as_bytes(), to.clone(), 2_000);
+        assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
+
+        recall.forwarded(&opened, 1, field.as_bytes(), to.clone(), 2_000);
+        let claim = recall.claim(1, field.as_bytes(), || 1_000).unwrap();
+        assert_eq!(claim.ticket, t);
+        let recalled = claim.recalled.unwrap();
+        assert_eq!(recalled.forward, to);
+        assert!(recalled.holds_for(&Bytes::copy_from_slice(&stored)));
+        assert!(
+            !recalled.holds_for(&sealed(&t, b"alice")),
+            "sealed anew: another value"
+        );
+        // another cookie beside the ticket, another pool, or a cookie of
+        // the session expired: rewritten anew
+        let changed = format!("theme=light; slb_sid={}", t.value());
+        assert!(recall.claim(1, changed.as_bytes(), || 1_000).is_none());
+        assert!(recall.claim(2, field.as_bytes(), || 1_000).is_none());
+        assert!(recall.claim(1, field.as_bytes(), || 2_000).is_none());
+
+        // a new session opened on the connection forgets the field
+        let t2 = Ticket::mint(true).unwrap();
+        let stored2 = sealed(&t2, b"bob");
+        recall.remember(&t2, stored2.clone(), &Opened::open(stored2, &t2).unwrap());
+        assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
     }
 }

@@ -150,6 +150,12 @@ impl Opened {
 
     /// Every entry, in the order stored (expired ones too: see
     /// [`Opened::live`]).
+    /// Whether both are the same opening of a value (clones of one
+    /// another), not merely equal.
+    pub fn is(&self, other: &Opened) -> bool {
+        self.lines.as_ptr() == other.lines.as_ptr() && self.lines.len() == other.lines.len()
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
         // every line was read once when opened
         non_empty_lines(&self.lines).filter_map(entry)

@@ -498,6 +498,53 @@ pub struct Exchanged {
     pub received: Vec<u8>,
 }
 
+/// One client connection driven a request at a time: each request is
+/// written whole and its response (a head with `Content-Length`) read
+/// whole before the next.
+pub struct Sequential {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+impl Sequential {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Sequential {
+        let stream = TcpStream::connect(addr).expect("connect to the proxy");
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        Sequential {
+            stream,
+            buffered: Vec::new(),
+        }
+    }
+
+    /// Writes `request` and returns its response, head and body.
+    pub fn request(&mut self, request: &str) -> String {
+        self.stream
+            .write_all(request.as_bytes())
+            .expect("write the request");
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = find(&self.buffered, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buffered[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buffered.len() >= end + 4 + length {
+                    let rest = self.buffered.split_off(end + 4 + length);
+                    let response = std::mem::replace(&mut self.buffered, rest);
+                    return String::from_utf8_lossy(&response).into_owned();
+                }
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the proxy closed: {}", show(&self.buffered)),
+                Ok(n) => self.buffered.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("no whole response: {e}: {}", show(&self.buffered)),
+            }
+        }
+    }
+}
+
 /// Connects to `addr`, writes `send` (and, with `half_close`, shuts the
 /// write side), and reads until the first final response head is
 /// complete, the connection closes, or `timeout` passes. If a response
