@@ -102,7 +102,11 @@ impl Stats {
     }
 
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        // read first: every worker sets it on every store call, and a
+        // write would take the cache line from the others each time
+        if self.up.load(Ordering::Relaxed) != up {
+            self.up.store(up, Ordering::Relaxed);
+        }
     }
 
     pub fn is_up(&self) -> bool {
