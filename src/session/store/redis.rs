@@ -92,13 +92,23 @@ impl RedisStore {
     /// follows (`args` more arguments, `extra` more bytes), rather than
     /// grown argument by argument.
     fn on_key(&self, name: &str, id: &SessionId, args: usize, extra: usize) -> redis::Cmd {
-        let key_len = self.prefix.len() + id.as_str().len();
+        let (prefix, id) = (self.prefix.as_bytes(), id.as_str().as_bytes());
+        let key_len = prefix.len() + id.len();
         let mut cmd = redis::Cmd::with_capacity(2 + args, name.len() + key_len + extra);
         cmd.arg(name);
-        let mut key = Vec::with_capacity(key_len);
-        key.extend_from_slice(self.prefix.as_bytes());
-        key.extend_from_slice(id.as_str().as_bytes());
-        cmd.arg(&key[..]);
+        // the key is copied into the command: built on the stack when it
+        // fits, as it does unless the prefix is long
+        let mut stack = [0u8; 96];
+        match stack.get_mut(..key_len) {
+            Some(key) => {
+                key[..prefix.len()].copy_from_slice(prefix);
+                key[prefix.len()..].copy_from_slice(id);
+                cmd.arg(&*key);
+            }
+            None => {
+                cmd.arg([prefix, id].concat());
+            }
+        }
         cmd
     }
 
