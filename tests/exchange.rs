@@ -254,9 +254,11 @@ async fn a_pooled_connection_the_backend_closed_never_carries_a_post() {
     for n in 1..=20 {
         let r = client::send(&c, post()).await;
         assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
-        // the backend's close has reached the proxy before the next
-        // request does, however young the pooled connection: a POST is
-        // never replayed, so only the pool's watch saves it from a 502
+        // the proxy has seen the backend's close (and closed its end) before
+        // the next request comes, however young the pooled connection: a
+        // POST is never replayed, so only the pool's watch saves it from a
+        // 502 (a FIN still on its way when a request comes is a race no
+        // proxy can win for a POST)
         assert!(support::eventually(support::DEADLINE, || s.closed() == n));
     }
     assert_eq!(s.accepted(), 20);

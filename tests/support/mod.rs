@@ -380,7 +380,17 @@ impl Scripted {
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                         buf.drain(..end);
-                        if stream.write_all(&reply).is_err() || close {
+                        if stream.write_all(&reply).is_err() {
+                            return;
+                        }
+                        if close {
+                            // FIN, then wait for the proxy's: counted once
+                            // the proxy has seen the close and let go of
+                            // the connection, not while the FIN may still
+                            // be on its way to it
+                            let _ = stream.shutdown(std::net::Shutdown::Write);
+                            let _ = stream.set_read_timeout(Some(DEADLINE));
+                            while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
                             return;
                         }
                     }
@@ -394,7 +404,8 @@ impl Scripted {
         }
     }
 
-    /// Connections this backend has closed so far.
+    /// Connections closed so far (with `close`: by this backend, and then
+    /// by the proxy).
     pub fn closed(&self) -> u64 {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
