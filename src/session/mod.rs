@@ -19,7 +19,6 @@ pub mod ticket;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
@@ -27,7 +26,7 @@ use crate::config::{self, Carrier, OnStoreError};
 pub use recall::{Claim, Recall};
 use record::{Entry, Opened, Record};
 pub use stats::Stats;
-use store::{Put, Ttl};
+use store::{Found, Put, Ttl};
 pub use store::{Store, StoreError};
 pub use ticket::{RandomError, SessionId, Ticket};
 
@@ -278,7 +277,8 @@ impl Mode {
             }
             Presented::Ticket(claim) => claim,
         };
-        match self.store.load_now(&claim.ticket.id) {
+        let held = claim.recalled.as_ref().and_then(|r| r.held.as_ref());
+        match self.store.load_now(&claim.ticket.id, held) {
             Some(found) => Load::Done(self.loaded(claim, found, recall)),
             None => Load::Wait(claim),
         }
@@ -291,7 +291,7 @@ impl Mode {
             .store
             .load(&claim.ticket.id, self.settings.idle_timeout)
             .await;
-        self.loaded(claim, found, recall)
+        self.loaded(claim, found.map(|v| v.map(|v| (v, None))), recall)
     }
 
     /// What the store's answer for a ticket is. The value is opened again
@@ -299,12 +299,12 @@ impl Mode {
     fn loaded(
         &self,
         claim: Claim,
-        found: Result<Option<Bytes>, StoreError>,
+        found: Result<Option<Found>, StoreError>,
         recall: &Recall,
     ) -> Result<Loaded, SessionError> {
         let Claim { ticket, recalled } = claim;
-        let stored = match found {
-            Ok(Some(stored)) => stored,
+        let (stored, held) = match found {
+            Ok(Some(found)) => found,
             Ok(None) => {
                 recall.forget();
                 tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "unknown or expired session");
@@ -320,12 +320,12 @@ impl Mode {
         let now = crate::clock::unix_now();
         let (opened, forward) = match recalled {
             Some(r) if r.holds_for(&stored) => (Ok(r.opened), Some(r.forward)),
-            _ => match recall.opened(&ticket, &stored) {
+            _ => match recall.opened(&ticket, &stored, held.clone()) {
                 Some(opened) => (Ok(opened), None),
                 None => {
                     let opened = Opened::open(stored.clone(), &ticket);
                     if let Ok(opened) = &opened {
-                        recall.remember(&ticket, stored, opened);
+                        recall.remember(&ticket, stored, opened, held);
                     }
                     (opened, None)
                 }

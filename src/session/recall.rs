@@ -24,6 +24,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use super::record::Opened;
+use super::store::Held;
 use super::ticket::{TICKET_CHARS, Ticket};
 
 /// One per client connection; empty until a request of a pool in
@@ -39,6 +40,8 @@ struct Recent {
     ticket: Ticket,
     stored: Bytes,
     opened: Opened,
+    /// The memory store's entry `stored` came from.
+    held: Option<Held>,
     forwarded: Option<Forwarded>,
 }
 
@@ -70,6 +73,7 @@ pub struct Recalled {
     stored: Bytes,
     pub opened: Opened,
     pub forward: HeaderValue,
+    pub held: Option<Held>,
 }
 
 impl Recalled {
@@ -106,6 +110,7 @@ impl Recall {
                 stored: recent.stored.clone(),
                 opened: recent.opened.clone(),
                 forward: f.to.clone(),
+                held: recent.held.clone(),
             }),
         })
     }
@@ -128,14 +133,20 @@ impl Recall {
     }
 
     /// What `stored` opens to for `ticket`, when that is what was opened
-    /// last.
-    pub fn opened(&self, ticket: &Ticket, stored: &Bytes) -> Option<Opened> {
-        let recent = self.0.lock().ok()?;
-        let recent = recent.as_ref()?;
-        (same(&recent.stored, stored) && recent.ticket == *ticket).then(|| recent.opened.clone())
+    /// last; `held`, the store's entry it was read from now, is kept.
+    pub fn opened(&self, ticket: &Ticket, stored: &Bytes, held: Option<Held>) -> Option<Opened> {
+        let mut recent = self.0.lock().ok()?;
+        let recent = recent.as_mut()?;
+        if !(same(&recent.stored, stored) && recent.ticket == *ticket) {
+            return None;
+        }
+        if held.is_some() {
+            recent.held = held;
+        }
+        Some(recent.opened.clone())
     }
 
-    pub fn remember(&self, ticket: &Ticket, stored: Bytes, opened: &Opened) {
+    pub fn remember(&self, ticket: &Ticket, stored: Bytes, opened: &Opened, held: Option<Held>) {
         let value = ticket.value();
         let mut raw = [0u8; TICKET_CHARS];
         let raw_len = value.len().min(TICKET_CHARS);
@@ -147,6 +158,7 @@ impl Recall {
                 ticket: ticket.clone(),
                 stored,
                 opened: opened.clone(),
+                held,
                 forwarded: None,
             }));
         }
@@ -185,19 +197,19 @@ mod tests {
         let stored = sealed(&t, b"alice");
         assert!(recall.ticket(t.value().as_bytes()).is_none());
         let opened = Opened::open(stored.clone(), &t).unwrap();
-        recall.remember(&t, stored.clone(), &opened);
+        recall.remember(&t, stored.clone(), &opened, None);
 
         assert_eq!(recall.ticket(t.value().as_bytes()), Some(t.clone()));
         // the same value read again (Redis gives a new buffer each time)
         let again = Bytes::copy_from_slice(&stored);
-        let recalled = recall.opened(&t, &again).unwrap();
+        let recalled = recall.opened(&t, &again, None).unwrap();
         assert_eq!(recalled.entries().next().unwrap().value, b"alice");
 
         // another ticket, or the session changed in the store: open anew
         let other = Ticket::mint(true).unwrap();
         assert!(recall.ticket(other.value().as_bytes()).is_none());
-        assert!(recall.opened(&other, &stored).is_none());
-        assert!(recall.opened(&t, &sealed(&t, b"bob")).is_none());
+        assert!(recall.opened(&other, &stored, None).is_none());
+        assert!(recall.opened(&t, &sealed(&t, b"bob"), None).is_none());
         // the same id with another secret is another ticket
         let mut forged = t.value().into_bytes();
         let last = forged.len() - 2;
@@ -206,7 +218,7 @@ mod tests {
 
         recall.forget();
         assert!(recall.ticket(t.value().as_bytes()).is_none());
-        assert!(recall.opened(&t, &stored).is_none());
+        assert!(recall.opened(&t, &stored, None).is_none());
     }
 
     #[test]
@@ -221,7 +233,7 @@ mod tests {
         recall.forwarded(&opened, 1, field.as_bytes(), to.clone(), 2_000);
         assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
 
-        recall.remember(&t, stored.clone(), &opened);
+        recall.remember(&t, stored.clone(), &opened, None);
         // what another opening of the session gave is not remembered for
         // the one the connection holds
         let other = Opened::open(Bytes::copy_from_slice(&stored), &t).unwrap();
@@ -248,7 +260,12 @@ mod tests {
         // a new session opened on the connection forgets the field
         let t2 = Ticket::mint(true).unwrap();
         let stored2 = sealed(&t2, b"bob");
-        recall.remember(&t2, stored2.clone(), &Opened::open(stored2, &t2).unwrap());
+        recall.remember(
+            &t2,
+            stored2.clone(),
+            &Opened::open(stored2, &t2).unwrap(),
+            None,
+        );
         assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
     }
 }

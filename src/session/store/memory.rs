@@ -1,8 +1,16 @@
 //! The embedded store: one per process, shared by every worker, bounded in
 //! bytes (the least used sessions are evicted first, and counted), each
 //! session expiring at its idle or absolute timeout, whichever comes first.
+//!
+//! A session is one shared entry, which the client connection that read it
+//! last may keep ([`super::Held`]) and read again without a lookup: until
+//! the entry is replaced, removed or evicted (then it is marked gone at
+//! once), and for a moment after a lookup last slid its expiry (under a
+//! second, as below), so that a session in use is still looked up, and its
+//! expiry and recency kept, about once a second.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,17 +22,33 @@ use super::{Put, Ttl};
 use crate::session::stats::Stats;
 use crate::session::ticket::SessionId;
 
-#[derive(Debug, Clone)]
-struct Held {
-    value: Bytes,
+#[derive(Debug)]
+pub struct Entry {
+    pub(super) value: Bytes,
     idle: Duration,
     until: Instant,
+    /// Replaced, removed or evicted: a connection's copy is no longer it.
+    gone: AtomicBool,
+    /// When a lookup last found it (`clock::now_ms`).
+    found_ms: AtomicU64,
 }
 
-impl Held {
+impl Entry {
     fn left(&self, at: Instant) -> Duration {
         self.idle.min(self.until.saturating_duration_since(at))
     }
+
+    fn leave(&self) {
+        self.gone.store(true, Ordering::Release);
+    }
+}
+
+type Held = Arc<Entry>;
+
+/// How long a read leaves a session's expiry where it is: under a second,
+/// or a sixteenth of an idle timeout shorter than 16 s.
+fn slack(idle: Duration) -> Duration {
+    (idle / 16).min(Duration::from_secs(1))
 }
 
 struct Timeouts;
@@ -43,12 +67,10 @@ impl moka::Expiry<SessionId, Held> for Timeouts {
         _: Instant,
     ) -> Option<Duration> {
         let left = held.left(at);
-        // slid a moment ago (under a second, or a sixteenth of a shorter
-        // idle timeout): the expiry stays as it is, and moka has no timer
-        // to move on this read, the costliest part of a read
-        let slack = (held.idle / 16).min(Duration::from_secs(1));
+        // slid a moment ago: the expiry stays as it is, and moka has no
+        // timer to move on this read, the costliest part of a read
         match left_now {
-            Some(current) if left.saturating_sub(current) < slack => Some(current),
+            Some(current) if left.saturating_sub(current) < slack(held.idle) => Some(current),
             _ => Some(left),
         }
     }
@@ -98,7 +120,8 @@ impl MemoryStore {
                     .saturating_add(OVERHEAD + 22)
             })
             .expire_after(Timeouts)
-            .eviction_listener(move |_, _, cause| {
+            .eviction_listener(move |_, held: Held, cause| {
+                held.leave();
                 if cause == RemovalCause::Size {
                     evictions.count_eviction();
                 }
@@ -108,30 +131,49 @@ impl MemoryStore {
         MemoryStore { cache, stats }
     }
 
-    pub(super) fn load(&self, id: &SessionId) -> Option<Bytes> {
-        // a read slides the entry's expiry (Timeouts::expire_after_read)
-        self.cache.get(id).map(|held| held.value)
+    /// Looks a session up, which slides its expiry
+    /// (`Timeouts::expire_after_read`).
+    pub(super) fn load(&self, id: &SessionId) -> Option<Held> {
+        let held = self.cache.get(id)?;
+        held.found_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        Some(held)
+    }
+
+    /// Whether an entry a connection kept is still the session, with no
+    /// lookup: not gone, and found by a lookup a moment ago.
+    pub(super) fn still(held: &Entry, now_ms: u64) -> bool {
+        let found = held.found_ms.load(Ordering::Relaxed);
+        !held.gone.load(Ordering::Acquire)
+            && now_ms.saturating_sub(found) < crate::clock::millis(slack(held.idle))
     }
 
     pub(super) fn get(&self, id: &SessionId) -> Option<Bytes> {
-        self.load(id)
+        self.load(id).map(|held| held.value.clone())
     }
 
     pub(super) fn put(&self, id: &SessionId, value: Bytes, ttl: Ttl, put: Put) -> bool {
         let now = crate::clock::unix_now();
         let until = Instant::now() + Duration::from_secs(ttl.until.saturating_sub(now));
-        let held = Held {
+        let held = Arc::new(Entry {
             value,
             idle: ttl.idle,
             until,
-        };
-        let result =
-            self.cache
-                .entry(*id)
-                .and_compute_with(|current| match (current.is_some(), put) {
-                    (false, Put::New) | (true, Put::Existing) => Op::Put(held),
-                    _ => Op::Nop,
-                });
+            gone: AtomicBool::new(false),
+            found_ms: AtomicU64::new(0),
+        });
+        let result = self
+            .cache
+            .entry(*id)
+            .and_compute_with(|current| match (current, put) {
+                (None, Put::New) => Op::Put(held),
+                (Some(current), Put::Existing) => {
+                    // connections holding it read it again at once
+                    current.value().leave();
+                    Op::Put(held)
+                }
+                _ => Op::Nop,
+            });
         matches!(
             result,
             moka::ops::compute::CompResult::Inserted(_)
@@ -140,7 +182,13 @@ impl MemoryStore {
     }
 
     pub(super) fn delete(&self, id: &SessionId) -> bool {
-        self.cache.remove(id).is_some()
+        match self.cache.remove(id) {
+            Some(held) => {
+                held.leave();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -150,11 +198,13 @@ mod tests {
     use moka::Expiry;
 
     fn held(idle: Duration, until: Instant) -> Held {
-        Held {
+        Arc::new(Entry {
             value: Bytes::from_static(b"v"),
             idle,
             until,
-        }
+            gone: AtomicBool::new(false),
+            found_ms: AtomicU64::new(0),
+        })
     }
 
     fn read(held: &Held, at: Instant, left_now: Duration) -> Duration {
@@ -193,5 +243,34 @@ mod tests {
             read(&ending, now, Duration::from_secs(10)),
             Duration::from_secs(60)
         );
+    }
+
+    #[test]
+    fn a_kept_entry_is_read_again_only_while_it_is_the_session() {
+        let store = MemoryStore::new(
+            &crate::config::MemoryStore { max_size: 1 << 20 },
+            Arc::new(Stats::default()),
+        );
+        let id = SessionId::parse(b"AAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        let ttl = Ttl {
+            idle: Duration::from_secs(1800),
+            until: crate::clock::unix_now() + 3600,
+        };
+        assert!(store.put(&id, Bytes::from_static(b"one"), ttl, Put::New));
+        let first = store.load(&id).unwrap();
+        let now = crate::clock::now_ms();
+        assert!(MemoryStore::still(&first, now), "found a moment ago");
+        // a second after the lookup: looked up again
+        assert!(!MemoryStore::still(&first, now + 1000));
+
+        // replaced: the kept entry is gone at once
+        let second = store.load(&id).unwrap();
+        assert!(store.put(&id, Bytes::from_static(b"two"), ttl, Put::Existing));
+        assert!(!MemoryStore::still(&second, now));
+        let third = store.load(&id).unwrap();
+        assert_eq!(third.value, "two");
+        // removed (revoked, logged out): gone at once
+        assert!(store.delete(&id));
+        assert!(!MemoryStore::still(&third, now));
     }
 }

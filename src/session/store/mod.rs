@@ -58,6 +58,16 @@ pub enum StoreError {
     Timeout(Duration),
 }
 
+/// A session as the memory store holds it, kept by the client connection
+/// that read it last, to read it again without a lookup while nothing
+/// changed it and a lookup found it a moment ago (see `memory`).
+#[derive(Debug, Clone)]
+pub struct Held(Arc<memory::Entry>);
+
+/// A session's stored value, and the entry it came from when the store
+/// has one to keep.
+pub type Found = (Bytes, Option<Held>);
+
 #[derive(Debug)]
 pub enum Store {
     Memory(MemoryStore),
@@ -87,7 +97,7 @@ impl Store {
     /// (`GETEX key EX idle`).
     pub async fn load(&self, id: &SessionId, idle: Duration) -> Result<Option<Bytes>, StoreError> {
         match self {
-            Store::Memory(m) => self.load_memory(m, id),
+            Store::Memory(m) => self.load_memory(m, id).map(|f| f.map(|(v, _)| v)),
             Store::Redis(r) => {
                 let started = std::time::Instant::now();
                 let result = Box::pin(r.load(id, idle)).await;
@@ -98,17 +108,30 @@ impl Store {
     }
 
     /// [`Store::load`], when the store answers at once: `None` for a store
-    /// that needs the network.
-    pub fn load_now(&self, id: &SessionId) -> Option<Result<Option<Bytes>, StoreError>> {
-        match self {
-            Store::Memory(m) => Some(self.load_memory(m, id)),
-            Store::Redis(_) => None,
+    /// that needs the network. `held`, the entry the connection read last,
+    /// is read again without a lookup while it is still the session; such
+    /// a read is counted as a load that took no time (it takes an atomic
+    /// load and a clock reading).
+    pub fn load_now(
+        &self,
+        id: &SessionId,
+        held: Option<&Held>,
+    ) -> Option<Result<Option<Found>, StoreError>> {
+        let Store::Memory(m) = self else {
+            return None;
+        };
+        if let Some(held) = held
+            && MemoryStore::still(&held.0, crate::clock::now_ms())
+        {
+            m.stats.count_op(Op::Load, OpResult::Ok, Duration::ZERO);
+            return Some(Ok(Some((held.0.value.clone(), Some(held.clone())))));
         }
+        Some(self.load_memory(m, id))
     }
 
-    fn load_memory(&self, m: &MemoryStore, id: &SessionId) -> Result<Option<Bytes>, StoreError> {
+    fn load_memory(&self, m: &MemoryStore, id: &SessionId) -> Result<Option<Found>, StoreError> {
         let started = std::time::Instant::now();
-        let result = Ok(m.load(id));
+        let result = Ok(m.load(id).map(|e| (e.value.clone(), Some(Held(e)))));
         self.count(Op::Load, started, &result, |v| v.is_some());
         result
     }
