@@ -30,6 +30,7 @@ use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::io::ClientIo;
@@ -359,8 +360,28 @@ fn service(
     service_fn(move |req| proxy::handle(req, conn.clone()))
 }
 
-async fn serve_h2(
-    stream: TcpStream,
+/// A client connection's byte stream: the TCP socket, or a stream (TLS)
+/// over it. The connection is served the same over either; the socket is
+/// still there to wait on while the connection is parked.
+pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn socket(&self) -> &TcpStream;
+
+    /// Whether the stream holds input it read from the socket and has not
+    /// given out yet (a TLS record read ahead): a parked connection that
+    /// waited on the socket then would wait for bytes already there.
+    fn holds_input(&self) -> bool {
+        false
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+async fn serve_h2<S: ClientStream>(
+    stream: S,
     conn: &Arc<Connection>,
     worker: &Worker,
     t: &Timeouts,
@@ -373,8 +394,8 @@ async fn serve_h2(
         .map(|_| ())
 }
 
-async fn serve_h1(
-    mut stream: TcpStream,
+async fn serve_h1<S: ClientStream>(
+    mut stream: S,
     conn: &Arc<Connection>,
     worker: &Worker,
     t: &Timeouts,
@@ -411,7 +432,10 @@ async fn serve_h1(
         drop(parts.read_buf);
         conn.parking.store(false, Ordering::Relaxed);
         super::worker::note_parked();
-        if leftover.is_empty() && !wait_for_request(&stream, conn, t, &worker.shutdown).await {
+        if leftover.is_empty()
+            && !stream.holds_input()
+            && !wait_for_request(stream.socket(), conn, t, &worker.shutdown).await
+        {
             return Ok(());
         }
     }
