@@ -148,14 +148,14 @@ impl Opened {
         Ok(Opened { created, lines })
     }
 
-    /// Every entry, in the order stored (expired ones too: see
-    /// [`Opened::live`]).
     /// Whether both are the same opening of a value (clones of one
     /// another), not merely equal.
     pub fn is(&self, other: &Opened) -> bool {
         self.lines.as_ptr() == other.lines.as_ptr() && self.lines.len() == other.lines.len()
     }
 
+    /// Every entry, in the order stored (expired ones too: see
+    /// [`Opened::live`]).
     pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
         // every line was read once when opened
         non_empty_lines(&self.lines).filter_map(entry)
