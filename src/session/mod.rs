@@ -319,7 +319,13 @@ impl Mode {
         };
         let now = crate::clock::unix_now();
         let (opened, forward) = match recalled {
-            Some(r) if r.holds_for(&stored) => (Ok(r.opened), Some(r.forward)),
+            Some(r) if r.holds_for(&stored) => {
+                if let Some(held) = held {
+                    // a lookup found it: keep that entry from now on
+                    recall.hold(&ticket, &stored, held);
+                }
+                (Ok(r.opened), Some(r.forward))
+            }
             _ => match recall.opened(&ticket, &stored, held.clone()) {
                 Some(opened) => (Ok(opened), None),
                 None => {

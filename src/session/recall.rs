@@ -83,6 +83,13 @@ impl Recalled {
     }
 }
 
+impl Recent {
+    /// Whether this is `ticket`'s session with `stored` as its value.
+    fn is(&self, ticket: &Ticket, stored: &Bytes) -> bool {
+        same(&self.stored, stored) && self.ticket == *ticket
+    }
+}
+
 fn same(a: &Bytes, b: &Bytes) -> bool {
     (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
@@ -136,14 +143,23 @@ impl Recall {
     /// last; `held`, the store's entry it was read from now, is kept.
     pub fn opened(&self, ticket: &Ticket, stored: &Bytes, held: Option<Held>) -> Option<Opened> {
         let mut recent = self.0.lock().ok()?;
-        let recent = recent.as_mut()?;
-        if !(same(&recent.stored, stored) && recent.ticket == *ticket) {
-            return None;
-        }
+        let recent = recent.as_mut().filter(|r| r.is(ticket, stored))?;
         if held.is_some() {
             recent.held = held;
         }
         Some(recent.opened.clone())
+    }
+
+    /// Keeps `held`, the store's entry a lookup found `stored` in, when
+    /// that is the session remembered: a value stored again unchanged is a
+    /// new entry, and the old one, gone, would send every request of the
+    /// connection to a lookup.
+    pub fn hold(&self, ticket: &Ticket, stored: &Bytes, held: Held) {
+        if let Ok(mut recent) = self.0.lock()
+            && let Some(recent) = recent.as_mut().filter(|r| r.is(ticket, stored))
+        {
+            recent.held = Some(held);
+        }
     }
 
     pub fn remember(&self, ticket: &Ticket, stored: Bytes, opened: &Opened, held: Option<Held>) {
