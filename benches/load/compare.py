@@ -469,84 +469,78 @@ access_log = {str(self.args.access_log).lower()}
         return r
 
     def measure(self, name, p, cookies, seconds):
-        """One wrk run against the proxy `p`, with what it cost the proxy
-        (and Redis) and what the machine lost to other guests and work."""
-        redis = self.redis_proc if name.startswith("sessionlb_store_redis") else None
-        others = [q for q in (self.backend_proc, getattr(self, "redis_proc", None)) if q]
-        cpu0, stat0 = cpu_seconds(p.pid), cpu_times()
-        rcpu0 = cpu_seconds(redis.pid) if redis else 0.0
-        own0 = sum(cpu_seconds(q.pid) for q in others)
-        wrk0 = os.times()
-        rps, p50, p99, n, errors = self.wrk(seconds, cookies)
-        wrk1, stat1 = os.times(), cpu_times()
-        cpu, steal = cpu_seconds(p.pid) - cpu0, steal_percent(stat0, stat1)
-        own = (cpu + sum(cpu_seconds(q.pid) for q in others) - own0
-               + wrk1.children_user + wrk1.children_system - wrk0.children_user - wrk0.children_system)
-        r = {"config": name, "rps": rps, "p50_us": p50, "p99_us": p99, "requests": n,
-             "errors": errors, "cpu_us_per_req": cpu * 1e6 / max(n, 1), "steal_pct": steal,
-             "other_pct": other_percent(stat0, stat1, own)}
-        if redis:
-            r["redis_cpu_us_per_req"] = (cpu_seconds(redis.pid) - rcpu0) * 1e6 / max(n, 1)
-        return r
+        """One wrk run against the proxy `p`."""
+        return self.measure_all([(name, p, cookies, self.port)], seconds)[0]
 
     def paired(self, name, rounds):
-        """`name` and slb_rr running side by side on two ports, measured in
-        turn for --slice seconds each (rr, name, rr, ..., name, rr). Each
-        slice of `name` is compared with the mean of the rr slices on either
-        side of it: on a shared VM a proxy's cost per request drifts by a
-        third from one minute to the next, more than the difference
-        measured, and slices seconds apart drift together."""
+        """`name` and slb_rr running side by side on two ports, in `rounds`
+        slices of --slice seconds: driven at once (--together), or in turn
+        (rr, name, rr, ..., name, rr), each slice of `name` then compared
+        with the mean of the rr slices on either side of it. On a shared VM
+        a proxy's cost per request drifts by a third from one minute to the
+        next, more than the difference measured; slices seconds apart drift
+        together."""
         home = self.port
         ports = {"slb_rr": home, name: home + 20}
-        procs, cookies, slices = {}, {}, []
+        procs, cookies = {}, {}
         try:
             for row, port in ports.items():
                 self.port = port
                 procs[row] = self.start_proxy(row)
                 cookies[row] = self.cookies(row)
                 self.wrk(self.args.warmup, cookies[row])
+            # each slice of the row, and the slb_rr slices it is compared with
+            compared = []
             if self.args.together:
                 for _ in range(rounds):
-                    rr, r = self.measure_together([(row, procs[row], cookies[row], ports[row])
-                                                   for row in ("slb_rr", name)])
-                    slices += [rr, r, rr]
+                    rr, r = self.measure_all([(row, procs[row], cookies[row], ports[row])
+                                              for row in ("slb_rr", name)], self.args.slice)
+                    compared.append((r, [rr]))
             else:
-                for row in ["slb_rr"] + [r for _ in range(rounds) for r in (name, "slb_rr")]:
-                    self.port = ports[row]
-                    slices.append(self.measure(row, procs[row], cookies[row], self.args.slice))
+                rr = self.measure_on("slb_rr", ports, procs, cookies)
+                for _ in range(rounds):
+                    r = self.measure_on(name, ports, procs, cookies)
+                    after = self.measure_on("slb_rr", ports, procs, cookies)
+                    compared.append((r, [rr, after]))
+                    rr = after
         finally:
             self.port = home
             for p in procs.values():
                 stop(p)
         pairs = []
-        step = 3 if self.args.together else 2
-        for i in range(1, len(slices), step):
-            before, r, after = slices[i - 1], slices[i], slices[i + 1]
-            rr = {k: (before[k] + after[k]) / 2 for k in ("rps", "cpu_us_per_req", "p99_us")}
+        for r, rrs in compared:
+            rr = {k: statistics.mean(x[k] for x in rrs) for k in ("rps", "cpu_us_per_req", "p99_us")}
             pairs.append({"config": name, "rps": r["rps"], "rr_rps": rr["rps"],
                           "vs_rr": r["rps"] / rr["rps"],
                           "cpu_vs_rr": r["cpu_us_per_req"] / rr["cpu_us_per_req"],
                           "p99_us": r["p99_us"], "rr_p99_us": rr["p99_us"],
                           "cpu_us_per_req": r["cpu_us_per_req"],
                           "redis_cpu_us_per_req": r.get("redis_cpu_us_per_req"),
-                          "errors": r["errors"] + before["errors"] + (after["errors"] if after is not before else 0),
-                          "noisy": any(noisy(x, self.args) for x in (before, r, after))})
+                          "errors": r["errors"] + sum(x["errors"] for x in rrs),
+                          "noisy": any(noisy(x, self.args) for x in [r, *rrs])})
             log(f"paired {name} {len(pairs)}: {r['rps']:.0f} req/s vs slb_rr {rr['rps']:.0f}: "
                 f"{pairs[-1]['vs_rr']:.3f}, CPU/req {pairs[-1]['cpu_vs_rr']:.3f}"
                 f"{' (noisy)' if pairs[-1]['noisy'] else ''}")
         return pairs
 
-    def measure_together(self, rows):
-        """wrk against every proxy of `rows` at once, for --slice seconds:
-        with --pin, the proxies share CPU 0 and each gets half of it, so
-        the ratio of their requests/s is the inverse ratio of their costs
-        per request, measured through the same moments of the machine."""
+    def measure_on(self, row, ports, procs, cookies):
+        """One --slice of `row`, alone, on its port of a --paired run."""
+        self.port = ports[row]
+        return self.measure(row, procs[row], cookies[row], self.args.slice)
+
+    def measure_all(self, rows, seconds):
+        """wrk against every proxy of `rows` (name, process, cookies, port)
+        at once, with what it cost each proxy (and Redis) and what the
+        machine lost to other guests and work. With --pin, proxies measured
+        together share CPU 0 and each gets half of it, so the ratio of
+        their requests/s is the inverse ratio of their costs per request,
+        measured through the same moments of the machine."""
         redis = getattr(self, "redis_proc", None)
         others = [q for q in (self.backend_proc, redis) if q]
         cpu0 = [cpu_seconds(p.pid) for _, p, _, _ in rows]
         rcpu0 = cpu_seconds(redis.pid) if redis else 0.0
         stat0, own0, wrk0 = cpu_times(), sum(cpu_seconds(q.pid) for q in others), os.times()
-        running = [self.wrk_start(self.args.slice, cookies, port) for _, _, cookies, port in rows]
+        running = [self.wrk_start(seconds, cookies, port) for _, _, cookies, port in rows]
         got = [wrk_result(w) for w in running]
         wrk1, stat1 = os.times(), cpu_times()
         cpus = [cpu_seconds(p.pid) - c for (_, p, _, _), c in zip(rows, cpu0)]
@@ -561,50 +555,6 @@ access_log = {str(self.args.access_log).lower()}
                 r["redis_cpu_us_per_req"] = (cpu_seconds(redis.pid) - rcpu0) * 1e6 / max(n, 1)
             out.append(r)
         return out
-
-    # ------------------------------------------------------------ idle memory
-    def idle(self, name, n):
-        p = self.start_proxy(name)
-        try:
-            # shared store: each connection's request carries a session's
-            # ticket, so each holds what it remembers of the session
-            cookie = self.cookies(name)[0] if name in STORE_ROWS else "sid=s1"
-            time.sleep(0.5)
-            before = rss_kib(p.pid)
-            ok = asyncio.run(hold_connections(self.port, n, cookie, lambda: rss_kib(p.pid)))
-            after = ok[1]
-        finally:
-            stop(p)
-        return {"config": name, "conns": ok[0], "rss_before_kib": before, "rss_after_kib": after,
-                "kib_per_conn": (after - before) / max(ok[0], 1)}
-
-
-async def hold_connections(port, n, cookie, measure):
-    """Opens n keep-alive connections, one GET each (with `cookie`), and
-    measures while they are all open and idle."""
-    conns = []
-    sem = asyncio.Semaphore(256)
-    request = f"GET / HTTP/1.1\r\nHost: bench\r\nCookie: theme=dark; {cookie}\r\n\r\n".encode()
-
-    async def one():
-        async with sem:
-            try:
-                r, w = await asyncio.wait_for(asyncio.open_connection(HOST, port), 10)
-                w.write(request)
-                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
-                length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n")
-                               if l.lower().startswith(b"content-length:")), 0)
-                await asyncio.wait_for(r.readexactly(length), 10)
-                conns.append(w)
-            except Exception:
-                pass
-
-    await asyncio.gather(*(one() for _ in range(n)))
-    await asyncio.sleep(2.0)
-    rss = measure()
-    for w in conns:
-        w.close()
-    return len(conns), rss
 
 
 def wrk_result(proc):
@@ -751,9 +701,10 @@ def store_report(by_rep, args):
 def paired_report(pairs, args):
     if not pairs:
         return
-    print(f"\nShared-store rows measured in turn with slb_rr ({args.slice}s slices; each against the "
-          f"mean of the slb_rr slices before and after it"
-          f"{'; proxy on CPU 0, the rest on CPU 1' if args.pin else ''}):\n")
+    how = ("driven at once with slb_rr, each slice against slb_rr's of the same seconds" if args.together
+           else "measured in turn with slb_rr, each slice against the mean of the slb_rr slices before and after it")
+    print(f"\nShared-store rows {how} ({args.slice}s slices"
+          f"{'; proxies on CPU 0, the rest on CPU 1' if args.pin else ''}):\n")
     print("| config | target vs slb_rr | slices | req/s vs slb_rr (median, min-max) | verdict | clean slices | "
           "median of clean | CPU/req vs slb_rr | p99 ms (slb_rr p99) | redis CPU µs/req | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
