@@ -21,15 +21,8 @@ fn response(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if out.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&out).into_owned();
-            }
+        if support::raw::response_len(&out).is_some() {
+            return String::from_utf8_lossy(&out).into_owned();
         }
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),

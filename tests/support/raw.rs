@@ -498,6 +498,19 @@ pub struct Exchanged {
     pub received: Vec<u8>,
 }
 
+/// The length of the response at the start of `buf` (a head, and a body
+/// of its `Content-Length`, none without one), once it is all there.
+pub fn response_len(buf: &[u8]) -> Option<usize> {
+    let end = find(buf, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (buf.len() >= end + length).then_some(end + length)
+}
+
 /// One client connection driven a request at a time: each request is
 /// written whole and its response (a head with `Content-Length`) read
 /// whole before the next.
@@ -523,18 +536,10 @@ impl Sequential {
             .expect("write the request");
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(end) = find(&self.buffered, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buffered[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if self.buffered.len() >= end + 4 + length {
-                    let rest = self.buffered.split_off(end + 4 + length);
-                    let response = std::mem::replace(&mut self.buffered, rest);
-                    return String::from_utf8_lossy(&response).into_owned();
-                }
+            if let Some(len) = response_len(&self.buffered) {
+                let rest = self.buffered.split_off(len);
+                let response = std::mem::replace(&mut self.buffered, rest);
+                return String::from_utf8_lossy(&response).into_owned();
             }
             match self.stream.read(&mut chunk) {
                 Ok(0) => panic!("the proxy closed: {}", show(&self.buffered)),
