@@ -23,8 +23,10 @@ fn pool(policy: PolicyKind, n: usize) -> Pool {
                 addr: SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 80)),
                 weight: 1 + (i % 3) as u32,
                 drain: false,
+                tls: None,
             })
             .collect(),
+        tls: config::BackendTls::default(),
         health: config::Health::default(),
         sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
         session: None,

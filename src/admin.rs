@@ -337,6 +337,21 @@ impl Collector for Metrics {
         ] {
             ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
         }
+        let mut m = e.encode_descriptor(
+            "sessionlb_tls_handshakes",
+            "TLS handshakes with clients: full, resumed (by ticket or session id), or failed (including clients that sent nothing within timeouts.request_header).",
+            None,
+            MetricType::Counter,
+        )?;
+        let handshakes = &crate::server::tls::HANDSHAKES;
+        for (kind, n) in [
+            ("full", &handshakes.full),
+            ("resumed", &handshakes.resumed),
+            ("failed", &handshakes.failed),
+        ] {
+            ConstCounter::new(n.load(Ordering::Relaxed))
+                .encode(m.encode_family(&[("kind", kind)])?)?;
+        }
         session_metrics(&mut e, &shared.sessions.stats)?;
         let m = e.encode_descriptor(
             "sessionlb_config_generation",

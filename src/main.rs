@@ -81,6 +81,9 @@ fn check(path: &Path) -> ExitCode {
         Ok(config) => {
             println!("{}: OK", path.display());
             print!("{}", config.summary());
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
             for p in config.unsupported() {
                 println!("warning: {p}; `run` will refuse this file");
             }
@@ -117,11 +120,17 @@ fn run_file(path: &Path) -> anyhow::Result<()> {
     }
     init_tracing(&config.log.level);
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
+    for w in &config.warnings {
+        tracing::warn!(problem = %w, "configuration warning");
+    }
     let main_loop = MainLoop::new()?;
     let shared = Shared::new(config);
     let server = Server::start(shared.clone())?;
     for addr in server.local_addrs() {
         tracing::info!(%addr, "listening");
+    }
+    for addr in server.tls_addrs() {
+        tracing::info!(%addr, tls = true, "listening");
     }
     main_loop.run(server, shared, Some(path.to_owned()))
 }

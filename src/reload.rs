@@ -23,13 +23,18 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, Vec<Problem>> {
         });
     match result {
         Ok(config) => {
+            for w in &config.warnings {
+                tracing::warn!(problem = %w, "configuration warning");
+            }
             let old = shared.load().config.clone();
+            let tls_listen = |c: &Config| c.server.tls.iter().map(|t| t.listen).collect::<Vec<_>>();
             if old.server.listen != config.server.listen
+                || tls_listen(&old) != tls_listen(&config)
                 || old.server.workers != config.server.workers
                 || old.server.admin_listen != config.server.admin_listen
             {
                 tracing::warn!(
-                    "changes to server.listen, server.workers and server.admin_listen take effect at the next restart"
+                    "changes to server.listen, the server.tls listen addresses, server.workers and server.admin_listen take effect at the next restart; certificates are reloaded"
                 );
             }
             let generation = shared.swap(config);

@@ -310,8 +310,10 @@ pub(crate) mod test_util {
                     addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                     weight: w,
                     drain: false,
+                    tls: None,
                 })
                 .collect(),
+            tls: config::BackendTls::default(),
             health: config::Health::default(),
             sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
             session: None,

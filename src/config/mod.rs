@@ -6,6 +6,7 @@
 //! without touching anything that serves traffic.
 
 mod model;
+pub mod tls;
 mod validate;
 
 use std::fmt;
@@ -29,6 +30,9 @@ pub struct Config {
     pub store: Store,
     pub routes: Vec<Route>,
     pub log: Log,
+    /// What is served all the same but should be fixed (a certificate out
+    /// of its dates): `check` prints them, `run` and reloads log them.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +64,8 @@ pub struct TlsListener {
 pub struct Certificate {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The chain and key, read and checked against each other.
+    pub loaded: tls::Loaded,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +137,8 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// The largest request body accepted (nginx's client_max_body_size).
     pub max_body: Option<u64>,
+    /// How the pool's HTTPS backends are verified.
+    pub tls: BackendTls,
     pub health: Health,
     /// Present (with defaults) whenever `policy = "cookie"`.
     pub sticky: Option<Sticky>,
@@ -146,6 +154,18 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub weight: u32,
     pub drain: bool,
+    /// Reached over TLS (the pool's `tls = true`, or `https://` in its
+    /// address): the name it is verified as and sent as SNI, the host
+    /// as written.
+    pub tls: Option<String>,
+}
+
+/// A pool's verification of its HTTPS backends.
+#[derive(Debug, Clone, Default)]
+pub struct BackendTls {
+    /// The pool's `ca` bundle, read; the system roots when `None`.
+    pub ca: Option<(PathBuf, Vec<rustls::pki_types::CertificateDer<'static>>)>,
+    pub insecure_skip_verify: bool,
 }
 
 /// Highest accepted backend weight (as HAProxy's): keeps the round-robin
@@ -361,10 +381,13 @@ impl Config {
                 message: format!("{what} is not supported by this version yet"),
             })
         };
-        if !self.server.tls.is_empty() {
-            add("server.tls".into(), "TLS termination");
-        }
         for pool in &self.pools {
+            if let Some(i) = pool.backends.iter().position(|b| b.tls.is_some()) {
+                add(
+                    format!("pools.{}.backends[{i}].addr", pool.name),
+                    "HTTPS to a backend",
+                );
+            }
             if pool.health.check.is_some() {
                 add(
                     format!("pools.{}.health.check", pool.name),

@@ -68,6 +68,9 @@ pub struct PoolSection {
     #[serde(default)]
     pub backends: Vec<BackendSection>,
     pub max_body: Option<String>,
+    pub tls: Option<bool>,
+    pub ca: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
     pub health: Option<HealthSection>,
     pub sticky: Option<StickySection>,
     pub session: Option<SessionSection>,

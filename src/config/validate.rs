@@ -211,12 +211,13 @@ fn parse_backend_addr(p: &mut Problems, path: &str, raw: &str) -> Option<SocketA
 
 pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigError> {
     let mut p = Problems::default();
-    let server = validate_server(&mut p, file.server, base);
+    let mut warnings = Vec::new();
+    let server = validate_server(&mut p, &mut warnings, file.server, base);
     let timeouts = validate_timeouts(&mut p, file.timeouts);
     let pools: Vec<Pool> = file
         .pools
         .into_iter()
-        .filter_map(|(name, pool)| validate_pool(&mut p, name, pool))
+        .filter_map(|(name, pool)| validate_pool(&mut p, &mut warnings, name, pool, base))
         .collect();
     if pools.is_empty() {
         p.push("pools", "at least one pool is required, e.g. [pools.web] with backends = [{ addr = \"127.0.0.1:9001\" }]");
@@ -232,13 +233,19 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigEr
             store,
             routes,
             log,
+            warnings,
         })
     } else {
         Err(ConfigError::Invalid(p.0))
     }
 }
 
-fn validate_server(p: &mut Problems, s: model::ServerSection, base: &Path) -> Server {
+fn validate_server(
+    p: &mut Problems,
+    warnings: &mut Vec<Problem>,
+    s: model::ServerSection,
+    base: &Path,
+) -> Server {
     let mut seen: HashMap<SocketAddr, String> = HashMap::new();
     let mut check_dup = |p: &mut Problems, path: String, addr: SocketAddr| {
         if addr.port() == 0 {
@@ -279,15 +286,34 @@ fn validate_server(p: &mut Problems, s: model::ServerSection, base: &Path) -> Se
             let cpath = format!("{path}.certificates[{j}]");
             let cert = base.join(&c.cert);
             let key = base.join(&c.key);
+            let mut found = true;
             for (field, file) in [("cert", &cert), ("key", &key)] {
                 if !file.is_file() {
+                    found = false;
                     p.push(
                         format!("{cpath}.{field}"),
                         format!("file {} not found", file.display()),
                     );
                 }
             }
-            certificates.push(Certificate { cert, key });
+            if !found || NO_LOOKUPS.get() {
+                continue;
+            }
+            match tls::load_certificate(&cert, &key, std::time::SystemTime::now()) {
+                Ok((loaded, warning)) => {
+                    if let Some(message) = warning {
+                        warnings.push(Problem {
+                            path: format!("{cpath}.cert"),
+                            message,
+                        });
+                    }
+                    certificates.push(Certificate { cert, key, loaded });
+                }
+                Err(e) => {
+                    let field = if e.is_key() { "key" } else { "cert" };
+                    p.push(format!("{cpath}.{field}"), e.to_string());
+                }
+            }
         }
         if let Some(listen) = addr {
             tls.push(TlsListener {
@@ -417,7 +443,13 @@ fn validate_timeouts(p: &mut Problems, t: model::TimeoutsSection) -> Timeouts {
     }
 }
 
-fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Option<Pool> {
+fn validate_pool(
+    p: &mut Problems,
+    warnings: &mut Vec<Problem>,
+    name: String,
+    s: model::PoolSection,
+    base: &Path,
+) -> Option<Pool> {
     let path = format!("pools.{name}");
     if !is_token(&name) {
         p.push(
@@ -444,6 +476,8 @@ fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Optio
             "a pool needs at least one backend",
         );
     }
+    let pool_tls = s.tls.unwrap_or(false);
+    let backend_tls = validate_backend_tls(p, &path, &s, base);
     let mut backends = Vec::new();
     let mut names = HashSet::new();
     for (i, b) in s.backends.into_iter().enumerate() {
@@ -478,12 +512,18 @@ fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Optio
                 format!("backend {name:?} is listed twice in this pool"),
             );
         }
-        if let Some(addr) = parse_backend_addr(p, &format!("{bpath}.addr"), &written) {
+        let (host, https) = match written.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (written.as_str(), false),
+        };
+        if let Some(addr) = parse_backend_addr(p, &format!("{bpath}.addr"), host) {
+            let tls = (https || pool_tls).then(|| tls_name(host));
             backends.push(Backend {
                 name,
                 addr,
                 weight,
                 drain: b.drain,
+                tls,
             });
         }
     }
@@ -519,15 +559,67 @@ fn validate_pool(p: &mut Problems, name: String, s: model::PoolSection) -> Optio
             ),
         );
     }
+    if backend_tls.insecure_skip_verify && backends.iter().any(|b| b.tls.is_some()) {
+        warnings.push(Problem {
+            path: format!("{path}.insecure_skip_verify"),
+            message: "the backends' certificates are not verified: anyone between the proxy and them can pose as them".into(),
+        });
+    }
     Some(Pool {
         name,
         policy,
         backends,
         max_body,
+        tls: backend_tls,
         health,
         sticky,
         session,
     })
+}
+
+/// The pool's `ca` and `insecure_skip_verify`, which apply to each of its
+/// backends reached over TLS.
+fn validate_backend_tls(
+    p: &mut Problems,
+    path: &str,
+    s: &model::PoolSection,
+    base: &Path,
+) -> BackendTls {
+    let insecure_skip_verify = s.insecure_skip_verify.unwrap_or(false);
+    let ca = s.ca.as_deref().and_then(|raw| {
+        let file = base.join(raw);
+        if insecure_skip_verify {
+            p.push(
+                format!("{path}.ca"),
+                "a CA is not used with insecure_skip_verify = true; give one or the other",
+            );
+        }
+        if NO_LOOKUPS.get() {
+            return None;
+        }
+        match tls::load_ca(&file) {
+            Ok(certs) => Some((file, certs)),
+            Err(e) => {
+                p.push(format!("{path}.ca"), e.to_string());
+                None
+            }
+        }
+    });
+    BackendTls {
+        ca,
+        insecure_skip_verify,
+    }
+}
+
+/// The name a TLS backend is verified as (and, unless it is an IP
+/// address, sends as SNI): its address as written, without the port.
+fn tls_name(host_port: &str) -> String {
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(host, _)| host);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
 fn validate_health(p: &mut Problems, pool: &str, raw: Option<model::HealthSection>) -> Health {

@@ -277,39 +277,97 @@ pub(super) async fn serve(
     peer: SocketAddr,
     worker: Arc<Worker>,
     open: OpenGuard,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let _open = open;
     let _ = stream.set_nodelay(true);
     let now = clock::now_ms();
     // A reload applies new timeouts to new connections.
     let timeouts = worker.shared.load().timeouts;
-    let sniffed = sniff(&stream, &timeouts, now, &worker.shutdown).await;
-    let conn = Arc::new(Connection {
-        peer,
-        peer_ip: HeaderValue::try_from(peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("-")),
-        tls: false,
-        shared: worker.shared.clone(),
-        worker: worker.clone(),
-        active: AtomicU32::new(0),
-        pending_heads: AtomicU32::new(0),
-        head_started_ms: AtomicU64::new(now),
-        idle_since_ms: AtomicU64::new(now),
-        rearm: AtomicBool::new(false),
-        parking: AtomicBool::new(false),
-        h2: matches!(sniffed, Sniffed::Http2),
-        response_due_ms: AtomicU64::new(0),
-        response_late: AtomicBool::new(false),
-        write_stalled_ms: AtomicU64::new(0),
-        recall: crate::session::Recall::default(),
-    });
-    let result = match sniffed {
-        Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,
-        Sniffed::Http1 => serve_h1(stream, &conn, &worker, &timeouts).await,
-        Sniffed::Gone => Ok(()),
+    let result = match tls {
+        Some(tls) => {
+            let Some(stream) = handshake(stream, tls, &timeouts, now, &worker.shutdown).await
+            else {
+                return;
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let conn = Connection::new(peer, &worker, now, h2, true);
+            match h2 {
+                true => serve_h2(stream, &conn, &worker, &timeouts).await,
+                false => serve_h1(stream, &conn, &worker, &timeouts).await,
+            }
+        }
+        None => {
+            let sniffed = sniff(&stream, &timeouts, now, &worker.shutdown).await;
+            let conn =
+                Connection::new(peer, &worker, now, matches!(sniffed, Sniffed::Http2), false);
+            match sniffed {
+                Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,
+                Sniffed::Http1 => serve_h1(stream, &conn, &worker, &timeouts).await,
+                Sniffed::Gone => Ok(()),
+            }
+        }
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "client connection closed");
+    }
+}
+
+impl Connection {
+    fn new(peer: SocketAddr, worker: &Arc<Worker>, now: u64, h2: bool, tls: bool) -> Arc<Self> {
+        Arc::new(Connection {
+            peer,
+            peer_ip: HeaderValue::try_from(peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("-")),
+            tls,
+            shared: worker.shared.clone(),
+            worker: worker.clone(),
+            active: AtomicU32::new(0),
+            pending_heads: AtomicU32::new(0),
+            head_started_ms: AtomicU64::new(now),
+            idle_since_ms: AtomicU64::new(now),
+            rearm: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+            h2,
+            response_due_ms: AtomicU64::new(0),
+            response_late: AtomicBool::new(false),
+            write_stalled_ms: AtomicU64::new(0),
+            recall: crate::session::Recall::default(),
+        })
+    }
+}
+
+/// The TLS handshake, within `request_header` of the accept (a client that
+/// opens a connection and sends nothing is the same slowloris over TLS).
+async fn handshake(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    t: &Timeouts,
+    accepted_ms: u64,
+    shutdown: &ShutdownSignal,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let deadline = clock::instant_at(accepted_ms + clock::millis(t.request_header));
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let result = tokio::select! {
+        done = tokio::time::timeout_at(deadline, accept) => done,
+        () = shutdown.wait() => return None,
+    };
+    let handshakes = &super::tls::HANDSHAKES;
+    match result {
+        Ok(Ok(stream)) => {
+            handshakes.completed(stream.get_ref().1.handshake_kind());
+            Some(stream)
+        }
+        Ok(Err(error)) => {
+            handshakes.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            handshakes.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(timeout = ?t.request_header, "TLS handshake not done within timeouts.request_header");
+            None
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 mod accept;
 mod conn;
 mod io;
+pub mod tls;
 mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -34,11 +35,14 @@ pub enum ServerError {
     Unsupported(Vec<Problem>),
     #[error("cannot start a worker thread: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// The running proxy: its workers and the addresses they listen on.
 pub struct Server {
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     workers: Vec<JoinHandle<()>>,
     shutdown: Arc<ShutdownSignal>,
     done: mpsc::Receiver<()>,
@@ -62,20 +66,36 @@ impl Server {
             n => n,
         };
         // per worker, one socket per listen address
-        let mut sockets: Vec<Vec<StdListener>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
-        for &wanted in &config.server.listen {
+        let mut sockets: Vec<Vec<worker::Listener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut bind_all = |wanted: SocketAddr, tls: Option<tls::Terminator>| {
             let first = bind(wanted, workers > 1)?;
             let actual = first.local_addr().map_err(|source| ServerError::Bind {
                 addr: wanted,
                 source,
             })?;
-            sockets[0].push(first);
+            sockets[0].push(worker::Listener {
+                socket: first,
+                tls: tls.clone(),
+            });
             for socks in sockets.iter_mut().skip(1) {
-                socks.push(bind(actual, true)?);
+                socks.push(worker::Listener {
+                    socket: bind(actual, true)?,
+                    tls: tls.clone(),
+                });
             }
-            addrs.push(actual);
+            Ok::<_, ServerError>(actual)
+        };
+        let mut addrs = Vec::new();
+        for &wanted in &config.server.listen {
+            addrs.push(bind_all(wanted, None)?);
         }
+        let rt = shared.load();
+        let mut tls_addrs = Vec::new();
+        for (index, listener) in config.server.tls.iter().enumerate() {
+            let terminator = tls::Terminator::new(index, &rt)?;
+            tls_addrs.push(bind_all(listener.listen, Some(terminator))?);
+        }
+        drop(rt);
         let shutdown = Arc::new(ShutdownSignal::default());
         let (done_tx, done) = mpsc::channel();
         let mut handles = Vec::new();
@@ -94,6 +114,7 @@ impl Server {
         }
         Ok(Server {
             addrs,
+            tls_addrs,
             workers: handles,
             shutdown,
             done,
@@ -104,6 +125,11 @@ impl Server {
     /// resolved when the file asked for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound address of each `[[server.tls]]` listener, in order.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// Stops accepting and asks every connection to finish its in-flight

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use super::Acceptor;
 use super::conn;
+use super::tls::Terminator;
 use crate::access_log;
 use crate::proxy::upstream;
 use crate::runtime::Shared;
@@ -135,11 +136,18 @@ fn return_memory() {
     }
 }
 
+/// One of a worker's listening sockets, and its TLS termination when it
+/// is a `[[server.tls]]` listener.
+pub struct Listener {
+    pub socket: StdListener,
+    pub tls: Option<Terminator>,
+}
+
 /// Runs one worker until shutdown has been signalled and every connection
 /// it owns has finished.
 pub fn run(
     index: usize,
-    listeners: Vec<StdListener>,
+    listeners: Vec<Listener>,
     shared: Arc<Shared>,
     shutdown: Arc<ShutdownSignal>,
 ) {
@@ -163,9 +171,9 @@ pub fn run(
             drained: Notify::new(),
         });
         for listener in listeners {
-            match TcpListener::from_std(listener) {
+            match TcpListener::from_std(listener.socket) {
                 Ok(l) => {
-                    tokio::spawn(accept_loop(l, worker.clone()));
+                    tokio::spawn(accept_loop(l, listener.tls, worker.clone()));
                 }
                 Err(error) => tracing::error!(worker = index, %error, "cannot register a listener"),
             }
@@ -181,11 +189,11 @@ pub fn run(
     });
 }
 
-async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
+async fn accept_loop(listener: TcpListener, mut tls: Option<Terminator>, worker: Arc<Worker>) {
     let shutdown = worker.shutdown.clone();
     let stop = shutdown.wait();
     tokio::pin!(stop);
-    let mut listener = Acceptor::new(listener, "proxy");
+    let mut listener = Acceptor::new(listener, if tls.is_some() { "tls" } else { "proxy" });
     loop {
         tokio::select! {
             biased;
@@ -198,7 +206,8 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
             (stream, peer) = listener.accept() => {
                 // counted now, before the next look at max_connections
                 let open = worker.open();
-                tokio::spawn(conn::serve(stream, peer, worker.clone(), open));
+                let tls = tls.as_mut().map(|t| t.current(&worker.shared.load()));
+                tokio::spawn(conn::serve(stream, peer, worker.clone(), open, tls));
             }
         }
     }
