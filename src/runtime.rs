@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::balance::{DrainReport, Pool, PoolStats, Registry};
 use crate::config::{AccessFormat, Config, Timeouts};
 use crate::proxy::Router;
+use crate::proxy::upstream::PoolTls;
 use crate::session::{Mode, Sessions};
 
 #[derive(Debug)]
@@ -35,6 +36,9 @@ pub struct Runtime {
     pub sessions: Box<[Option<Mode>]>,
     /// Whether `/readyz` waits on the store: some pool uses it.
     pub needs_store: bool,
+    /// Each pool's TLS to its backends, by pool index; `None` for a pool
+    /// whose backends all speak plain HTTP.
+    pub upstream_tls: Box<[Option<PoolTls>]>,
 }
 
 impl Runtime {
@@ -63,8 +67,10 @@ impl Runtime {
         let router = Router::build(&config, |name| {
             pools.iter().position(|p| &*p.name == name).unwrap_or(0)
         });
+        let upstream_tls = config.pools.iter().map(PoolTls::build).collect();
         Runtime {
             generation,
+            upstream_tls,
             timeouts: config.timeouts,
             router,
             pools,

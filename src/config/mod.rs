@@ -382,12 +382,6 @@ impl Config {
             })
         };
         for pool in &self.pools {
-            if let Some(i) = pool.backends.iter().position(|b| b.tls.is_some()) {
-                add(
-                    format!("pools.{}.backends[{i}].addr", pool.name),
-                    "HTTPS to a backend",
-                );
-            }
             if pool.health.check.is_some() {
                 add(
                     format!("pools.{}.health.check", pool.name),

@@ -490,12 +490,22 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
         let b = pick.index;
         let backend = &pool.backends[b];
         let id = backend.state.id;
-        let conn = match upstream::checkout(id, finish.start_ms) {
+        let tls = rt.upstream_tls[prepared.pool]
+            .as_ref()
+            .and_then(|t| t.target(b));
+        let conn = match upstream::checkout(id, finish.start_ms, tls.is_some()) {
             Some(conn) => conn,
             // boxed: a new connection is rare, and its large future would
             // otherwise make every request's future larger
             None => {
-                match Box::pin(upstream::connect(id, backend.addr, rt.timeouts.connect)).await {
+                match Box::pin(upstream::connect(
+                    id,
+                    backend.addr,
+                    rt.timeouts.connect,
+                    tls,
+                ))
+                .await
+                {
                     Ok(conn) => conn,
                     Err(error) => {
                         mark_failed(pool, b, &error);

@@ -15,7 +15,6 @@ use http::Method;
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::Conn;
 use super::wire::{self, Decoded, Decoder, FinishedHead, Head, RequestHead, WireError};
@@ -400,7 +399,7 @@ impl Exchange {
     /// order, so that neither side's kernel keeps sending what the other
     /// will never read, and a backend that stopped reading learns at once.
     pub fn abort(&self) {
-        let _ = socket2::SockRef::from(&self.conn.stream).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(self.conn.stream.socket()).set_linger(Some(Duration::ZERO));
     }
 
     /// Some byte of a response arrived.
@@ -440,7 +439,7 @@ impl Exchange {
 
     /// After `101 Switching Protocols`: the raw connection and what the
     /// backend sent after the response head.
-    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+    pub fn into_upgraded(self) -> (super::Stream, BytesMut) {
         (self.conn.stream, self.conn.buf)
     }
 
@@ -482,7 +481,9 @@ impl Exchange {
             self.progressed = true;
         }
         let Some(body) = self.out.body.as_deref_mut() else {
-            return Poll::Ready(Ok(()));
+            return Pin::new(&mut *stream)
+                .poll_flush(cx)
+                .map_err(SendError::Backend);
         };
         self.body_polled = true;
         loop {
@@ -506,6 +507,10 @@ impl Exchange {
                 }
                 continue;
             }
+            // over TLS, what was written may wait in the record buffer
+            // until flushed: out before waiting on the client
+            self.send_wait = Wait::Backend;
+            ready!(Pin::new(&mut *stream).poll_flush(cx)).map_err(SendError::Backend)?;
             if body.client.ended {
                 self.out.body = None;
                 return Poll::Ready(Ok(()));

@@ -9,6 +9,7 @@
 //! request written to its end. One dropped before that is closed.
 
 mod exchange;
+pub mod tls;
 pub(crate) mod wire;
 
 use std::cell::RefCell;
@@ -21,6 +22,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 pub use exchange::{ClientBody, Exchange, ExchangeError, Outgoing};
+pub use tls::{PoolTls, Stream, Target};
 pub use wire::{Head, RequestHead, WireError};
 
 /// Idle connections kept per backend and per worker (nginx's `keepalive`).
@@ -35,7 +37,7 @@ const IDLE_MS: u64 = crate::clock::millis(IDLE_TIMEOUT);
 pub struct Conn {
     /// The backend's registry id (`BackendState::id`).
     id: usize,
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet used; kept with the connection so that a
     /// reused one allocates nothing.
     buf: BytesMut,
@@ -53,21 +55,47 @@ impl Conn {
     /// poller said the socket is readable (tokio's `try_read` asks the
     /// kernel only then); a readiness left over from a read that filled
     /// the buffer costs one `recv` that finds nothing and clears it.
-    fn is_stale(&self) -> bool {
+    ///
+    /// Over TLS, what arrived is decrypted first: a TLS 1.3 server may
+    /// send session tickets after its response, which leave the
+    /// connection as good as it was; data, a close or an error do not.
+    fn is_stale(&mut self) -> bool {
+        match &mut self.stream {
+            Stream::Plain(s) => {
+                let mut probe = [0u8; 1];
+                !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Stream::Tls(_) => self.poll_tls_input(&mut Context::from_waker(Waker::noop())),
+        }
+    }
+
+    /// Whether a TLS connection got anything but handshake messages
+    /// (polled with `cx`, which is woken when more arrives).
+    fn poll_tls_input(&mut self, cx: &mut Context<'_>) -> bool {
         let mut probe = [0u8; 1];
-        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.stream), cx, &mut buf)
+            .is_ready()
     }
 
     /// Asks the poller to wake `cx` when the backend writes to or closes
     /// this idle connection. False when it already has: the connection is
     /// stale.
-    fn watch(&self, cx: &mut Context<'_>) -> bool {
-        match self.stream.poll_read_ready(cx) {
+    fn watch(&mut self, cx: &mut Context<'_>) -> bool {
+        let socket = match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(_) => return !self.poll_tls_input(cx),
+        };
+        match socket.poll_read_ready(cx) {
             Poll::Pending => true,
             // ready, or a readiness left from the last read: look, which
             // clears it when nothing is there, and register again
-            Poll::Ready(_) => !self.is_stale() && self.stream.poll_read_ready(cx).is_pending(),
+            Poll::Ready(_) => !self.is_stale() && self.socket().poll_read_ready(cx).is_pending(),
         }
+    }
+
+    fn socket(&self) -> &TcpStream {
+        self.stream.socket()
     }
 }
 
@@ -94,12 +122,18 @@ thread_local! {
 /// for a request that started at `now_ms`. A connection on which anything
 /// arrived since its last response (late bytes of that response, an
 /// unsolicited response, a close) is never reused, whatever its age.
-pub fn checkout(id: usize, now_ms: u64) -> Option<Conn> {
+///
+/// `tls` says whether the backend is now reached over TLS: a reload may
+/// have changed it, and a connection of the other kind is not reused.
+pub fn checkout(id: usize, now_ms: u64, tls: bool) -> Option<Conn> {
     POOL.with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
         let idle = pool.idle.get_mut(id)?;
         while let Some(mut idle) = idle.pop() {
-            if now_ms.saturating_sub(idle.since_ms) < IDLE_MS && !idle.conn.is_stale() {
+            if now_ms.saturating_sub(idle.since_ms) < IDLE_MS
+                && idle.conn.stream.is_tls() == tls
+                && !idle.conn.is_stale()
+            {
                 idle.conn.reused = true;
                 return Some(idle.conn);
             }
@@ -111,7 +145,7 @@ pub fn checkout(id: usize, now_ms: u64) -> Option<Conn> {
 /// Returns a connection that finished an exchange cleanly; its request
 /// started at `started_ms`. From now on the worker's watcher closes it the
 /// moment the backend sends anything on it.
-pub fn checkin(conn: Conn, started_ms: u64) {
+pub fn checkin(mut conn: Conn, started_ms: u64) {
     POOL.with(|pool| {
         let Ok(mut pool) = pool.try_borrow_mut() else {
             return;
@@ -156,7 +190,7 @@ pub async fn watch() {
                     *watcher = Some(cx.waker().clone());
                 }
                 for idle in idle.iter_mut() {
-                    idle.retain(|i| i.conn.watch(cx));
+                    idle.retain_mut(|i| i.conn.watch(cx));
                 }
             }
         });
@@ -205,13 +239,51 @@ pub enum ConnectError {
     Io { addr: SocketAddr, source: io::Error },
     #[error("connection to {addr} timed out after {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
+    #[error("TLS handshake with {addr} ({name}) failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        name: String,
+        source: io::Error,
+    },
 }
 
-/// Opens a new connection to backend `id` at `addr`.
-pub async fn connect(id: usize, addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+/// Opens a new connection to backend `id` at `addr`, over TLS with
+/// `tls`. The handshake is bounded by the same `timeout` as the connect,
+/// as nginx's `proxy_connect_timeout` bounds both.
+pub async fn connect(
+    id: usize,
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<Target<'_>>,
+) -> Result<Conn, ConnectError> {
+    let opened = tokio::time::timeout(timeout, async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnectError::Io { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(target) => match tls::handshake(target, tcp).await {
+                Ok(s) => Ok(Stream::Tls(Box::new(s))),
+                Err(source) => Err(ConnectError::Tls {
+                    addr,
+                    name: target.name().to_str().into_owned(),
+                    source,
+                }),
+            },
+        }
+    })
+    .await;
+    let stream = match opened {
         Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Ok(Err(error)) => {
+            if let ConnectError::Tls { .. } = error {
+                // a certificate the proxy cannot verify is a configuration
+                // to fix, not a backend to wait out
+                tracing::warn!(%error, "cannot connect to a backend over TLS");
+            }
+            return Err(error);
+        }
         Err(_) => {
             return Err(ConnectError::Timeout {
                 addr,
@@ -219,8 +291,7 @@ pub async fn connect(id: usize, addr: SocketAddr, timeout: Duration) -> Result<C
             });
         }
     };
-    let _ = stream.set_nodelay(true);
-    tracing::debug!(%addr, "opened a backend connection");
+    tracing::debug!(%addr, tls = stream.is_tls(), "opened a backend connection");
     Ok(Conn {
         id,
         stream,
