@@ -232,3 +232,154 @@ fn validity_warning(cert: &X509Certificate<'_>, now: SystemTime) -> Option<Strin
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    struct Files(tempfile::TempDir);
+
+    impl Files {
+        fn new() -> Files {
+            Files(tempfile::tempdir().unwrap())
+        }
+
+        fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+            let path = self.0.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    /// A CA, and a leaf for `names` issued by it.
+    fn issued(names: &[&str], key: &KeyPair) -> (String, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca_cert = ca.clone().self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(key, &issuer)
+            .unwrap();
+        (leaf.pem(), ca_cert.pem())
+    }
+
+    #[test]
+    fn a_chain_in_order_with_its_key_loads_with_its_names() {
+        let files = Files::new();
+        let key = KeyPair::generate().unwrap();
+        let (leaf, ca) = issued(&["Example.com", "*.example.net"], &key);
+        let cert = files.write("chain.pem", &format!("{leaf}{ca}"));
+        let key = files.write("key.pem", &key.serialize_pem());
+        let (loaded, warning) = load_certificate(&cert, &key, SystemTime::now()).unwrap();
+        assert_eq!(loaded.names, ["example.com", "*.example.net"]);
+        assert_eq!(loaded.key.cert.len(), 2);
+        assert_eq!(warning, None);
+    }
+
+    #[test]
+    fn a_chain_out_of_order_is_refused() {
+        let files = Files::new();
+        let key = KeyPair::generate().unwrap();
+        let (leaf, ca) = issued(&["example.com"], &key);
+        let cert = files.write("chain.pem", &format!("{ca}{leaf}"));
+        let key = files.write("key.pem", &key.serialize_pem());
+        let error = load_certificate(&cert, &key, SystemTime::now()).unwrap_err();
+        assert!(!error.is_key());
+        assert!(error.to_string().contains("chain out of order"), "{error}");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let files = Files::new();
+        let (leaf, _) = issued(&["example.com"], &KeyPair::generate().unwrap());
+        let cert = files.write("cert.pem", &leaf);
+        let other = files.write("key.pem", &KeyPair::generate().unwrap().serialize_pem());
+        let error = load_certificate(&cert, &other, SystemTime::now()).unwrap_err();
+        assert!(error.is_key());
+        assert!(error.to_string().contains("does not match"), "{error}");
+    }
+
+    #[test]
+    fn pkcs8_pkcs1_and_sec1_keys_load() {
+        let files = Files::new();
+        // SEC1: the EC key as OpenSSL writes `BEGIN EC PRIVATE KEY`
+        let ec = KeyPair::generate().unwrap();
+        let (leaf, _) = issued(&["ec.example"], &ec);
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &ec.serialize_der(),
+        )
+        .unwrap();
+        let sec1 =
+            aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::EcPrivateKeyRfc5915Der>::as_der(
+                &pair.private_key(),
+            )
+            .unwrap();
+        let cert = files.write("ec.pem", &leaf);
+        let key = files.write("ec.key", &pem("EC PRIVATE KEY", sec1.as_ref()));
+        load_certificate(&cert, &key, SystemTime::now()).unwrap();
+        // PKCS#1: the RSA key as `BEGIN RSA PRIVATE KEY`, the PKCS#8
+        // wrapper's octet string
+        let rsa =
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+        let (leaf, _) = issued(&["rsa.example"], &rsa);
+        let pkcs8 = rsa.serialize_der();
+        let (_, info) = x509_parser::der_parser::parse_der(&pkcs8).unwrap();
+        let pkcs1 = info.as_sequence().unwrap()[2].as_slice().unwrap();
+        let cert = files.write("rsa.pem", &leaf);
+        let key = files.write("rsa.key", &pem("RSA PRIVATE KEY", pkcs1));
+        load_certificate(&cert, &key, SystemTime::now()).unwrap();
+        // PKCS#8, as rcgen writes it
+        let key = files.write("rsa8.key", &rsa.serialize_pem());
+        load_certificate(&cert, &key, SystemTime::now()).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_out_of_its_dates_loads_with_a_warning_naming_the_date() {
+        let files = Files::new();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["old.example".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let cert = files.write("old.pem", &params.self_signed(&key).unwrap().pem());
+        let key = files.write("old.key", &key.serialize_pem());
+        let (_, warning) = load_certificate(&cert, &key, SystemTime::now()).unwrap();
+        let warning = warning.unwrap();
+        assert!(warning.contains("expired on 2020-01-01"), "{warning}");
+        let early = UNIX_EPOCH + Duration::from_secs(1_500_000_000); // 2017
+        let (_, warning) = load_certificate(&cert, &key, early).unwrap();
+        let warning = warning.unwrap();
+        assert!(warning.contains("not valid before 2019-01-01"), "{warning}");
+    }
+
+    #[test]
+    fn files_that_are_not_pem_say_so() {
+        let files = Files::new();
+        let junk = files.write("junk.pem", "hello\n");
+        let error = load_certificate(&junk, &junk, SystemTime::now()).unwrap_err();
+        assert!(error.to_string().contains("no certificate"), "{error}");
+        let missing = files.0.path().join("missing.pem");
+        let error = load_ca(&missing).unwrap_err();
+        assert!(error.to_string().contains("cannot read"), "{error}");
+    }
+}

@@ -229,3 +229,51 @@ impl ClientStream for TlsStream<TcpStream> {
         !self.get_ref().1.wants_read()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tls::Loaded;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    fn certificate(names: &[&str]) -> config::Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names.clone())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let key = CertifiedKey::from_der(vec![cert.der().clone()], der, &config::tls::provider())
+            .unwrap();
+        config::Certificate {
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            loaded: Loaded {
+                key: Arc::new(key),
+                names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn sni_picks_the_first_certificate_naming_the_host_else_the_first() {
+        let certs = [
+            certificate(&["a.example"]),
+            certificate(&["b.example", "*.b.example"]),
+            certificate(&["b.example", "c.example"]),
+        ];
+        let by = BySni::new(&certs).unwrap();
+        let is = |name: &str, i: usize| {
+            let got = by.find(name).unwrap_or(&by.default);
+            Arc::ptr_eq(got, &certs[i].loaded.key)
+        };
+        assert!(is("a.example", 0));
+        assert!(is("B.Example", 1), "names compare without case");
+        assert!(is("www.b.example", 1), "a wildcard covers one label");
+        assert!(is("x.www.b.example", 0), "and no more than one");
+        assert!(is("c.example", 2));
+        assert!(is("unknown.example", 0), "an unknown name gets the first");
+        assert!(BySni::new(&[]).is_none());
+    }
+}
