@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod raw;
 pub mod redis;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -98,8 +99,11 @@ fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Lines>) {
 /// A running `sessionlb run -c <file>`.
 pub struct Proxy {
     child: Child,
-    /// The bound address of each `server.listen` entry.
+    /// The bound address of every listener, as the proxy logged them: each
+    /// `server.listen` entry, then each `[[server.tls]]` listener.
     pub addrs: Vec<SocketAddr>,
+    /// The `[[server.tls]]` listeners' addresses, in file order.
+    pub tls_addrs: Vec<SocketAddr>,
     pub stderr: Arc<Lines>,
     pub stdout: Arc<Lines>,
     pub config_path: PathBuf,
@@ -114,20 +118,31 @@ impl Proxy {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
-        Proxy::start_with(config, env, None)
+        Proxy::start_with(config, env, None, &[])
     }
 
     /// Starts the proxy with at most `files` open file descriptors.
     pub fn start_with_fd_limit(config: &str, files: u64) -> Proxy {
-        Proxy::start_with(config, &[], Some(files))
+        Proxy::start_with(config, &[], Some(files), &[])
     }
 
-    fn start_with(config: &str, env: &[(&str, &str)], files: Option<u64>) -> Proxy {
-        let listeners = config
-            .lines()
-            .find(|l| l.trim_start().starts_with("listen"))
-            .map_or(1, |l| l.matches(':').count());
+    /// Starts the proxy with `files` (name, contents) written next to its
+    /// configuration file first, for paths relative to it.
+    pub fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Proxy {
+        Proxy::start_with(config, &[], None, files)
+    }
+
+    fn start_with(
+        config: &str,
+        env: &[(&str, &str)],
+        files: Option<u64>,
+        beside: &[(&str, &[u8])],
+    ) -> Proxy {
+        let listeners = listeners(config);
         let dir = tempfile::tempdir().unwrap();
+        for (name, contents) in beside {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
         let config_path = dir.path().join("sessionlb.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut cmd = Command::new(bin());
@@ -164,10 +179,16 @@ impl Proxy {
         let found = stderr.wait_count(listeners, DEADLINE, |l| {
             l.contains("listening addr=") || l.starts_with("sessionlb: ")
         });
-        let addrs: Vec<SocketAddr> = found
+        let addr_of = |l: &String| -> Option<SocketAddr> {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .and_then(|a| a.parse().ok())
+        };
+        let addrs: Vec<SocketAddr> = found.iter().filter_map(addr_of).collect();
+        let tls_addrs: Vec<SocketAddr> = found
             .iter()
-            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-            .filter_map(|a| a.parse().ok())
+            .filter(|l| l.split_whitespace().any(|w| w == "tls=true"))
+            .filter_map(addr_of)
             .collect();
         if addrs.len() < listeners {
             let _ = child.kill();
@@ -177,6 +198,7 @@ impl Proxy {
         Proxy {
             child,
             addrs,
+            tls_addrs,
             stderr,
             stdout,
             config_path,
@@ -190,6 +212,20 @@ impl Proxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr(), path)
+    }
+
+    /// The address of the `i`th `[[server.tls]]` listener.
+    pub fn tls_addr(&self, i: usize) -> SocketAddr {
+        *self
+            .tls_addrs
+            .get(i)
+            .unwrap_or_else(|| panic!("no TLS listener {i}: {:?}", self.tls_addrs))
+    }
+
+    /// The directory of the configuration file, where relative paths in it
+    /// point.
+    pub fn dir(&self) -> &std::path::Path {
+        self.config_path.parent().unwrap()
     }
 
     /// The admin listener's address (needs `server.admin_listen`).
@@ -253,6 +289,32 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How many listeners `config` asks for: every `server.listen` entry and
+/// every `[[server.tls]]` listener (one when it names none, the default).
+/// A file that is not TOML (a test of the proxy's refusal) counts the
+/// addresses on its first `listen` line.
+fn listeners(config: &str) -> usize {
+    let Ok(file) = toml::from_str::<toml::Table>(config) else {
+        return config
+            .lines()
+            .find(|l| l.trim_start().starts_with("listen"))
+            .map_or(1, |l| l.matches(':').count());
+    };
+    let server = file.get("server").and_then(|s| s.as_table());
+    let plain = server
+        .and_then(|s| s.get("listen"))
+        .and_then(|l| l.as_array())
+        .map(|a| a.len());
+    let tls = server
+        .and_then(|s| s.get("tls"))
+        .and_then(|t| t.as_array())
+        .map_or(0, |a| a.len());
+    match (plain, tls) {
+        (None, 0) => 1,
+        (plain, tls) => plain.unwrap_or(0) + tls,
     }
 }
 

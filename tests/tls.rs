@@ -1,0 +1,966 @@
+//! TLS: listeners whose certificate is chosen by SNI, HTTP/2 by ALPN, real
+//! clients (curl, rustls), session resumption shared by the workers,
+//! certificates renewed by a reload (and a bad one refused), and HTTPS
+//! backends. Every certificate is made at run time (rcgen).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::Request;
+use nix::sys::signal::Signal;
+use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::{HandshakeKind, ProtocolVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::client::{self, get};
+use support::raw::{RawBackend, RawRequest, Reply};
+use support::tls::{self, Ca, Leaf, TLS12, TLS13, TlsBackend, TlsHttp, client_config};
+use support::{Backend, DEADLINE, Proxy, bin, config, entry, eventually_async};
+
+/// `{ cert = "...", key = "..." }` for each pair of files.
+fn certificates(pairs: &[(PathBuf, PathBuf)]) -> String {
+    let list: Vec<String> = pairs
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                c.display(),
+                k.display()
+            )
+        })
+        .collect();
+    format!("certificates = [{}]", list.join(", "))
+}
+
+/// `cfg` (as [`config`] makes it) with a `[[server.tls]]` listener for
+/// each `certificates = [...]` line; without `server.listen` unless
+/// `plain`.
+fn with_tls(cfg: &str, listeners: &[String], plain: bool) -> String {
+    let mut tls = String::new();
+    for certs in listeners {
+        tls.push_str(&format!(
+            "\n\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\n{certs}"
+        ));
+    }
+    let mut cfg = cfg.replacen("\n\n[pools.web]\n", &format!("{tls}\n\n[pools.web]\n"), 1);
+    if !plain {
+        cfg = cfg.replacen("listen = [\"127.0.0.1:0\"]\n", "", 1);
+    }
+    cfg
+}
+
+/// Adds `line` to `[server]`.
+fn server_line(cfg: &str, line: &str) -> String {
+    cfg.replacen("workers = 1\n", &format!("workers = 1\n{line}\n"), 1)
+}
+
+/// A CA, a certificate for `localhost` (and 127.0.0.1) it signed, written
+/// to `dir` as site.pem / site.key.
+fn site(dir: &Path) -> (Ca, Leaf, (PathBuf, PathBuf)) {
+    let ca = Ca::new("sessionlb test root");
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
+    let files = leaf.write(dir, "site");
+    (ca, leaf, files)
+}
+
+/// Attributes of a `Set-Cookie` value, after its name=value.
+fn attributes(set_cookie: &str) -> Vec<String> {
+    set_cookie
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_string())
+        .collect()
+}
+
+fn set_cookie(r: &client::Resp, name: &str) -> String {
+    r.set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", r.set_cookies()))
+}
+
+/// Reads from `s` until it closes (EOF or an error), up to `limit`; how
+/// long that took, or `None` when it stayed open.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The proxy counts time in whole milliseconds: a deadline may fall up to
+/// one before the exact instant.
+const CLOCK_GRAIN: Duration = Duration::from_millis(1);
+
+#[tokio::test]
+async fn alpn_h2_gets_http2_anything_else_http1_and_the_backend_hears_https() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&[files])],
+        true,
+    ));
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    // offered, chosen, the HTTP version that follows
+    type Case<'a> = (&'a [&'a str], Option<&'a [u8]>, &'a str);
+    let cases: [Case; 3] = [
+        (&["h2", "http/1.1"], Some(b"h2"), "HTTP/2.0"),
+        (&["http/1.1"], Some(b"http/1.1"), "HTTP/1.1"),
+        (&[], None, "HTTP/1.1"),
+    ];
+    for (alpn, chosen, version) in cases {
+        let config = Arc::new(client_config(Some(&ca), alpn, &[]));
+        let s = tls::connect(addr, "localhost", &config).await;
+        assert_eq!(s.get_ref().1.alpn_protocol(), chosen, "offered {alpn:?}");
+        let mut http = TlsHttp::new(s, &authority).await;
+        // two requests: the connection is kept alive
+        for _ in 0..2 {
+            let r = http.get("/headers").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(tls::version(&r), version, "offered {alpn:?}");
+            assert_eq!(r.backend(), "b");
+            assert!(
+                r.body.contains("x-forwarded-proto: https\n"),
+                "offered {alpn:?}:\n{}",
+                r.body
+            );
+        }
+    }
+    // the plain listener still says http
+    let r = get(&client::h1(), &proxy.url("/headers")).await;
+    assert!(r.body.contains("x-forwarded-proto: http\n"), "{}", r.body);
+
+    // no h2c sniffing on TLS: the HTTP/2 preface without ALPN h2 is not
+    // answered in HTTP/2 (an HTTP/1.1 error, or a close)
+    let config = Arc::new(client_config(Some(&ca), &[], &[]));
+    let mut s = tls::connect(addr, "localhost", &config).await;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while reply.len() < 9 {
+        match tokio::time::timeout(DEADLINE, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer to the HTTP/2 preface"),
+        }
+    }
+    assert!(
+        reply.is_empty() || reply.starts_with(b"HTTP/1.1 "),
+        "answered {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(b.hits(), 7, "the preface reached the backend");
+}
+
+#[test]
+fn curl_gets_http1_and_http2_over_tls() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&[files])],
+        false,
+    ));
+    let port = proxy.tls_addr(0).port();
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", flag, "--cacert"])
+            .arg(&ca_path)
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_version}"])
+            .arg(format!("https://localhost:{port}/headers"))
+            .output()
+            .expect("curl (scripts/test installs it)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl {flag}: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, got) = stdout.rsplit_once('\n').unwrap();
+        assert_eq!(got, version, "curl {flag}");
+        assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn tls12_and_tls13_clients_are_both_served() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&[files])],
+        false,
+    ));
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    for (version, expected) in [
+        (TLS12, ProtocolVersion::TLSv1_2),
+        (TLS13, ProtocolVersion::TLSv1_3),
+    ] {
+        for alpn in [&["h2"][..], &["http/1.1"][..]] {
+            let config = Arc::new(client_config(Some(&ca), alpn, &[version]));
+            let s = tls::connect(addr, "localhost", &config).await;
+            assert_eq!(s.get_ref().1.protocol_version(), Some(expected));
+            let r = TlsHttp::new(s, &authority).await.get("/").await;
+            assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sni_chooses_the_certificate_and_the_first_is_the_default() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("sessionlb test root");
+    let a = ca.leaf(&["a.test"]);
+    let w = ca.leaf(&["*.b.test", "b.test"]);
+    let a_files = a.write(dir.path(), "a");
+    let w_files = w.write(dir.path(), "b");
+    // two listeners with the same certificates in opposite orders
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[
+            certificates(&[a_files.clone(), w_files.clone()]),
+            certificates(&[w_files, a_files]),
+        ],
+        false,
+    ));
+    let (first, second) = (proxy.tls_addr(0), proxy.tls_addr(1));
+    for (name, sni, expected, why) in [
+        ("a.test", true, &a, "its own name"),
+        ("b.test", true, &w, "its own name"),
+        ("www.b.test", true, &w, "the wildcard"),
+        (
+            "deep.www.b.test",
+            true,
+            &a,
+            "a wildcard matches one label only",
+        ),
+        ("other.test", true, &a, "an unknown name gets the first"),
+        ("b.test", false, &a, "no SNI gets the first"),
+        ("127.0.0.1", true, &a, "an IP address sends no SNI"),
+    ] {
+        assert!(
+            tls::served_leaf(first, name, sni).await == expected.der,
+            "{name} (sni {sni}): {why}"
+        );
+    }
+    for (name, sni, expected) in [
+        ("a.test", true, &a),
+        ("www.b.test", true, &w),
+        ("other.test", true, &w),
+        ("a.test", false, &w),
+    ] {
+        assert!(
+            tls::served_leaf(second, name, sni).await == expected.der,
+            "second listener: {name} (sni {sni})"
+        );
+    }
+    // and a verifying client is served end to end under each name
+    let config = Arc::new(client_config(Some(&ca), &["h2", "http/1.1"], &[]));
+    for name in ["a.test", "www.b.test"] {
+        let s = tls::connect(first, name, &config).await;
+        let r = TlsHttp::new(s, name).await.get("/").await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b"), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn pkcs1_rsa_and_sec1_ec_keys_and_chains_load_from_paths_beside_the_config() {
+    let b = Backend::start("b");
+    let root = Ca::new("sessionlb test root");
+    let intermediate = root.intermediate("sessionlb test intermediate");
+    let chained = intermediate.leaf(&["chain.test"]);
+    let ec = root.leaf(&["ec.test"]);
+    let rsa = root.leaf_with(
+        tls::leaf_params(&["rsa.test"]),
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap(),
+    );
+    let (sec1, pkcs1) = (ec.sec1_key_pem(), rsa.pkcs1_key_pem());
+    assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----\n"));
+    assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
+    let (chain_pem, chain_key) = (chained.cert_pem(), chained.key_pem());
+    let (ec_pem, rsa_pem) = (ec.cert_pem(), rsa.cert_pem());
+    let files: [(&str, &[u8]); 6] = [
+        ("chain.pem", chain_pem.as_bytes()),
+        ("chain.key", chain_key.as_bytes()),
+        ("ec.pem", ec_pem.as_bytes()),
+        ("ec.key", sec1.as_bytes()),
+        ("rsa.pem", rsa_pem.as_bytes()),
+        ("rsa.key", pkcs1.as_bytes()),
+    ];
+    let pairs: Vec<(PathBuf, PathBuf)> = ["chain", "ec", "rsa"]
+        .iter()
+        .map(|s| (format!("{s}.pem").into(), format!("{s}.key").into()))
+        .collect();
+    let proxy = Proxy::start_with_files(
+        &with_tls(
+            &config("round_robin", &[b.entry()], ""),
+            &[certificates(&pairs)],
+            false,
+        ),
+        &files,
+    );
+    let addr = proxy.tls_addr(0);
+    // the client trusts the root only: the intermediate must come with
+    // the chained leaf
+    let config = Arc::new(client_config(Some(&root), &["http/1.1"], &[]));
+    for (name, leaf, chain_len) in [
+        ("chain.test", &chained, 2),
+        ("ec.test", &ec, 1),
+        ("rsa.test", &rsa, 1),
+    ] {
+        let s = tls::connect(addr, name, &config).await;
+        assert!(tls::peer_leaf(&s) == leaf.der, "{name}");
+        let sent = s.get_ref().1.peer_certificates().unwrap().len();
+        assert_eq!(sent, chain_len, "{name}: certificates sent");
+        let r = TlsHttp::new(s, name).await.get("/").await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b"), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn cookies_set_over_tls_are_secure() {
+    let app = RawBackend::with(|req: &RawRequest| {
+        if req.request_line().contains(" /login ") {
+            Reply::raw(
+                "HTTP/1.1 200 OK\r\nSet-Cookie: session=alice; Path=/\r\nContent-Length: 2\r\n\r\nok",
+            )
+        } else {
+            Reply::ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let proxy = Proxy::start(&with_tls(
+        &config(
+            "cookie",
+            &[app.entry()],
+            "[pools.web.sticky]\ncookie = \"slb_route\"\n\n[pools.web.session]\napp_cookie = \"session\"\n",
+        ),
+        &[certificates(&[files])],
+        true,
+    ));
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    for alpn in ["h2", "http/1.1"] {
+        let config = Arc::new(client_config(Some(&ca), &[alpn], &[]));
+        let s = tls::connect(addr, "localhost", &config).await;
+        let r = TlsHttp::new(s, &authority).await.get("/login").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        for name in ["slb_route", "slb_sid"] {
+            let cookie = set_cookie(&r, name);
+            assert!(
+                attributes(&cookie).iter().any(|a| a == "Secure"),
+                "{alpn}: {cookie}"
+            );
+        }
+        assert!(!r.set_cookies().iter().any(|c| c.starts_with("session=")));
+    }
+    // the same cookies over plain HTTP are not Secure
+    let r = get(&client::h1(), &proxy.url("/login")).await;
+    for name in ["slb_route", "slb_sid"] {
+        let cookie = set_cookie(&r, name);
+        assert!(
+            !attributes(&cookie).iter().any(|a| a == "Secure"),
+            "{cookie}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn websocket_upgrade_works_over_tls() {
+    use tokio_tungstenite::tungstenite::Message;
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&[files])],
+        false,
+    ));
+    let addr = proxy.tls_addr(0);
+    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
+    let s = tls::connect(addr, "localhost", &config).await;
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let (mut ws, resp) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(url, s))
+        .await
+        .expect("upgrade timed out")
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    for i in 0..10 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echo = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, Message::text(format!("hello {i}")));
+    }
+    ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    let echo = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_data().len(), 100_000);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn session_tickets_resume_whichever_worker_accepts() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let cfg = with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&[files])],
+        true,
+    )
+    .replacen(
+        "workers = 1\n",
+        "workers = 2\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    );
+    let proxy = Proxy::start(&cfg);
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    const CONNECTIONS: usize = 10;
+    for version in [TLS13, TLS12] {
+        let mut config = client_config(Some(&ca), &["http/1.1"], &[version]);
+        config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(64)));
+        let config = Arc::new(config);
+        let mut kinds = Vec::new();
+        for _ in 0..CONNECTIONS {
+            // each connection gets its answer (and with it, in TLS 1.3,
+            // its tickets) before the next one starts
+            let s = tls::connect(addr, "localhost", &config).await;
+            kinds.push(s.get_ref().1.handshake_kind().unwrap());
+            let r = TlsHttp::new(s, &authority).await.get("/").await;
+            assert_eq!(r.status, 200);
+        }
+        assert_ne!(kinds[0], HandshakeKind::Resumed, "{version:?}");
+        assert!(
+            kinds[1..].iter().all(|k| *k == HandshakeKind::Resumed),
+            "{version:?}: {kinds:?}"
+        );
+    }
+    let (full, resumed) = (
+        "sessionlb_tls_handshakes_total{kind=\"full\"}",
+        "sessionlb_tls_handshakes_total{kind=\"resumed\"}",
+    );
+    let counted = eventually_async(DEADLINE, || async {
+        proxy.metric(full).await == 2.0
+            && proxy.metric(resumed).await == 2.0 * (CONNECTIONS as f64 - 1.0)
+    })
+    .await;
+    assert!(
+        counted,
+        "full {} resumed {}",
+        proxy.metric(full).await,
+        proxy.metric(resumed).await
+    );
+}
+
+#[tokio::test]
+async fn a_reload_renews_certificates_and_established_connections_keep_working() {
+    let b = Backend::start("b");
+    let ca = Ca::new("sessionlb test root");
+    let first = ca.leaf(&["localhost"]);
+    let (pem, key) = (first.cert_pem(), first.key_pem());
+    let cfg = server_line(
+        &with_tls(
+            &config("round_robin", &[b.entry()], ""),
+            &[certificates(&[("site.pem".into(), "site.key".into())])],
+            true,
+        ),
+        "admin_listen = \"127.0.0.1:0\"",
+    );
+    let proxy = Proxy::start_with_files(
+        &cfg,
+        &[("site.pem", pem.as_bytes()), ("site.key", key.as_bytes())],
+    );
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
+    let s = tls::connect(addr, "localhost", &config).await;
+    assert!(tls::peer_leaf(&s) == first.der);
+    let mut kept = TlsHttp::new(s, &authority).await;
+    assert_eq!(kept.get("/").await.body, "b");
+
+    // renewed in place (as certbot does), then SIGHUP
+    let second = ca.leaf(&["localhost"]);
+    second.write(proxy.dir(), "site");
+    proxy.signal(Signal::SIGHUP);
+    assert!(
+        proxy
+            .stderr
+            .wait_for(DEADLINE, |l| l.contains("configuration reloaded"))
+            .is_some(),
+        "{:#?}",
+        proxy.stderr.all()
+    );
+    let s = tls::connect(addr, "localhost", &config).await;
+    assert!(tls::peer_leaf(&s) == second.der, "SIGHUP did not renew");
+    assert_eq!(TlsHttp::new(s, &authority).await.get("/").await.body, "b");
+    assert_eq!(kept.get("/").await.body, "b");
+
+    // other files named in the configuration, then POST /admin/reload
+    let third = ca.leaf(&["localhost"]);
+    third.write(proxy.dir(), "next");
+    std::fs::write(
+        &proxy.config_path,
+        cfg.replace("site.pem", "next.pem")
+            .replace("site.key", "next.key"),
+    )
+    .unwrap();
+    let r = client::send(
+        &client::h1(),
+        Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = tls::connect(addr, "localhost", &config).await;
+    assert!(tls::peer_leaf(&s) == third.der, "the admin reload did not");
+    assert_eq!(TlsHttp::new(s, &authority).await.get("/").await.body, "b");
+    // the connection opened before both reloads is still served
+    for _ in 0..3 {
+        assert_eq!(kept.get("/").await.body, "b");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_with_a_bad_certificate_is_refused_and_the_old_one_keeps_serving() {
+    let b = Backend::start("b");
+    let ca = Ca::new("sessionlb test root");
+    let first = ca.leaf(&["localhost"]);
+    let (pem, key) = (first.cert_pem(), first.key_pem());
+    let cfg = server_line(
+        &with_tls(
+            &config("round_robin", &[b.entry()], ""),
+            &[certificates(&[("site.pem".into(), "site.key".into())])],
+            true,
+        ),
+        "admin_listen = \"127.0.0.1:0\"",
+    );
+    let proxy = Proxy::start_with_files(
+        &cfg,
+        &[("site.pem", pem.as_bytes()), ("site.key", key.as_bytes())],
+    );
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
+    let still_first = || async {
+        let s = tls::connect(addr, "localhost", &config).await;
+        assert!(
+            tls::peer_leaf(&s) == first.der,
+            "the old certificate is gone"
+        );
+        assert_eq!(TlsHttp::new(s, &authority).await.get("/").await.body, "b");
+    };
+    still_first().await;
+
+    // a key file that does not exist, by POST /admin/reload
+    std::fs::write(&proxy.config_path, cfg.replace("site.key", "gone.key")).unwrap();
+    let r = client::send(
+        &client::h1(),
+        Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("server.tls[0].certificates[0].key: ") && r.body.contains("gone.key"),
+        "{}",
+        r.body
+    );
+    still_first().await;
+
+    // a renewal half done: the new certificate without its key, by SIGHUP
+    std::fs::write(&proxy.config_path, &cfg).unwrap();
+    let second = ca.leaf(&["localhost"]);
+    std::fs::write(proxy.dir().join("site.pem"), second.cert_pem()).unwrap();
+    proxy.signal(Signal::SIGHUP);
+    let refused = proxy.stderr.wait_for(DEADLINE, |l| {
+        l.contains("reload refused; still serving the previous configuration")
+            && l.contains("server.tls[0].certificates[0].key")
+            && l.contains("does not match")
+    });
+    assert!(refused.is_some(), "{:#?}", proxy.stderr.all());
+    still_first().await;
+    assert!(
+        !proxy
+            .stderr
+            .all()
+            .iter()
+            .any(|l| l.contains("configuration reloaded")),
+        "{:#?}",
+        proxy.stderr.all()
+    );
+
+    // the key comes: the next reload takes both
+    std::fs::write(proxy.dir().join("site.key"), second.key_pem()).unwrap();
+    proxy.signal(Signal::SIGHUP);
+    assert!(
+        proxy
+            .stderr
+            .wait_for(DEADLINE, |l| l.contains("configuration reloaded"))
+            .is_some(),
+        "{:#?}",
+        proxy.stderr.all()
+    );
+    let s = tls::connect(addr, "localhost", &config).await;
+    assert!(tls::peer_leaf(&s) == second.der);
+}
+
+/// `sessionlb run -c path`, expected to refuse: its exit code and stderr.
+fn run_refused(path: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.and_then(|s| s.code()), stderr)
+}
+
+fn listener_file(dir: &Path, name: &str, pairs: &[(PathBuf, PathBuf)]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pools.web]\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n",
+            certificates(pairs)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_and_run_refuse_bad_certificate_files_naming_the_toml_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Ca::new("sessionlb test root");
+    let intermediate = root.intermediate("sessionlb test intermediate");
+    let leaf = intermediate.leaf(&["localhost"]);
+    let good = leaf.write(d, "good");
+    let other = root.leaf(&["localhost"]);
+    let (_, other_key) = other.write(d, "other");
+    // the intermediate before the leaf, as `cat ca.pem site.pem` makes it
+    let backwards = d.join("backwards.pem");
+    std::fs::write(&backwards, format!("{}{}", leaf.chain, leaf.pem)).unwrap();
+    // the root between the leaf and its issuer
+    let shuffled = d.join("shuffled.pem");
+    std::fs::write(
+        &shuffled,
+        format!("{}{}{}", leaf.pem, root.pem(), leaf.chain),
+    )
+    .unwrap();
+    let cases = [
+        (
+            vec![(d.join("none.pem"), good.1.clone())],
+            "server.tls[0].certificates[0].cert: ",
+            vec!["none.pem", "not found"],
+        ),
+        (
+            vec![good.clone(), (good.0.clone(), d.join("none.key"))],
+            "server.tls[0].certificates[1].key: ",
+            vec!["none.key", "not found"],
+        ),
+        (
+            vec![good.clone(), (good.0.clone(), other_key.clone())],
+            "server.tls[0].certificates[1].key: ",
+            vec!["does not match"],
+        ),
+        (
+            vec![(backwards, good.1.clone())],
+            "server.tls[0].certificates[0].cert: ",
+            vec!["out of order"],
+        ),
+        (
+            vec![(shuffled, good.1.clone())],
+            "server.tls[0].certificates[0].cert: ",
+            vec!["out of order"],
+        ),
+    ];
+    for (i, (pairs, path, words)) in cases.iter().enumerate() {
+        let file = listener_file(d, &format!("case{i}.toml"), pairs);
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "check, case {i}:\n{text}");
+        let line = text.lines().find(|l| l.contains(path));
+        assert!(
+            line.is_some_and(|l| words.iter().all(|w| l.contains(w))),
+            "check, case {i}: no line with {path:?} and {words:?} in:\n{text}"
+        );
+        let (code, stderr) = run_refused(&file);
+        assert_eq!(code, Some(1), "run, case {i}:\n{stderr}");
+        let line = stderr.lines().find(|l| l.contains(path));
+        assert!(
+            line.is_some_and(|l| words.iter().all(|w| l.contains(w))),
+            "run, case {i}: no line with {path:?} and {words:?} in:\n{stderr}"
+        );
+    }
+    // the good pair alone passes
+    let file = listener_file(d, "good.toml", &[good]);
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_expired_or_not_yet_valid_certificate_is_accepted_with_a_warning_naming_the_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("sessionlb test root");
+    let mut old = tls::leaf_params(&["old.test"]);
+    old.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    old.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let old = ca.leaf_with(old, rcgen::KeyPair::generate().unwrap());
+    let mut early = tls::leaf_params(&["early.test"]);
+    early.not_before = rcgen::date_time_ymd(2099, 1, 1);
+    early.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    let early = ca.leaf_with(early, rcgen::KeyPair::generate().unwrap());
+    let pairs = [
+        old.write(dir.path(), "old"),
+        early.write(dir.path(), "early"),
+    ];
+    let file = listener_file(dir.path(), "dated.toml", &pairs);
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (path, words) in [
+        (
+            "warning: server.tls[0].certificates[0].cert: ",
+            &["expired", "2020-01-01"][..],
+        ),
+        (
+            "warning: server.tls[0].certificates[1].cert: ",
+            &["2099-01-01"][..],
+        ),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(path) && words.iter().all(|w| l.contains(w))),
+            "no {path:?} with {words:?} in:\n{stdout}"
+        );
+    }
+
+    // run serves them, and says so too
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&pairs)],
+        false,
+    ));
+    for date in ["2020-01-01", "2099-01-01"] {
+        assert!(
+            proxy
+                .stderr
+                .wait_for(DEADLINE, |l| l.contains(date))
+                .is_some(),
+            "no warning naming {date}:\n{:#?}",
+            proxy.stderr.all()
+        );
+    }
+    let addr = proxy.tls_addr(0);
+    assert!(tls::served_leaf(addr, "old.test", true).await == old.der);
+    assert!(tls::served_leaf(addr, "early.test", true).await == early.der);
+}
+
+#[tokio::test]
+async fn a_tls_client_that_sends_nothing_is_closed_at_the_request_header_timeout() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let proxy = Proxy::start(&with_tls(
+        &config(
+            "round_robin",
+            &[b.entry()],
+            "[timeouts]\nrequest_header = \"1s\"\nidle = \"60s\"\n",
+        ),
+        &[certificates(&[files])],
+        false,
+    ));
+    let addr = proxy.tls_addr(0);
+    let limit = Duration::from_secs(1) - CLOCK_GRAIN;
+
+    // TCP only, no ClientHello; the proxy's clock starts at accept, after
+    // `started`, so however slow the machine the close cannot come sooner
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .expect("a silent TCP connection was never closed");
+    let took = started.elapsed();
+    assert!(took >= limit, "closed after {took:?}");
+
+    // a handshake, and then no request
+    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
+    let started = Instant::now();
+    let mut s = tls::connect(addr, "localhost", &config).await;
+    closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .expect("a silent TLS connection was never closed");
+    let took = started.elapsed();
+    assert!(took >= limit, "closed after {took:?}");
+    assert_eq!(b.hits(), 0);
+}
+
+/// A configuration whose pool `web` has `backend` and `keys`.
+fn https_pool(backend: &str, keys: &str) -> String {
+    config("round_robin", &[backend.to_string()], keys)
+}
+
+#[tokio::test]
+async fn an_https_backend_verified_by_the_pool_ca_reuses_its_connections() {
+    let ca = Ca::new("sessionlb backend root");
+    let backend = TlsBackend::start("secure", &ca.leaf(&["127.0.0.1"]));
+    let ca_pem = ca.pem();
+    let proxy = Proxy::start_with_files(
+        &https_pool(&entry(backend.addr), "tls = true\nca = \"ca.pem\"\n"),
+        &[("ca.pem", ca_pem.as_bytes())],
+    );
+    let c = client::h1_fresh();
+    for _ in 0..5 {
+        let r = get(&c, &proxy.url("/")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str(), r.backend().as_str()),
+            (200, "secure", "secure")
+        );
+    }
+    let r = get(&c, &proxy.url("/headers")).await;
+    assert!(r.body.contains("x-forwarded-proto: http\n"), "{}", r.body);
+    assert_eq!(
+        (backend.connections(), backend.handshakes()),
+        (1, 1),
+        "6 sequential requests, one pooled TLS connection"
+    );
+}
+
+#[tokio::test]
+async fn an_https_backend_named_by_url_is_verified_and_sent_its_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("sessionlb backend root");
+    // a DNS name only: verified against the name, not the address
+    let backend = TlsBackend::start("named", &ca.leaf(&["localhost"]));
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let proxy = Proxy::start(&https_pool(
+        &format!("{{ addr = \"https://localhost:{}\" }}", backend.addr.port()),
+        &format!("ca = \"{}\"\n", ca_path.display()),
+    ));
+    let r = get(&client::h1(), &proxy.url("/")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "named"));
+    assert_eq!(backend.snis(), vec![Some("localhost".to_string())]);
+}
+
+#[tokio::test]
+async fn an_https_backend_signed_by_another_ca_is_a_502_with_the_reason_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Ca::new("sessionlb backend root");
+    let stranger = Ca::new("sessionlb other root");
+    let backend = TlsBackend::start("impostor", &signer.leaf(&["127.0.0.1"]));
+    let ca_path = stranger.write(dir.path(), "ca.pem");
+    let proxy = Proxy::start(&https_pool(
+        &entry(backend.addr),
+        &format!("tls = true\nca = \"{}\"\n", ca_path.display()),
+    ));
+    let r = get(&client::h1(), &proxy.url("/")).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_ne!(r.body, "impostor");
+    let logged = proxy.stderr.wait_for(DEADLINE, |l| {
+        let l = l.to_ascii_lowercase().replace([' ', '_'], "");
+        l.contains("unknownissuer")
+    });
+    assert!(logged.is_some(), "{:#?}", proxy.stderr.all());
+    assert_eq!(backend.handshakes(), 0);
+}
+
+#[tokio::test]
+async fn insecure_skip_verify_accepts_any_backend_certificate_and_warns_at_load() {
+    let anyone = Ca::new("nobody's root");
+    let backend = TlsBackend::start("unverified", &anyone.leaf(&["somewhere.invalid"]));
+    let proxy = Proxy::start(&https_pool(
+        &entry(backend.addr),
+        "tls = true\ninsecure_skip_verify = true\n",
+    ));
+    assert!(
+        proxy
+            .stderr
+            .wait_for(DEADLINE, |l| l.contains("insecure_skip_verify"))
+            .is_some(),
+        "no warning at load:\n{:#?}",
+        proxy.stderr.all()
+    );
+    let r = get(&client::h1(), &proxy.url("/")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "unverified"));
+}
