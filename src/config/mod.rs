@@ -414,11 +414,12 @@ impl Config {
             .tls
             .iter()
             .map(|t| {
-                format!(
-                    "{} (tls, {} certificate(s))",
-                    t.listen,
-                    t.certificates.len()
-                )
+                let names: Vec<String> = t
+                    .certificates
+                    .iter()
+                    .map(|c| c.loaded.names.join(" "))
+                    .collect();
+                format!("{} (tls: {})", t.listen, names.join("; "))
             })
             .collect();
         let _ = writeln!(s, "listeners: {}", [listen, tls].concat().join(", "));
@@ -469,7 +470,19 @@ impl Config {
                     Ok(a) if a == b.addr => String::new(),
                     _ => format!(" at {}", b.addr),
                 };
-                let _ = writeln!(s, "  - {}{at} weight {}{drain}", b.name, b.weight);
+                let https = match (&b.tls, &pool.tls) {
+                    (None, _) => String::new(),
+                    (Some(name), t) if t.insecure_skip_verify => {
+                        format!(", https (SNI {name}, NOT verified)")
+                    }
+                    (Some(name), t) => match &t.ca {
+                        Some((path, _)) => {
+                            format!(", https verified as {name} by {}", path.display())
+                        }
+                        None => format!(", https verified as {name} by the system roots"),
+                    },
+                };
+                let _ = writeln!(s, "  - {}{at} weight {}{drain}{https}", b.name, b.weight);
             }
             let h = &pool.health;
             let passive = if h.max_fails == 0 {
