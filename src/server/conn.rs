@@ -269,44 +269,58 @@ enum Due {
 /// `GOAWAY`, to close by itself.
 const GOAWAY_GRACE_MS: u64 = 1000;
 
-/// Serves one accepted client connection until it closes, times out, or
-/// the worker shuts down (then in-flight requests finish first).
-/// `open` counts it from the moment it was accepted.
+/// Serves one accepted plain connection (HTTP/1.1, or h2c by its
+/// preface) until it closes, times out, or the worker shuts down (then
+/// in-flight requests finish first). `open` counts it from the moment it
+/// was accepted.
+///
+/// Plain and TLS connections are separate tasks: a task is as large as
+/// its largest state, and a plain connection must not carry room for a
+/// TLS session it does not have.
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     worker: Arc<Worker>,
     open: OpenGuard,
-    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let _open = open;
     let _ = stream.set_nodelay(true);
     let now = clock::now_ms();
     // A reload applies new timeouts to new connections.
     let timeouts = worker.shared.load().timeouts;
-    let result = match tls {
-        Some(tls) => {
-            let Some(stream) = handshake(stream, tls, &timeouts, now, &worker.shutdown).await
-            else {
-                return;
-            };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let conn = Connection::new(peer, &worker, now, h2, true);
-            match h2 {
-                true => serve_h2(stream, &conn, &worker, &timeouts).await,
-                false => serve_h1(stream, &conn, &worker, &timeouts).await,
-            }
-        }
-        None => {
-            let sniffed = sniff(&stream, &timeouts, now, &worker.shutdown).await;
-            let conn =
-                Connection::new(peer, &worker, now, matches!(sniffed, Sniffed::Http2), false);
-            match sniffed {
-                Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,
-                Sniffed::Http1 => serve_h1(stream, &conn, &worker, &timeouts).await,
-                Sniffed::Gone => Ok(()),
-            }
-        }
+    let sniffed = sniff(&stream, &timeouts, now, &worker.shutdown).await;
+    let conn = Connection::new(peer, &worker, now, matches!(sniffed, Sniffed::Http2), false);
+    let result = match sniffed {
+        Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,
+        Sniffed::Http1 => serve_h1(stream, &conn, &worker, &timeouts).await,
+        Sniffed::Gone => Ok(()),
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "client connection closed");
+    }
+}
+
+/// [`serve`] for a connection to a TLS listener: the handshake, then
+/// HTTP/2 or HTTP/1.1 as ALPN chose.
+pub(super) async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: Arc<Worker>,
+    open: OpenGuard,
+    config: Arc<rustls::ServerConfig>,
+) {
+    let _open = open;
+    let _ = stream.set_nodelay(true);
+    let now = clock::now_ms();
+    let timeouts = worker.shared.load().timeouts;
+    let Some(stream) = handshake(stream, config, &timeouts, now, &worker.shutdown).await else {
+        return;
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let conn = Connection::new(peer, &worker, now, h2, true);
+    let result = match h2 {
+        true => serve_h2(stream, &conn, &worker, &timeouts).await,
+        false => serve_h1(stream, &conn, &worker, &timeouts).await,
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "client connection closed");

@@ -206,8 +206,13 @@ async fn accept_loop(listener: TcpListener, mut tls: Option<Terminator>, worker:
             (stream, peer) = listener.accept() => {
                 // counted now, before the next look at max_connections
                 let open = worker.open();
-                let tls = tls.as_mut().map(|t| t.current(&worker.shared.load()));
-                tokio::spawn(conn::serve(stream, peer, worker.clone(), open, tls));
+                match tls.as_mut() {
+                    None => tokio::spawn(conn::serve(stream, peer, worker.clone(), open)),
+                    Some(t) => {
+                        let config = t.current(&worker.shared.load());
+                        tokio::spawn(conn::serve_tls(stream, peer, worker.clone(), open, config))
+                    }
+                };
             }
         }
     }
