@@ -964,3 +964,423 @@ async fn insecure_skip_verify_accepts_any_backend_certificate_and_warns_at_load(
     let r = get(&client::h1(), &proxy.url("/")).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "unverified"));
 }
+
+/// The proxy with a TLS listener (and a plain one) in front of `b`; the
+/// CA its certificate is signed by.
+fn tls_front(b: &Backend, dir: &Path) -> (Proxy, Ca) {
+    let (ca, _, files) = site(dir);
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&[files])],
+        true,
+    ));
+    (proxy, ca)
+}
+
+/// `body` cut into pieces of uneven sizes (1 byte to 40 KB).
+fn pieces(body: &[u8]) -> Vec<Bytes> {
+    let sizes = [1, 7, 40_000, 1_000, 16_384, 3, 25_000, 8_192, 100];
+    let mut out = Vec::new();
+    let (mut at, mut i) = (0, 0);
+    while at < body.len() {
+        let n = sizes[i % sizes.len()].min(body.len() - at);
+        out.push(Bytes::copy_from_slice(&body[at..at + n]));
+        at += n;
+        i += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn chunked_http1_and_http2_uploads_over_tls_stream_to_the_backend_whole() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, ca) = tls_front(&b, dir.path());
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    for (alpn, version) in [("http/1.1", "HTTP/1.1"), ("h2", "HTTP/2.0")] {
+        let config = Arc::new(client_config(Some(&ca), &[alpn], &[]));
+        let mut http =
+            TlsHttp::new(tls::connect(addr, "localhost", &config).await, &authority).await;
+        let body = tls::pattern(700_000, alpn.len() as u64);
+        let expected = String::from_utf8(body.clone()).unwrap();
+        // of unknown length: chunked over HTTP/1.1, DATA frames over HTTP/2
+        for path in ["/echo", "/upload"] {
+            let req = http
+                .request(hyper::Method::POST, path)
+                .body(tls::streamed(pieces(&body)))
+                .unwrap();
+            let r = http.send(req).await;
+            assert_eq!(r.status, 200, "{alpn} {path}");
+            assert_eq!(tls::version(&r), version);
+            match path {
+                "/echo" => assert!(
+                    r.body == expected,
+                    "{alpn}: the echo differs: {} bytes back of {}, first difference at {:?}",
+                    r.body.len(),
+                    expected.len(),
+                    r.body
+                        .bytes()
+                        .zip(expected.bytes())
+                        .position(|(a, b)| a != b)
+                ),
+                _ => assert_eq!(r.body, body.len().to_string(), "{alpn}"),
+            }
+        }
+    }
+}
+
+/// A plain proxy in front of an HTTPS backend started by `start`; the
+/// backend.
+fn https_backend_front(start: impl Fn(&Leaf) -> TlsBackend) -> (Proxy, TlsBackend) {
+    let ca = Ca::new("sessionlb backend root");
+    let backend = start(&ca.leaf(&["127.0.0.1"]));
+    let ca_pem = ca.pem();
+    let proxy = Proxy::start_with_files(
+        &https_pool(&entry(backend.addr), "tls = true\nca = \"ca.pem\"\n"),
+        &[("ca.pem", ca_pem.as_bytes())],
+    );
+    (proxy, backend)
+}
+
+/// Body sizes from 96 KiB to 208 KiB: at least one falls where a slow
+/// backend's new connection fills up with the last write of the body
+/// (about its socket buffers and the TLS writer's 64 KiB past them).
+fn sweep() -> Vec<usize> {
+    (6..=13).map(|k| k * 16 * 1024).collect()
+}
+
+/// A plain proxy whose pool has `n` HTTPS backends that read small and
+/// slowly (round robin: request `i` goes to backend `i`, on a new
+/// connection).
+fn slow_https_backends(n: usize) -> (Proxy, Vec<TlsBackend>) {
+    let ca = Ca::new("sessionlb backend root");
+    let slow: Vec<TlsBackend> = (0..n)
+        .map(|i| TlsBackend::start_reading_small(&format!("slow{i}"), &ca.leaf(&["127.0.0.1"])))
+        .collect();
+    let entries: Vec<String> = slow.iter().map(|b| entry(b.addr)).collect();
+    let ca_pem = ca.pem();
+    let proxy = Proxy::start_with_files(
+        &config("round_robin", &entries, "tls = true\nca = \"ca.pem\"\n"),
+        &[("ca.pem", ca_pem.as_bytes())],
+    );
+    (proxy, slow)
+}
+
+/// A chunked response body read as it comes.
+struct Chunked {
+    s: TcpStream,
+    raw: Vec<u8>,
+    data: Vec<u8>,
+    ended: bool,
+}
+
+impl Chunked {
+    /// Reads until `n` bytes of body have come (or its end), within the
+    /// deadline; `what` names the wait in the failure.
+    async fn fill_to(&mut self, n: usize, what: &str) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            self.decode();
+            if self.data.len() >= n || self.ended {
+                return;
+            }
+            match tokio::time::timeout(DEADLINE, self.s.read(&mut buf)).await {
+                Ok(Ok(0)) => panic!("{what}: the proxy closed; body so far {}", self.data.len()),
+                Ok(Ok(k)) => self.raw.extend_from_slice(&buf[..k]),
+                Ok(Err(e)) => panic!("{what}: {e}"),
+                Err(_) => panic!(
+                    "{what}: not there within {DEADLINE:?} ({} of {n} bytes of the echo)",
+                    self.data.len()
+                ),
+            }
+        }
+    }
+
+    fn decode(&mut self) {
+        while !self.ended {
+            let Some(eol) = support::raw::find(&self.raw, b"\r\n") else {
+                return;
+            };
+            let line = std::str::from_utf8(&self.raw[..eol]).unwrap();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                .unwrap_or_else(|_| panic!("not a chunk size line: {line:?}"));
+            if self.raw.len() < eol + 2 + size + 2 {
+                return;
+            }
+            assert_eq!(&self.raw[eol + 2 + size..eol + 4 + size], b"\r\n");
+            self.data
+                .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+            self.raw.drain(..eol + 4 + size);
+            self.ended = size == 0;
+        }
+    }
+}
+
+/// A chunked request whose first chunk (`first` bytes) goes to `path`,
+/// a backend that answers after reading it; then, with the response head
+/// in hand, more chunks, each echoed back before the next is sent.
+async fn first_chunk_then_ping_pong(proxy: &Proxy, path: &str, first: usize) {
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let body = tls::pattern(first, 1);
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{first:x}\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req.extend_from_slice(b"\r\n");
+    tokio::time::timeout(DEADLINE, s.write_all(&req))
+        .await
+        .expect("the proxy stopped reading the first chunk")
+        .unwrap();
+    // the backend answers only once the first chunk reached it whole
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = support::raw::find(&raw, b"\r\n\r\n") {
+            break at + 4;
+        }
+        match tokio::time::timeout(DEADLINE, s.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!(
+                "closed before a response head: {:?}",
+                String::from_utf8_lossy(&raw)
+            ),
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!(
+                "no response head within {DEADLINE:?}: the first chunk ({first} bytes) never \
+                 reached the HTTPS backend whole, the proxy waiting on the client with the rest \
+                 still in its TLS writer (not flushed); got {:?}",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("x-first: {first}\r\n")), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    let mut echo = Chunked {
+        s,
+        raw: raw.split_off(head_end),
+        data: Vec::new(),
+        ended: false,
+    };
+    let mut sent = Vec::new();
+    for i in 0..5u64 {
+        let chunk = tls::pattern(1000 + 333 * i as usize, 10 + i);
+        let mut bytes = format!("{:x}\r\n", chunk.len()).into_bytes();
+        bytes.extend_from_slice(&chunk);
+        bytes.extend_from_slice(b"\r\n");
+        echo.s.write_all(&bytes).await.unwrap();
+        sent.extend_from_slice(&chunk);
+        echo.fill_to(sent.len(), &format!("the echo of chunk {i}"))
+            .await;
+        assert!(
+            echo.data == sent,
+            "chunk {i}: the echo differs from what was sent"
+        );
+    }
+    echo.s.write_all(b"0\r\n\r\n").await.unwrap();
+    echo.fill_to(usize::MAX, "the end of the echo").await;
+    assert!(echo.ended && echo.data == sent);
+}
+
+#[tokio::test]
+async fn a_request_streams_to_an_https_backend_that_answers_after_its_first_chunk() {
+    let (proxy, backend) = https_backend_front(|leaf| TlsBackend::start("first", leaf));
+    // a small first chunk: the backend answers, then echoes chunk by chunk
+    tokio::time::timeout(
+        DEADLINE * 2,
+        first_chunk_then_ping_pong(&proxy, "/first/4096", 4096),
+    )
+    .await
+    .expect("the exchange through the HTTPS backend hung");
+    // larger ones, read slowly: the proxy's writes keep meeting a full
+    // socket, so the end of the first chunk waits in its TLS writer
+    // unless the proxy flushes it before it waits on the client. (Whether
+    // the last write is the one that meets a full socket depends on how
+    // the pieces fall: a few sizes make it certain in practice.)
+    // Each on a new backend connection (one backend each, round robin),
+    // whose buffers are as small as they start.
+    let sizes = sweep();
+    let (proxy, slow) = slow_https_backends(sizes.len());
+    for n in sizes.iter().copied() {
+        tokio::time::timeout(
+            DEADLINE * 2,
+            first_chunk_then_ping_pong(&proxy, &format!("/first/{n}?slow"), n),
+        )
+        .await
+        .expect("the exchange through the HTTPS backend hung");
+    }
+    assert_eq!(backend.handshakes(), 1);
+    for b in &slow {
+        assert_eq!(b.handshakes(), 1, "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_1_mib_post_with_content_length_reaches_an_https_backend_whole() {
+    let (proxy, backend) =
+        https_backend_front(|leaf| TlsBackend::start_reading_small("secure", leaf));
+    let body = tls::pattern(1 << 20, 7);
+    let want = format!("{} {:016x}", body.len(), tls::digest(&body));
+    // read at once, then slowly: the proxy's writes meet a full socket
+    for path in ["/upload", "/upload?slow"] {
+        let req = Request::post(proxy.url(path))
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let r = client::send(&client::h1(), req).await;
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, want.as_str()),
+            "{path}"
+        );
+        assert_eq!(r.backend(), "secure");
+    }
+    assert_eq!(backend.handshakes(), 1, "one pooled TLS connection");
+    // the end of a body of known length is flushed too, not left in the
+    // TLS writer while the proxy waits for the response
+    let sizes = sweep();
+    let (proxy, slow) = slow_https_backends(sizes.len());
+    for (i, n) in sizes.into_iter().enumerate() {
+        let body = tls::pattern(n, i as u64);
+        let req = Request::post(proxy.url("/upload?slow"))
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let r = tokio::time::timeout(
+            DEADLINE - Duration::from_secs(1),
+            client::send(&client::h1(), req),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no response to a {n}-byte body: its end never reached the HTTPS backend, \
+                 left in the proxy's TLS writer (not flushed) while it waited for the response"
+            )
+        });
+        let want = format!("{n} {:016x}", tls::digest(&body));
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, want.as_str()));
+        assert_eq!(r.backend(), slow[i].name);
+    }
+}
+
+async fn next_message(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+) -> tokio_tungstenite::tungstenite::Message {
+    tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("no echo through the tunnel")
+        .expect("the tunnel closed")
+        .expect("a WebSocket error")
+}
+
+#[tokio::test]
+async fn a_websocket_tunnels_through_an_https_backend_connection_both_ways() {
+    use tokio_tungstenite::tungstenite::Message;
+    let (proxy, backend) = https_backend_front(|leaf| TlsBackend::start("wss", leaf));
+    let s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let url = format!("ws://{}/ws", proxy.addr());
+    let (mut ws, resp) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(url, s))
+        .await
+        .expect("upgrade timed out")
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["x-backend"], "wss");
+    for i in 0..20 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        assert_eq!(
+            next_message(&mut ws).await,
+            Message::text(format!("hello {i}"))
+        );
+    }
+    // larger than a TLS record and than a socket's first buffer, both ways
+    let big = tls::pattern(300_000, 3);
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert!(
+        next_message(&mut ws).await.into_data() == big,
+        "the 300 KB echo differs"
+    );
+    // several in flight at once
+    for i in 0..5 {
+        ws.send(Message::binary(tls::pattern(20_000, i)))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        assert!(
+            next_message(&mut ws).await.into_data() == tls::pattern(20_000, i),
+            "message {i}"
+        );
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(backend.handshakes(), 1);
+}
+
+#[tokio::test]
+async fn pipelined_requests_over_one_tls_connection_are_answered_in_order() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, ca) = tls_front(&b, dir.path());
+    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
+    let mut s = tls::connect(proxy.tls_addr(0), "localhost", &config).await;
+    // one write, so most often one TLS record
+    s.write_all(
+        b"GET /headers?n=1 HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello\
+          GET /headers?n=3 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut responses = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while responses.len() < 3 {
+        if let Some(len) = support::raw::response_len(&buf) {
+            let rest = buf.split_off(len);
+            responses
+                .push(String::from_utf8_lossy(&std::mem::replace(&mut buf, rest)).into_owned());
+            continue;
+        }
+        match tokio::time::timeout(DEADLINE, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "{} of 3 responses ({other:?}): {responses:#?} {:?}",
+                responses.len(),
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    }
+    for r in &responses {
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert!(
+        responses[0].contains("uri: /headers?n=1\n"),
+        "{}",
+        responses[0]
+    );
+    assert!(responses[1].ends_with("\r\n\r\n5"), "{}", responses[1]);
+    assert!(
+        responses[2].contains("uri: /headers?n=3\n"),
+        "{}",
+        responses[2]
+    );
+    assert!(
+        buf.is_empty(),
+        "more came: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // and the connection serves on
+    s.write_all(b"GET /headers?n=4 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    while support::raw::response_len(&buf).is_none() {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&buf).contains("uri: /headers?n=4\n"));
+    assert_eq!(b.hits(), 4);
+}

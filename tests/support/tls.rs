@@ -9,7 +9,8 @@
 //!   protocol version, ALPN protocol and handshake kind it got.
 //! - [`TlsHttp`]: HTTP/1.1 or HTTP/2 (as ALPN chose) over one TLS stream.
 //! - [`TlsBackend`]: an HTTPS backend, on its own thread and runtime, that
-//!   counts the TCP connections it accepts and records the SNI it saw.
+//!   counts the TCP connections it accepts and records the SNI it saw; it
+//!   can echo, digest and answer early a request body, and echo WebSocket.
 //!
 //! Everything started here is stopped when its handle drops.
 
@@ -20,8 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -430,9 +433,25 @@ pub async fn served_leaf(addr: SocketAddr, name: &str, sni: bool) -> Certificate
     peer_leaf(&s)
 }
 
+/// A request body a [`TlsHttp`] sends: whole ([`full`]) or in pieces
+/// ([`streamed`]).
+pub type ReqBody = BoxBody<Bytes, Infallible>;
+
+/// A body sent whole (with its length).
+pub fn full(data: impl Into<Bytes>) -> ReqBody {
+    Full::new(data.into()).boxed()
+}
+
+/// A body sent as `pieces`, of a length it does not tell: chunked over
+/// HTTP/1.1.
+pub fn streamed(pieces: Vec<Bytes>) -> ReqBody {
+    let frames = futures_util::stream::iter(pieces.into_iter().map(|p| Ok(Frame::data(p))));
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<ReqBody>),
+    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
 }
 
 /// HTTP over one TLS connection: HTTP/2 when ALPN chose `h2`, HTTP/1.1
@@ -487,16 +506,36 @@ impl TlsHttp {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Resp, hyper::Error> {
-        let mut b = Request::get(path);
-        if self.is_h2() {
-            b = b.uri(format!("https://{}{path}", self.authority));
-        } else {
-            b = b.header("host", &self.authority);
-        }
+        let mut b = self.request(hyper::Method::GET, path);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(Bytes::new())).unwrap();
+        self.try_send(b.body(full(Bytes::new())).unwrap()).await
+    }
+
+    /// A request builder for `method path` on this connection: the
+    /// authority in `Host` (HTTP/1.1) or in the URI (HTTP/2).
+    pub fn request(&self, method: hyper::Method, path: &str) -> hyper::http::request::Builder {
+        let b = Request::builder().method(method);
+        if self.is_h2() {
+            b.uri(format!("https://{}{path}", self.authority))
+        } else {
+            b.uri(path).header("host", &self.authority)
+        }
+    }
+
+    /// Sends `req` and reads its whole response, within [`DEADLINE`].
+    pub async fn send(&mut self, req: Request<ReqBody>) -> Resp {
+        let what = format!("{} {}", req.method(), req.uri());
+        tokio::time::timeout(DEADLINE, self.try_send(req))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no whole response within {DEADLINE:?}"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Sends `req` and reads its whole response; fails when the
+    /// connection does.
+    pub async fn try_send(&mut self, req: Request<ReqBody>) -> Result<Resp, hyper::Error> {
         let resp = match &mut self.sender {
             Sender::H1(s) => {
                 s.ready().await?;
@@ -531,9 +570,20 @@ pub fn version(r: &Resp) -> String {
 }
 
 /// An HTTPS backend: HTTP/1.1 over TLS (ALPN `http/1.1`), keep-alive.
-/// `/headers` answers the request's headers, one `name: value` a line;
-/// anything else answers its name. Every response carries
-/// `x-backend: <name>`.
+/// Every response carries `x-backend: <name>`.
+///
+/// - `/headers`: the request's headers, one `name: value` a line
+/// - `/echo`: streams the request body back as it reads it
+/// - `/upload`: reads the body, then answers `<length> <digest>` (see
+///   [`digest`]); `/upload?slow` pauses a millisecond after each piece it
+///   reads (with [`TlsBackend::start_reading_small`], the proxy's writes
+///   to it then keep meeting a full socket)
+/// - `/first/<n>`: reads the body until it has `n` bytes of it (as
+///   slowly as `/upload?slow` with `?slow`), then answers `200` with a chunked
+///   body: the bytes past the first `n` it has read, then the rest of the
+///   body as it arrives. `x-first: <n>` tells it read them.
+/// - `/ws`: WebSocket echo
+/// - anything else: its name
 pub struct TlsBackend {
     pub addr: SocketAddr,
     pub name: String,
@@ -546,7 +596,29 @@ pub struct TlsBackend {
 
 impl TlsBackend {
     pub fn start(name: &str, leaf: &Leaf) -> TlsBackend {
+        TlsBackend::start_with(name, leaf, None)
+    }
+
+    /// A backend that reads at most 8 KiB at a time (hyper's smallest
+    /// read buffer): with `?slow`, a request body comes out of its socket
+    /// at about 8 KiB a millisecond.
+    pub fn start_reading_small(name: &str, leaf: &Leaf) -> TlsBackend {
+        TlsBackend::start_with(name, leaf, Some(8192))
+    }
+
+    fn start_with(name: &str, leaf: &Leaf, max_buf: Option<usize>) -> TlsBackend {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        if max_buf.is_some() {
+            // A small receive window, fixed (no autotuning), and small
+            // segments, inherited by every accepted socket. The sender's
+            // buffer is sized by its segments (about 20 of them): the
+            // proxy's writes then find the socket full at any moment the
+            // backend is behind, not only past megabytes of loopback
+            // buffers.
+            let sock = socket2::SockRef::from(&std_listener);
+            sock.set_recv_buffer_size(16 * 1024).unwrap();
+            sock.set_tcp_mss(1024).unwrap();
+        }
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(leaf.server_config(&["http/1.1"])));
@@ -588,8 +660,13 @@ impl TlsBackend {
                                 let sni = tls.get_ref().1.server_name().map(str::to_string);
                                 snis.lock().unwrap().push(sni);
                                 let service = service_fn(move |req| answer(req, name.clone()));
-                                let _ = hyper::server::conn::http1::Builder::new()
+                                let mut http = hyper::server::conn::http1::Builder::new();
+                                if let Some(max) = max_buf {
+                                    http.max_buf_size(max);
+                                }
+                                let _ = http
                                     .serve_connection(TokioIo::new(tls), service)
+                                    .with_upgrades()
                                     .await;
                             });
                         }
@@ -639,17 +716,163 @@ impl Drop for TlsBackend {
     }
 }
 
-async fn answer(req: Request<Incoming>, name: String) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = if req.uri().path() == "/headers" {
+type RespBody = BoxBody<Bytes, hyper::Error>;
+
+fn text(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A digest of a body (64-bit FNV-1a), to tell that it arrived intact
+/// without sending it back.
+pub fn digest(data: &[u8]) -> u64 {
+    let mut d = Digest::default();
+    d.update(data);
+    d.value()
+}
+
+/// Incremental [`digest`].
+#[derive(Clone, Copy)]
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest(0xcbf29ce484222325)
+    }
+}
+
+impl Digest {
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `n` printable ASCII bytes that differ from one offset to the next (a
+/// simple generator seeded by `seed`), so that a piece lost, repeated or
+/// moved shows, and a body read as text compares whole.
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b'!' + ((x >> 24) % 94) as u8
+        })
+        .collect()
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    name: String,
+) -> Result<Response<RespBody>, Infallible> {
+    let slow = req.uri().query() == Some("slow");
+    let path = req.uri().path().to_string();
+    let body = if path == "/headers" {
         let mut text = String::new();
         for (k, v) in req.headers() {
             text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("<binary>")));
         }
-        text
+        self::text(text)
+    } else if path == "/echo" {
+        req.into_body().boxed()
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let (mut n, mut d) = (0usize, Digest::default());
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Ok(Response::new(text("body failed")));
+            };
+            if let Some(data) = frame.data_ref() {
+                n += data.len();
+                d.update(data);
+            }
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        text(format!("{n} {:016x}", d.value()))
+    } else if let Some(first) = path.strip_prefix("/first/") {
+        let first: usize = first.parse().unwrap_or(0);
+        let mut body = req.into_body();
+        let mut got = 0usize;
+        let mut past = Bytes::new();
+        while got < first {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        let take = data.len().min(first - got);
+                        got += take;
+                        past = data.split_off(take);
+                    }
+                }
+                _ => break,
+            }
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        let head = futures_util::stream::iter((!past.is_empty()).then(|| Ok(Frame::data(past))));
+        let rest = http_body_util::BodyStream::new(body);
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(head.chain(rest))));
+        r.headers_mut()
+            .insert("x-first", got.to_string().parse().unwrap());
+        r.headers_mut().insert("x-backend", name.parse().unwrap());
+        return Ok(r);
+    } else if path == "/ws" {
+        return Ok(websocket(&mut req, &name));
     } else {
-        name.clone()
+        text(name.clone())
     };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(body);
     r.headers_mut().insert("x-backend", name.parse().unwrap());
     Ok(r)
+}
+
+fn websocket(req: &mut Request<Incoming>, name: &str) -> Response<RespBody> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::new(text("not a websocket request"));
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            } else if msg.is_close() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(text(Bytes::new()));
+    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().unwrap(),
+    );
+    h.insert("x-backend", name.parse().unwrap());
+    r
 }
