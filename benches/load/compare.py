@@ -28,9 +28,46 @@ the same port with the same number of worker threads, and drives it with wrk
                                 connections mix clients: no request finds the
                                 session its connection opened last, and each
                                 opens (decrypts) its session anew
+  nginx_tls, slb_tls            TLS termination, round robin, HTTP/1.1 over
+                                TLS 1.3 keep-alive (wrk, https://)
+  nginx_tls_handshake,          the same proxies, a new connection per
+  slb_tls_handshake             request, each a full TLS 1.3 handshake
+                                (tls_connect full)
+  nginx_tls_resumed,            the same, each connection resuming with a
+  slb_tls_resumed               TLS 1.3 ticket an earlier one received
+                                (tls_connect resumed)
+
+The TLS rows: both proxies serve one certificate made by this script for
+the run (`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256`,
+CN and SAN localhost, basicConstraints CA:FALSE, serverAuth) on the port
+the other rows use, and proxy to the same backends over plain HTTP; nginx
+with `listen ... ssl http2`, `ssl_protocols TLSv1.3`, `ssl_session_tickets
+on` (its default) and `ssl_session_cache shared:SSL:10m`; sessionlb with a
+[[server.tls]] listener only (it serves 1.2 and 1.3, the clients ask for
+1.3) and an admin listener, whose `sessionlb_tls_handshakes_total{kind}`
+tells the handshakes it served, full and resumed. The handshake rows'
+client is benches/load/tls_connect.rs (rustls with ring, built by this
+script under target/bench-tls-connect; --connections threads, each
+connecting, sending one `Connection: close` request and reading the
+response to the close, over and over; it verifies the certificate and
+counts each handshake full or resumed as it saw it). wrk and h2load do
+not do full handshakes: on a reconnect they offer the previous
+connection's session (nginx logs $ssl_session_reused "r"), and OpenSSL
+3.0 as the client spends more CPU per full handshake than nginx does.
+Their requests/s are connections/s, their CPU per request CPU per
+handshake. The client itself spends about 0.55 ms of CPU per full
+handshake (0.3 ms resumed) on the same 2 CPUs, so connections/s tells
+the whole machine's cost; the proxy's CPU µs/req compares the handshakes'
+costs more cleanly. Each
+row is compared with nginx's row of the same measure in the same
+repetition; targets: slb_tls >= 1.0x nginx_tls, slb_tls_handshake >= 1.0x
+nginx_tls_handshake (slb_tls_resumed: none). Before each TLS row,
+`openssl s_client` (OpenSSL's defaults, wrk's) checks the certificate
+and records what was negotiated.
 
 Repetitions are interleaved; each row reports requests/s, p50, p99, proxy CPU
-time per request, and its ratio to nginx round robin in the same repetition.
+time per request, and its ratio to nginx round robin in the same repetition
+(a TLS row's: to nginx's row of the same TLS measure).
 The shared-store rows are also reported against sessionlb's own round robin
 row of the same repetition, with their targets (memory >= 0.95x, Redis >=
 0.75x, goal 0.8x; the _mixed rows have none) and, for Redis,
@@ -53,12 +90,16 @@ and the two wrk on CPU 1, so that each slice's ratio of requests/s is the
 ratio of the two proxies' costs through the same moments of the machine.
 The row slb_rr_control (slb_rr measured against itself) shows the method's
 own error: 0.99 (0.97-1.05 per slice) here. This is the measurement the
-shared-store targets are judged by.
+shared-store targets are judged by. --paired measures sessionlb's TLS rows
+the same way against nginx's row of the same measure (in turn suits the
+handshake rows: their client's CPU is a large share of CPU 1).
 Then it measures the memory that idle keep-alive client connections cost
 sessionlb and nginx (and, when sessionlb_store_memory is measured, sessionlb
-with each idle connection's request carrying a session's ticket). Missing
-tools (nginx, HAProxy, wrk, redis-server) are installed from the Debian
-packages.
+with each idle connection's request carrying a session's ticket; and, when
+slb_tls is measured, both over TLS: HTTP/1.1 keep-alive connections that
+each did one request over TLS 1.3). Missing
+tools (nginx, HAProxy, wrk, openssl, redis-server) are installed from the
+Debian packages.
 
 Usage (from the repository root):
   cargo build --release
@@ -66,6 +107,8 @@ Usage (from the repository root):
       [--configs "slb_rr sessionlb_store_memory sessionlb_store_redis"]
   python3 benches/load/compare.py --repeats 0 --idle 0 --paired 10 --together --pin \
       --configs "sessionlb_store_memory sessionlb_store_redis"
+  python3 benches/load/compare.py --idle 0 --configs "nginx_tls slb_tls nginx_tls_handshake \
+      slb_tls_handshake nginx_tls_resumed slb_tls_resumed"
 
 Everything listens on 127.0.0.1; every process started is stopped at exit.
 """
@@ -78,7 +121,9 @@ import os
 import resource
 import shutil
 import signal
+import re
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -100,6 +145,11 @@ STORE_ROWS = {"sessionlb_store_memory": 0.95, "sessionlb_store_redis": 0.75,
 # method's own error (it should read 1.0)
 ALIASES = {"slb_rr_control": "slb_rr"}
 STORE_GOALS = {"sessionlb_store_redis": 0.8}
+# The TLS rows (each proxy's policy part of the name): what drives them and
+# sessionlb's target against nginx's row of the same measure (None: none)
+TLS_ROWS = {"tls": ("wrk, HTTPS keep-alive", 1.0),
+            "tls_handshake": ("tls_connect full: a full handshake per request", 1.0),
+            "tls_resumed": ("tls_connect resumed: a resumed handshake per request", None)}
 STARTED = []
 # wrk's requests: three rotating client sessions (`sid=s1..3`), each with the
 # extra cookie given for it (a route cookie, a ticket)
@@ -130,8 +180,21 @@ def log(msg):
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def tls_policy(name):
+    """The TLS measure of a row (`tls`, `tls_handshake`, `tls_resumed`), or None."""
+    policy = name.split("_", 1)[1] if "_" in name else ""
+    return policy if policy in TLS_ROWS else None
+
+
+def baseline(name):
+    """The nginx row a row is compared with: nginx's row of the same TLS
+    measure for a TLS row, else nginx round robin."""
+    policy = tls_policy(name)
+    return f"nginx_{policy}" if policy else "nginx_rr"
+
+
 def ensure_tools(redis=False):
-    tools = [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk")]
+    tools = [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("openssl", "openssl")]
     if redis:
         tools.append(("redis-server", "redis-server"))
     missing = [pkg for tool, pkg in tools
@@ -181,11 +244,12 @@ def stop(p):
         STARTED.remove(p)
 
 
-def wait_http(port, timeout=15.0):
+def wait_http(port, timeout=15.0, tls=None):
+    """Until `port` answers HTTP (HTTPS, verified with the ssl context `tls`)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=1).read()
+            urllib.request.urlopen(f"http{'s' if tls else ''}://{HOST}:{port}/", timeout=1, context=tls).read()
             return True
         except Exception:
             time.sleep(0.1)
@@ -261,6 +325,35 @@ class Bench:
         self.port = args.port
         self.backends = [args.port + i for i in (1, 2, 3)]
         self.slb = args.sessionlb
+        self.tls_ctx = None  # the TLS rows' client context (make_cert)
+
+    # ------------------------------------------------------------ TLS
+    def make_cert(self):
+        """The one certificate of every TLS row, both proxies: ECDSA P-256,
+        self-signed, CN and SAN localhost (and 127.0.0.1), made for this run.
+        basicConstraints CA:FALSE and serverAuth, as a server's certificate
+        is: webpki (tls_connect's verifier) refuses a CA certificate there."""
+        d = self.tmp / "tls"
+        d.mkdir()
+        self.cert, self.key = d / "cert.pem", d / "key.pem"
+        subprocess.run([tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", str(self.key), "-out", str(self.cert), "-days", "2",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.tls_ctx = ssl.create_default_context(cafile=str(self.cert))
+
+    def tls_check(self, port):
+        """What a TLS 1.3 client of OpenSSL's defaults (wrk's library) is
+        served: `openssl s_client`, the certificate verified, before a run."""
+        out = subprocess.run([tool("openssl"), "s_client", "-connect", f"{HOST}:{port}", "-servername", "localhost",
+                              "-CAfile", str(self.cert), "-verify_return_error", "-brief"],
+                             input="", capture_output=True, text=True, timeout=10).stderr
+        got = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+        if got.get("Verification") != "OK":
+            sys.exit(f"TLS check of {port} failed:\n{out}")
+        return (f"{got.get('Protocol version', '?')} {got.get('Ciphersuite', '?')} "
+                f"{got.get('Server Temp Key', '?').split(',')[0]}")
 
     # ------------------------------------------------------------ backends
     def start_backends(self):
@@ -322,8 +415,15 @@ class Bench:
         kind, policy = name.split("_", 1)
         w = self.args.workers
         be = self.backends
+        tls = tls_policy(name)
         if kind == "nginx":
-            balance = {"rr": "", "iphash": "ip_hash;"}[policy]
+            # a TLS row: round robin, TLS 1.3 only, the run's certificate,
+            # tickets (the default) and a session cache
+            balance = "" if tls else {"rr": "", "iphash": "ip_hash;"}[policy]
+            listen = (f"listen {HOST}:{self.port} ssl http2 backlog=4096;\n"
+                      f"    ssl_certificate {self.cert}; ssl_certificate_key {self.key};\n"
+                      f"    ssl_protocols TLSv1.3; ssl_session_tickets on; ssl_session_cache shared:SSL:10m;"
+                      if tls else f"listen {HOST}:{self.port} backlog=4096;")
             conf = d / "nginx.conf"
             conf.write_text(self.nginx_head(d, w) + f"""http {{
   access_log off;
@@ -335,7 +435,7 @@ class Bench:
     keepalive 64; keepalive_requests 100000000; keepalive_timeout 300s;
   }}
   server {{
-    listen {HOST}:{self.port} backlog=4096;
+    {listen}
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
@@ -371,17 +471,22 @@ backend be
         else:
             policy = policy.removesuffix("_mixed")
             pol = {"rr": "round_robin", "iphash": "ip_hash", "cookie": "cookie",
-                   "store_memory": "round_robin", "store_redis": "round_robin"}[policy]
+                   "store_memory": "round_robin", "store_redis": "round_robin",
+                   "tls": "round_robin", "tls_handshake": "round_robin", "tls_resumed": "round_robin"}[policy]
             sticky = '[pools.web.sticky]\ncookie = "slb_route"\nsecret = "bench"\n' if pol == "cookie" else ""
             if policy.startswith("store_"):
                 sticky = '[pools.web.session]\napp_cookie = "session"\n'
             if policy == "store_redis":
                 sticky += f'[store]\nkind = "redis"\nurl = "redis://{HOST}:{self.args.redis_port}/0"\n'
+            # a TLS row: its one listener is the TLS one, and the admin
+            # listener tells the handshakes it served (full, resumed)
+            listen = (f'admin_listen = "{HOST}:{self.port + 30}"\n[[server.tls]]\nlisten = "{HOST}:{self.port}"\n'
+                      f'certificates = [ {{ cert = "{self.cert}", key = "{self.key}" }} ]\n'
+                      if tls else "")
             conf = d / "sessionlb.toml"
             conf.write_text(f"""[server]
-listen = ["{HOST}:{self.port}"]
-workers = {w}
-[pools.web]
+{"" if tls else f'listen = ["{HOST}:{self.port}"]{chr(10)}'}workers = {w}
+{listen}[pools.web]
 policy = "{pol}"
 backends = [{{ addr = "{HOST}:{be[0]}" }}, {{ addr = "{HOST}:{be[1]}" }}, {{ addr = "{HOST}:{be[2]}" }}]
 {sticky}[log]
@@ -389,7 +494,9 @@ access_log = {str(self.args.access_log).lower()}
 """)
             p = start([self.slb, "run", "-c", str(conf)], d / "out.log", role="proxy",
                       env=dict(os.environ, RUST_LOG="warn"))
-        if not wait_http(self.port):
+            if tls:
+                p.admin = self.port + 30
+        if not wait_http(self.port, tls=self.tls_ctx if tls else None):
             stop(p)
             sys.exit(f"{name} did not start; see {d}")
         return p
@@ -437,22 +544,48 @@ access_log = {str(self.args.access_log).lower()}
                      f"{r.headers.get_all('Set-Cookie')}")
         return ticket
 
-    def wrk_start(self, seconds, cookies, port=None):
-        script = self.tmp / "bench.lua"
-        if not script.exists():
-            script.write_text(WRK_SCRIPT)
-        cmd = [tool("wrk"), f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s",
-               "--timeout", "5s", "-s", str(script), f"http://{HOST}:{port or self.port}/", "--", *cookies]
+    def wrk_start(self, seconds, cookies, port=None, name=""):
+        """The row's client: wrk (https:// for the keep-alive TLS row), or
+        tls_connect, a new connection per request, for the handshake rows
+        (--connections threads)."""
+        port = port or self.port
+        tls = tls_policy(name)
+        if tls in ("tls_handshake", "tls_resumed"):
+            cmd = [self.tls_connect, "full" if tls == "tls_handshake" else "resumed", f"{HOST}:{port}",
+                   str(seconds), str(self.args.connections), str(self.cert)]
+        else:
+            script = self.tmp / "bench.lua"
+            if not script.exists():
+                script.write_text(WRK_SCRIPT)
+            cmd = [tool("wrk"), f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s",
+                   "--timeout", "5s", "-s", str(script), f"http{'s' if tls else ''}://{HOST}:{port}/", "--", *cookies]
         return subprocess.Popen(pinned(cmd, "rest"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
-    def wrk(self, seconds, cookies):
-        return wrk_result(self.wrk_start(seconds, cookies))
+    def wrk(self, seconds, cookies, name=""):
+        return wrk_result(self.wrk_start(seconds, cookies, name=name))
+
+    def handshakes(self, p):
+        """sessionlb's TLS handshakes so far, from its admin /metrics
+        (`sessionlb_tls_handshakes_total{kind=...}`): {"full": n, "resumed": n},
+        or None (no admin listener, or no such metric)."""
+        if not hasattr(p, "admin"):
+            return None
+        try:
+            text = urllib.request.urlopen(f"http://{HOST}:{p.admin}/metrics", timeout=5).read().decode()
+        except Exception:
+            return None
+        got = {}
+        for kind, v in re.findall(r'^sessionlb_tls_handshakes_total\{[^}]*kind="(\w+)"[^}]*\}\s+(\S+)', text, re.M):
+            got[kind] = got.get(kind, 0) + float(v)
+        return got or None
 
     def run_one(self, name):
         p = self.start_proxy(name)
         try:
             cookies = self.cookies(name)
-            self.wrk(self.args.warmup, cookies)
+            # what a TLS row's proxy serves an OpenSSL client (wrk's)
+            negotiated = self.tls_check(self.port) if tls_policy(name) else None
+            self.wrk(self.args.warmup, cookies, name)
             # A run during which the hypervisor took CPU time from this
             # machine (steal), or other work on it did, measures the
             # neighbours, not the proxy: it is measured again, up to
@@ -466,6 +599,8 @@ access_log = {str(self.args.access_log).lower()}
                         f"measuring again")
         finally:
             stop(p)
+        if negotiated:
+            r.setdefault("negotiated", negotiated)
         return r
 
     def measure(self, name, p, cookies, seconds):
@@ -473,7 +608,8 @@ access_log = {str(self.args.access_log).lower()}
         return self.measure_all([(name, p, cookies, self.port)], seconds)[0]
 
     def paired(self, name, rounds):
-        """`name` and slb_rr running side by side on two ports, in `rounds`
+        """`name` and its reference (slb_rr; for a TLS row nginx's row of
+        the same measure) running side by side on two ports, in `rounds`
         slices of --slice seconds: driven at once (--together), or in turn
         (rr, name, rr, ..., name, rr), each slice of `name` then compared
         with the mean of the rr slices on either side of it. On a shared VM
@@ -481,26 +617,27 @@ access_log = {str(self.args.access_log).lower()}
         next, more than the difference measured; slices seconds apart drift
         together."""
         home = self.port
-        ports = {"slb_rr": home, name: home + 20}
+        ref = paired_ref(name)
+        ports = {ref: home, name: home + 20}
         procs, cookies = {}, {}
         try:
             for row, port in ports.items():
                 self.port = port
                 procs[row] = self.start_proxy(row)
                 cookies[row] = self.cookies(row)
-                self.wrk(self.args.warmup, cookies[row])
-            # each slice of the row, and the slb_rr slices it is compared with
+                self.wrk(self.args.warmup, cookies[row], row)
+            # each slice of the row, and the reference's slices it is compared with
             compared = []
             if self.args.together:
                 for _ in range(rounds):
                     rr, r = self.measure_all([(row, procs[row], cookies[row], ports[row])
-                                              for row in ("slb_rr", name)], self.args.slice)
+                                              for row in (ref, name)], self.args.slice)
                     compared.append((r, [rr]))
             else:
-                rr = self.measure_on("slb_rr", ports, procs, cookies)
+                rr = self.measure_on(ref, ports, procs, cookies)
                 for _ in range(rounds):
                     r = self.measure_on(name, ports, procs, cookies)
-                    after = self.measure_on("slb_rr", ports, procs, cookies)
+                    after = self.measure_on(ref, ports, procs, cookies)
                     compared.append((r, [rr, after]))
                     rr = after
         finally:
@@ -510,7 +647,7 @@ access_log = {str(self.args.access_log).lower()}
         pairs = []
         for r, rrs in compared:
             rr = {k: statistics.mean(x[k] for x in rrs) for k in ("rps", "cpu_us_per_req", "p99_us")}
-            pairs.append({"config": name, "rps": r["rps"], "rr_rps": rr["rps"],
+            pairs.append({"config": name, "against": ref, "rps": r["rps"], "rr_rps": rr["rps"],
                           "vs_rr": r["rps"] / rr["rps"],
                           "cpu_vs_rr": r["cpu_us_per_req"] / rr["cpu_us_per_req"],
                           "p99_us": r["p99_us"], "rr_p99_us": rr["p99_us"],
@@ -518,7 +655,7 @@ access_log = {str(self.args.access_log).lower()}
                           "redis_cpu_us_per_req": r.get("redis_cpu_us_per_req"),
                           "errors": r["errors"] + sum(x["errors"] for x in rrs),
                           "noisy": any(noisy(x, self.args) for x in [r, *rrs])})
-            log(f"paired {name} {len(pairs)}: {r['rps']:.0f} req/s vs slb_rr {rr['rps']:.0f}: "
+            log(f"paired {name} {len(pairs)}: {r['rps']:.0f} req/s vs {ref} {rr['rps']:.0f}: "
                 f"{pairs[-1]['vs_rr']:.3f}, CPU/req {pairs[-1]['cpu_vs_rr']:.3f}"
                 f"{' (noisy)' if pairs[-1]['noisy'] else ''}")
         return pairs
@@ -537,33 +674,124 @@ access_log = {str(self.args.access_log).lower()}
         measured through the same moments of the machine."""
         redis = getattr(self, "redis_proc", None)
         others = [q for q in (self.backend_proc, redis) if q]
+        hs0 = [self.handshakes(p) for _, p, _, _ in rows]  # before the CPU accounting: it costs the proxy
         cpu0 = [cpu_seconds(p.pid) for _, p, _, _ in rows]
         rcpu0 = cpu_seconds(redis.pid) if redis else 0.0
         stat0, own0, wrk0 = cpu_times(), sum(cpu_seconds(q.pid) for q in others), os.times()
-        running = [self.wrk_start(seconds, cookies, port) for _, _, cookies, port in rows]
+        running = [self.wrk_start(seconds, cookies, port, name) for name, _, cookies, port in rows]
         got = [wrk_result(w) for w in running]
         wrk1, stat1 = os.times(), cpu_times()
         cpus = [cpu_seconds(p.pid) - c for (_, p, _, _), c in zip(rows, cpu0)]
+        hs1 = [self.handshakes(p) for _, p, _, _ in rows]
         own = (sum(cpus) + sum(cpu_seconds(q.pid) for q in others) - own0
                + wrk1.children_user + wrk1.children_system - wrk0.children_user - wrk0.children_system)
         steal, other = steal_percent(stat0, stat1), other_percent(stat0, stat1, own)
         out = []
-        for (name, _, _, _), (rps, p50, p99, n, errors), cpu in zip(rows, got, cpus):
+        for (name, _, _, _), (rps, p50, p99, n, errors, extra), cpu, h0, h1 in zip(rows, got, cpus, hs0, hs1):
             r = {"config": name, "rps": rps, "p50_us": p50, "p99_us": p99, "requests": n, "errors": errors,
-                 "cpu_us_per_req": cpu * 1e6 / max(n, 1), "steal_pct": steal, "other_pct": other}
+                 "cpu_us_per_req": cpu * 1e6 / max(n, 1), "steal_pct": steal, "other_pct": other, **extra}
+            if h0 is not None and h1 is not None:
+                # the handshakes sessionlb counted during the run
+                r["server_full"] = int(h1.get("full", 0) - h0.get("full", 0))
+                r["server_resumed"] = int(h1.get("resumed", 0) - h0.get("resumed", 0))
             if redis and name.startswith("sessionlb_store_redis"):
                 r["redis_cpu_us_per_req"] = (cpu_seconds(redis.pid) - rcpu0) * 1e6 / max(n, 1)
             out.append(r)
         return out
 
+    # ------------------------------------------------------------ idle memory
+    def idle(self, name, n):
+        p = self.start_proxy(name)
+        try:
+            # shared store: each connection's request carries a session's
+            # ticket, so each holds what it remembers of the session
+            cookie = self.cookies(name)[0] if name in STORE_ROWS else "sid=s1"
+            time.sleep(0.5)
+            before = rss_kib(p.pid)
+            tls = self.tls_ctx if tls_policy(name) else None
+            ok = asyncio.run(hold_connections(self.port, n, cookie, lambda: rss_kib(p.pid), tls))
+            after = ok[1]
+        finally:
+            stop(p)
+        return {"config": name, "conns": ok[0], "rss_before_kib": before, "rss_after_kib": after,
+                "kib_per_conn": (after - before) / max(ok[0], 1)}
+
+
+async def hold_connections(port, n, cookie, measure, tls=None):
+    """Opens n keep-alive connections (over TLS with the ssl context
+    `tls`), one GET each (with `cookie`), and measures while they are all
+    open and idle."""
+    conns = []
+    sem = asyncio.Semaphore(256)
+    secure = {"ssl": tls, "server_hostname": "localhost"} if tls else {}
+    request = f"GET / HTTP/1.1\r\nHost: bench\r\nCookie: theme=dark; {cookie}\r\n\r\n".encode()
+
+    async def one():
+        async with sem:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(HOST, port, **secure), 10)
+                w.write(request)
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+                length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n")
+                               if l.lower().startswith(b"content-length:")), 0)
+                await asyncio.wait_for(r.readexactly(length), 10)
+                conns.append(w)
+            except Exception:
+                pass
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.sleep(2.0)
+    rss = measure()
+    for w in conns:
+        w.close()
+    return len(conns), rss
+
 
 def wrk_result(proc):
+    """A client's RESULT line: wrk's (requests/s, p50, p99, requests,
+    errors), and for tls_connect what else it says: the handshakes it saw
+    (full, resumed) and what was negotiated."""
     out = proc.communicate()[0]
     for line in out.splitlines():
         if line.startswith("RESULT"):
-            rps, p50, p99, n, errors = line.split()[1:]
-            return float(rps), int(p50), int(p99), int(n), int(errors)
-    raise RuntimeError(f"wrk printed no result:\n{out}")
+            f = line.split()[1:]
+            extra = ({"client_full": int(f[5]), "client_resumed": int(f[6]), "negotiated": " ".join(f[7:])}
+                     if len(f) > 5 else {})
+            return float(f[0]), int(f[1]), int(f[2]), int(f[3]), int(f[4]), extra
+    raise RuntimeError(f"client printed no result:\n{out}")
+
+
+TLS_CONNECT_MANIFEST = """[package]
+name = "tls_connect"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[[bin]]
+name = "tls_connect"
+path = "{src}"
+
+[dependencies]
+rustls = {{ version = "0.23", default-features = false, features = ["ring", "std"] }}
+
+[workspace]
+"""
+
+
+def build_tls_connect():
+    """benches/load/tls_connect.rs, the handshake rows' client, built as a
+    package of its own under target/bench-tls-connect (the versions of the
+    repository's Cargo.lock, offline if the crates are there)."""
+    d = ROOT / "target" / "bench-tls-connect"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "Cargo.toml").write_text(TLS_CONNECT_MANIFEST.format(src=ROOT / "benches/load/tls_connect.rs"))
+    shutil.copy(ROOT / "Cargo.lock", d / "Cargo.lock")
+    log("building benches/load/tls_connect.rs (target/bench-tls-connect)")
+    cmd = ["cargo", "build", "--release", "--quiet", "--manifest-path", str(d / "Cargo.toml"),
+           "--target-dir", str(d / "target")]
+    if subprocess.run(cmd + ["--offline"], stderr=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(cmd, check=True)
+    return str(d / "target/release/tls_connect")
 
 
 def ratio(a, b):
@@ -590,9 +818,11 @@ def main():
     ap.add_argument("--retries", type=int, default=3, help="measurements again per run at most")
     ap.add_argument("--access-log", action="store_true", help="sessionlb with its access log on")
     ap.add_argument("--configs", default="nginx_rr haproxy_rr slb_rr nginx_iphash slb_iphash haproxy_cookie slb_cookie "
-                    "sessionlb_store_memory sessionlb_store_redis")
+                    "sessionlb_store_memory sessionlb_store_redis nginx_tls slb_tls nginx_tls_handshake "
+                    "slb_tls_handshake nginx_tls_resumed slb_tls_resumed")
     ap.add_argument("--paired", type=int, default=0, metavar="N",
-                    help="also measure each shared-store row in N slices alternating with slb_rr slices")
+                    help="also measure each shared-store row in N slices alternating with slb_rr slices "
+                         "(sessionlb's TLS rows: with nginx's row of the same measure)")
     ap.add_argument("--slice", type=int, default=3, help="seconds per --paired slice")
     ap.add_argument("--together", action="store_true",
                     help="--paired: drive slb_rr and the row at once instead of in turn (use with --pin)")
@@ -607,12 +837,18 @@ def main():
     configs = args.configs.split()
     uses_redis = any(c.startswith("sessionlb_store_redis") for c in configs)
     ensure_tools(redis=uses_redis)
+    uses_tls = any(tls_policy(c) for c in configs)
+    tls_connect = (build_tls_connect()
+                   if any(tls_policy(c) in ("tls_handshake", "tls_resumed") for c in configs) else None)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     results, idle, paired = [], [], []
     with tempfile.TemporaryDirectory(prefix="sessionlb-compare-") as tmp:
         bench = Bench(args, tmp)
+        bench.tls_connect = tls_connect
         try:
+            if uses_tls:
+                bench.make_cert()
             bench.start_backends()
             if uses_redis:
                 bench.start_redis()
@@ -623,13 +859,21 @@ def main():
                     results.append(r)
                     redis = (f" redis cpu {r['redis_cpu_us_per_req']:.1f}us/req"
                              if "redis_cpu_us_per_req" in r else "")
+                    if "client_full" in r:
+                        redis += f" handshakes full {r['client_full']} resumed {r['client_resumed']}"
+                    if "server_full" in r:
+                        redis += f" (sessionlb counted full {r['server_full']} resumed {r['server_resumed']})"
+                    if "negotiated" in r:
+                        redis += f" [{r['negotiated']}]"
                     log(f"rep {rep} {name}: {r['rps']:.0f} req/s p50 {r['p50_us']}us p99 {r['p99_us']}us "
                         f"cpu {r['cpu_us_per_req']:.1f}us/req{redis} steal {r['steal_pct']:.1f}% "
                         f"other {r['other_pct']:.1f}% errors {r['errors']}")
-            for name in (c for c in configs if c in STORE_ROWS and args.paired):
+            for name in (c for c in configs if args.paired and (c in STORE_ROWS or
+                                                                (tls_policy(c) and c.startswith("slb_")))):
                 paired += bench.paired(name, args.paired)
             if args.idle:
-                for name in ["nginx_rr", "slb_rr"] + [c for c in configs if c == "sessionlb_store_memory"]:
+                tls_idle = ["nginx_tls", "slb_tls"] if "slb_tls" in configs else []
+                for name in ["nginx_rr", "slb_rr"] + [c for c in configs if c == "sessionlb_store_memory"] + tls_idle:
                     i = bench.idle(name, args.idle)
                     idle.append(i)
                     log(f"idle {name}: {i['conns']} conns, {i['kib_per_conn']:.2f} KiB/conn")
@@ -698,20 +942,84 @@ def store_report(by_rep, args):
               f"{clean_med:.3f} | {verdict(clean_med)} | {cpu:.1f} | {rcpu} |")
 
 
+def tls_report(by_rep, args):
+    """Each TLS row against nginx's row of the same measure and repetition,
+    with sessionlb's targets, the handshakes the client saw (and sessionlb
+    counted) and what was negotiated."""
+    names = [n for n in dict.fromkeys(n for rows in by_rep.values() for n in rows) if tls_policy(n)]
+    if not names:
+        return
+    print("\nTLS termination (one certificate, ECDSA P-256; TLS 1.3; round robin), each row against nginx's "
+          "row of the same measure in the same repetition. tls: wrk keep-alive over HTTPS (req/s); "
+          "tls_handshake / tls_resumed: tls_connect, a new connection per request with a full / resumed "
+          "handshake (connections/s):\n")
+    print("| rep | config | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | "
+          "client saw full/resumed | sessionlb counted full/resumed | negotiated | steal % | other % | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for rep, rows in sorted(by_rep.items()):
+        for name in names:
+            r = rows.get(name)
+            if not r:
+                continue
+            base = rows.get(baseline(name))
+            seen = f"{r['client_full']}/{r['client_resumed']}" if "client_full" in r else ""
+            counted = f"{r['server_full']}/{r['server_resumed']}" if "server_full" in r else ""
+            print(f"| {rep} | {name} | {r['rps']:,.0f} | "
+                  f"{ratio(r['rps'], base['rps']) if base else float('nan'):.3f} | "
+                  f"{r['p50_us'] / 1000:.3f} | {r['p99_us'] / 1000:.3f} | {r['cpu_us_per_req']:.1f} | "
+                  f"{ratio(r['cpu_us_per_req'], base['cpu_us_per_req']) if base else float('nan'):.2f} | "
+                  f"{seen} | {counted} | {r.get('negotiated', '')} | {r.get('steal_pct', 0):.1f} | "
+                  f"{r.get('other_pct', 0):.1f} | {r['errors']} |")
+    print("\n| measure | client | target (sessionlb vs nginx) | repetitions | req/s vs nginx (median) | verdict | "
+          "clean repetitions | median of clean | verdict | nginx CPU µs/req (median) | "
+          "sessionlb CPU µs/req (median) | CPU vs nginx (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for policy, (client, target) in TLS_ROWS.items():
+        pairs = [(rows[f"slb_{policy}"], rows[f"nginx_{policy}"]) for rows in by_rep.values()
+                 if f"slb_{policy}" in rows and f"nginx_{policy}" in rows]
+        if not pairs:
+            continue
+        clean = [(a, b) for a, b in pairs if not noisy(a, args) and not noisy(b, args)]
+
+        def med(ps, f=lambda a, b: a["rps"] / b["rps"]):
+            return statistics.median(f(a, b) for a, b in ps) if ps else float("nan")
+
+        def verdict(x):
+            return "n/a" if x != x or target is None else ("meets" if x >= target else "MISSES")
+
+        all_med, clean_med = med(pairs), med(clean)
+        print(f"| {policy} | {client} | {'none' if target is None else f'>= {target:g}x'} | {len(pairs)} | "
+              f"{all_med:.3f} | {verdict(all_med)} | {len(clean)} | {clean_med:.3f} | {verdict(clean_med)} | "
+              f"{med(pairs, lambda a, b: b['cpu_us_per_req']):.1f} | {med(pairs, lambda a, b: a['cpu_us_per_req']):.1f} | "
+              f"{med(pairs, lambda a, b: a['cpu_us_per_req'] / b['cpu_us_per_req']):.3f} |")
+
+
+def paired_ref(name):
+    """What --paired measures a row against: slb_rr for a shared-store row,
+    nginx's row of the same measure for a TLS row."""
+    return baseline(name) if tls_policy(name) else "slb_rr"
+
+
 def paired_report(pairs, args):
     if not pairs:
         return
-    how = ("driven at once with slb_rr, each slice against slb_rr's of the same seconds" if args.together
-           else "measured in turn with slb_rr, each slice against the mean of the slb_rr slices before and after it")
-    print(f"\nShared-store rows {how} ({args.slice}s slices"
+    how = ("driven at once with its reference, each slice against the reference's of the same seconds"
+           if args.together else "measured in turn with its reference, each slice against the mean of the "
+           "reference's slices before and after it")
+    kinds = [k for k, present in (("shared-store rows (reference slb_rr)", any(p["against"] == "slb_rr" for p in pairs)),
+                                  ("TLS rows of sessionlb (reference: nginx's row of the same measure)",
+                                   any(p["against"] != "slb_rr" for p in pairs))) if present]
+    kinds = " and ".join(kinds)
+    print(f"\n{kinds[:1].upper()}{kinds[1:]}, each {how} ({args.slice}s slices"
           f"{'; proxies on CPU 0, the rest on CPU 1' if args.pin else ''}):\n")
-    print("| config | target vs slb_rr | slices | req/s vs slb_rr (median, min-max) | verdict | clean slices | "
-          "median of clean | CPU/req vs slb_rr | p99 ms (slb_rr p99) | redis CPU µs/req | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| config | reference | target vs reference | slices | req/s vs reference (median, min-max) | verdict | "
+          "clean slices | median of clean | CPU/req vs reference | p99 ms (reference's p99) | redis CPU µs/req | "
+          "errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(p["config"] for p in pairs):
         ps = [p for p in pairs if p["config"] == name]
         clean = [p for p in ps if not p["noisy"]]
-        target = STORE_ROWS[name]
+        target = STORE_ROWS[name] if name in STORE_ROWS else TLS_ROWS[tls_policy(name)][1]
         med = statistics.median(p["vs_rr"] for p in ps)
         cmed = statistics.median(p["vs_rr"] for p in clean) if clean else float("nan")
         verdict = "n/a" if target is None else ("meets" if med >= target else "MISSES")
@@ -719,7 +1027,7 @@ def paired_report(pairs, args):
         if goal is not None:
             verdict += f", goal {goal:g}x {'met' if med >= goal else 'not met'}"
         rcpus = [p["redis_cpu_us_per_req"] for p in ps if p["redis_cpu_us_per_req"] is not None]
-        print(f"| {name} | {'none' if target is None else f'>= {target:g}x'} | {len(ps)} | "
+        print(f"| {name} | {ps[0]['against']} | {'none' if target is None else f'>= {target:g}x'} | {len(ps)} | "
               f"{med:.3f} ({min(p['vs_rr'] for p in ps):.2f}-{max(p['vs_rr'] for p in ps):.2f}) | {verdict} | "
               f"{len(clean)} | {cmed:.3f} | {statistics.median(p['cpu_vs_rr'] for p in ps):.3f} | "
               f"{statistics.median(p['p99_us'] for p in ps) / 1000:.2f} "
@@ -739,8 +1047,8 @@ def report(results, idle, args):
     ratios = {}
     clean = {}  # only repetitions where neither run lost time to steal or other work
     for rep, rows in sorted(by_rep.items()):
-        base = rows.get("nginx_rr")
         for name, r in rows.items():
+            base = rows.get(baseline(name))
             rr = [ratio(r["rps"], base["rps"]), ratio(r["p99_us"], base["p99_us"]),
                   ratio(r["cpu_us_per_req"], base["cpu_us_per_req"])] if base else [float("nan")] * 3
             ratios.setdefault(name, []).append(rr)
@@ -749,7 +1057,9 @@ def report(results, idle, args):
             print(f"| {rep} | {name} | {r['rps']:,.0f} | {rr[0]:.2f} | {r['p50_us'] / 1000:.3f} | "
                   f"{r['p99_us'] / 1000:.3f} | {rr[1]:.2f} | {r['cpu_us_per_req']:.1f} | {rr[2]:.2f} | "
                   f"{r.get('steal_pct', 0):.1f} | {r.get('other_pct', 0):.1f} | {r['errors']} |")
-    print("\nMedian over repetitions of the per-repetition ratios to nginx round robin:\n")
+    print("\n(ratio: to nginx round robin of the same repetition; a TLS row's to nginx's row of the same "
+          "TLS measure)\n\nMedian over repetitions of the per-repetition ratios to nginx round robin "
+          "(TLS rows: to nginx's TLS row):\n")
     print("| config | req/s ratio | p99 ratio | CPU/req ratio |")
     print("|---|---|---|---|")
     for name, rs in ratios.items():
@@ -775,6 +1085,7 @@ def report(results, idle, args):
                 rel = statistics.median(a["rps"] / b["rps"] for a, b in pairs)
                 print(f"\n{n} vs slb_rr, same repetition ({label}, {len(pairs)}): {rel:.3f}")
     store_report(by_rep, args)
+    tls_report(by_rep, args)
     if idle:
         print("\n| proxy | idle conns | RSS before KiB | RSS with conns KiB | KiB per conn |")
         print("|---|---|---|---|---|")
