@@ -104,6 +104,22 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// A proxy over `b` with a TLS listener serving a certificate for
+/// localhost (its files in `dir`), and a plain listener too with `plain`:
+/// the CA that issued the certificate, the proxy, its TLS address and the
+/// authority to ask it for.
+fn tls_proxy(b: &Backend, dir: &Path, plain: bool) -> (Ca, Proxy, std::net::SocketAddr, String) {
+    let (ca, _, files) = site(dir);
+    let proxy = Proxy::start(&with_tls(
+        &config("round_robin", &[b.entry()], ""),
+        &[certificates(&[files])],
+        plain,
+    ));
+    let addr = proxy.tls_addr(0);
+    let authority = format!("localhost:{}", addr.port());
+    (ca, proxy, addr, authority)
+}
+
 /// The proxy counts time in whole milliseconds: a deadline may fall up to
 /// one before the exact instant.
 const CLOCK_GRAIN: Duration = Duration::from_millis(1);
@@ -112,14 +128,7 @@ const CLOCK_GRAIN: Duration = Duration::from_millis(1);
 async fn alpn_h2_gets_http2_anything_else_http1_and_the_backend_hears_https() {
     let b = Backend::start("b");
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _, files) = site(dir.path());
-    let proxy = Proxy::start(&with_tls(
-        &config("round_robin", &[b.entry()], ""),
-        &[certificates(&[files])],
-        true,
-    ));
-    let addr = proxy.tls_addr(0);
-    let authority = format!("localhost:{}", addr.port());
+    let (ca, proxy, addr, authority) = tls_proxy(&b, dir.path(), true);
     // offered, chosen, the HTTP version that follows
     type Case<'a> = (&'a [&'a str], Option<&'a [u8]>, &'a str);
     let cases: [Case; 3] = [
@@ -210,14 +219,7 @@ fn curl_gets_http1_and_http2_over_tls() {
 async fn tls12_and_tls13_clients_are_both_served() {
     let b = Backend::start("b");
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _, files) = site(dir.path());
-    let proxy = Proxy::start(&with_tls(
-        &config("round_robin", &[b.entry()], ""),
-        &[certificates(&[files])],
-        false,
-    ));
-    let addr = proxy.tls_addr(0);
-    let authority = format!("localhost:{}", addr.port());
+    let (ca, _proxy, addr, authority) = tls_proxy(&b, dir.path(), false);
     for (version, expected) in [
         (TLS12, ProtocolVersion::TLSv1_2),
         (TLS13, ProtocolVersion::TLSv1_3),
@@ -487,24 +489,52 @@ async fn session_tickets_resume_whichever_worker_accepts() {
     );
 }
 
+/// A proxy (with an admin listener) whose TLS listener serves `site.pem`
+/// and `site.key`, written beside its configuration for a reload to
+/// replace: the CA that issued them, the first certificate, and the
+/// configuration's text.
+struct Renewable {
+    ca: Ca,
+    first: Leaf,
+    cfg: String,
+    proxy: Proxy,
+}
+
+impl Renewable {
+    fn start(b: &Backend) -> Renewable {
+        let ca = Ca::new("sessionlb test root");
+        let first = ca.leaf(&["localhost"]);
+        let (pem, key) = (first.cert_pem(), first.key_pem());
+        let cfg = server_line(
+            &with_tls(
+                &config("round_robin", &[b.entry()], ""),
+                &[certificates(&[("site.pem".into(), "site.key".into())])],
+                true,
+            ),
+            "admin_listen = \"127.0.0.1:0\"",
+        );
+        let proxy = Proxy::start_with_files(
+            &cfg,
+            &[("site.pem", pem.as_bytes()), ("site.key", key.as_bytes())],
+        );
+        Renewable {
+            ca,
+            first,
+            cfg,
+            proxy,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_reload_renews_certificates_and_established_connections_keep_working() {
     let b = Backend::start("b");
-    let ca = Ca::new("sessionlb test root");
-    let first = ca.leaf(&["localhost"]);
-    let (pem, key) = (first.cert_pem(), first.key_pem());
-    let cfg = server_line(
-        &with_tls(
-            &config("round_robin", &[b.entry()], ""),
-            &[certificates(&[("site.pem".into(), "site.key".into())])],
-            true,
-        ),
-        "admin_listen = \"127.0.0.1:0\"",
-    );
-    let proxy = Proxy::start_with_files(
-        &cfg,
-        &[("site.pem", pem.as_bytes()), ("site.key", key.as_bytes())],
-    );
+    let Renewable {
+        ca,
+        first,
+        cfg,
+        proxy,
+    } = Renewable::start(&b);
     let addr = proxy.tls_addr(0);
     let authority = format!("localhost:{}", addr.port());
     let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
@@ -559,21 +589,12 @@ async fn a_reload_renews_certificates_and_established_connections_keep_working()
 #[tokio::test]
 async fn a_reload_with_a_bad_certificate_is_refused_and_the_old_one_keeps_serving() {
     let b = Backend::start("b");
-    let ca = Ca::new("sessionlb test root");
-    let first = ca.leaf(&["localhost"]);
-    let (pem, key) = (first.cert_pem(), first.key_pem());
-    let cfg = server_line(
-        &with_tls(
-            &config("round_robin", &[b.entry()], ""),
-            &[certificates(&[("site.pem".into(), "site.key".into())])],
-            true,
-        ),
-        "admin_listen = \"127.0.0.1:0\"",
-    );
-    let proxy = Proxy::start_with_files(
-        &cfg,
-        &[("site.pem", pem.as_bytes()), ("site.key", key.as_bytes())],
-    );
+    let Renewable {
+        ca,
+        first,
+        cfg,
+        proxy,
+    } = Renewable::start(&b);
     let addr = proxy.tls_addr(0);
     let authority = format!("localhost:{}", addr.port());
     let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
@@ -1383,4 +1404,55 @@ async fn pipelined_requests_over_one_tls_connection_are_answered_in_order() {
     }
     assert!(String::from_utf8_lossy(&buf).contains("uri: /headers?n=4\n"));
     assert_eq!(b.hits(), 4);
+}
+
+#[test]
+fn check_names_each_listeners_certificates_and_how_each_https_backend_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("sessionlb test root");
+    let ca_file = ca.write(dir.path(), "ca");
+    let (cert, key) = ca
+        .leaf(&["a.example", "*.a.example"])
+        .write(dir.path(), "a");
+    let file = dir.path().join("sessionlb.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\n\
+             [pools.web]\nca = \"{}\"\nbackends = [{{ addr = \"https://localhost:9443\" }}, {{ addr = \"127.0.0.1:9001\" }}]\n",
+            cert.display(),
+            key.display(),
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("127.0.0.1:8443 (tls: a.example *.a.example)"),
+        "{stdout}"
+    );
+    // (localhost resolves to 127.0.0.1 or ::1, as the machine has it)
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("  - https://localhost:9443 at "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.ends_with(&format!(
+            "weight 1, https verified as localhost by {}",
+            ca_file.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  - 127.0.0.1:9001 weight 1\n"), "{stdout}");
 }

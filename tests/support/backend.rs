@@ -314,11 +314,23 @@ fn full(name: &str, text: String) -> Resp {
 }
 
 fn websocket(req: &mut Request<Incoming>, name: &str) -> Resp {
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+    let Some(headers) = websocket_echo(req, name) else {
         return full(name, "not a websocket request".into());
     };
+    let mut r = Response::new(TestBody::Full(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// Accepts a WebSocket upgrade (this module's backend's, and the HTTPS
+/// test backend's): spawns an echo of every text and binary message on
+/// the upgraded connection, and gives the `101` response's headers. `None`
+/// when the request is no WebSocket handshake.
+pub fn websocket_echo(req: &mut Request<Incoming>, name: &str) -> Option<http::HeaderMap> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let key = req.headers().get("sec-websocket-key").cloned()?;
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -340,9 +352,7 @@ fn websocket(req: &mut Request<Incoming>, name: &str) -> Resp {
             }
         }
     });
-    let mut r = Response::new(TestBody::Full(Full::new(Bytes::new())));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
+    let mut h = http::HeaderMap::new();
     h.insert("connection", "upgrade".parse().unwrap());
     h.insert("upgrade", "websocket".parse().unwrap());
     h.insert(
@@ -350,7 +360,7 @@ fn websocket(req: &mut Request<Incoming>, name: &str) -> Resp {
         derive_accept_key(key.as_bytes()).parse().unwrap(),
     );
     h.insert("x-backend", name.parse().unwrap());
-    r
+    Some(h)
 }
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -838,41 +838,11 @@ async fn answer(
 }
 
 fn websocket(req: &mut Request<Incoming>, name: &str) -> Response<RespBody> {
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+    let Some(headers) = super::backend::websocket_echo(req, name) else {
         return Response::new(text("not a websocket request"));
     };
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() || msg.is_binary() {
-                if ws.send(msg).await.is_err() {
-                    break;
-                }
-            } else if msg.is_close() {
-                break;
-            }
-        }
-    });
     let mut r = Response::new(text(Bytes::new()));
     *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert("connection", "upgrade".parse().unwrap());
-    h.insert("upgrade", "websocket".parse().unwrap());
-    h.insert(
-        "sec-websocket-accept",
-        derive_accept_key(key.as_bytes()).parse().unwrap(),
-    );
-    h.insert("x-backend", name.parse().unwrap());
+    *r.headers_mut() = headers;
     r
 }
