@@ -1456,3 +1456,47 @@ fn check_names_each_listeners_certificates_and_how_each_https_backend_is_verifie
     );
     assert!(stdout.contains("  - 127.0.0.1:9001 weight 1\n"), "{stdout}");
 }
+
+#[tokio::test]
+async fn plain_http_or_garbage_on_a_tls_listener_is_closed_and_counted_as_failed() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _, files) = site(dir.path());
+    let proxy = Proxy::start(&server_line(
+        &with_tls(
+            &config("round_robin", &[b.entry()], ""),
+            &[certificates(&[files])],
+            false,
+        ),
+        "admin_listen = \"127.0.0.1:0\"",
+    ));
+    let addr = proxy.tls_addr(0);
+    // a handshake record, then a ClientHello of 60 bytes that is not one
+    let mut not_a_hello = b"\x16\x03\x01\x00\x40\x01\x00\x00\x3c".to_vec();
+    not_a_hello.extend_from_slice(&[0xff; 60]);
+    let hostile: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        &not_a_hello,
+        // a record far larger than TLS allows
+        b"\x16\x03\x03\xff\xff",
+    ];
+    for bytes in hostile {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        closed_within(&mut s, DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("{:?} left open", String::from_utf8_lossy(bytes)));
+    }
+    let failed = "sessionlb_tls_handshakes_total{kind=\"failed\"}";
+    assert!(
+        eventually_async(DEADLINE, || async { proxy.metric(failed).await == 3.0 }).await,
+        "failed handshakes counted: {}",
+        proxy.metric(failed).await
+    );
+    assert_eq!(b.hits(), 0);
+    // and the listener serves on
+    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
+    let s = tls::connect(addr, "localhost", &config).await;
+    let authority = format!("localhost:{}", addr.port());
+    assert_eq!(TlsHttp::new(s, &authority).await.get("/").await.status, 200);
+}
