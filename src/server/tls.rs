@@ -25,8 +25,8 @@ use crate::runtime::Runtime;
 /// ALPN protocols offered, in the server's order of preference.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Session tickets stored by the server for TLS 1.2 clients that resume
-/// by session id, process-wide.
+/// Sessions the process keeps for TLS 1.2 clients that resume by session
+/// id rather than by ticket (oldest dropped first): a few megabytes.
 const SESSION_CACHE: usize = 20_000;
 
 /// What resumes a session: one ticket key (rotated every 6 hours, the
