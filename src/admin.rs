@@ -360,6 +360,13 @@ impl Collector for Metrics {
             MetricType::Gauge,
         )?;
         ConstGauge::new(rt.generation as i64).encode(m)?;
+        let m = e.encode_descriptor(
+            "sessionlb_config_last_reload_success_timestamp_seconds",
+            "When the configuration in effect was loaded (start, or the last successful reload), in seconds since the Unix epoch.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(shared.last_reload_success_s.load(Ordering::Relaxed) as i64).encode(m)?;
         Ok(())
     }
 }

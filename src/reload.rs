@@ -37,9 +37,11 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, Vec<Problem>> {
                     "changes to server.listen, the server.tls listen addresses, server.workers and server.admin_listen take effect at the next restart; certificates are reloaded"
                 );
             }
+            let changed = changes(&old, &config);
             let generation = shared.swap(config);
             shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(generation, "configuration reloaded");
+            shared.note_reload_success();
+            tracing::info!(generation, changes = %changed, "configuration reloaded");
             Ok(generation)
         }
         Err(problems) => {
@@ -49,5 +51,124 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, Vec<Problem>> {
             }
             Err(problems)
         }
+    }
+}
+
+/// What a reload changes in the pools, in one line for the log: pools
+/// added and removed, and per pool its policy, the backends added and
+/// removed, those that start or stop draining and those whose weight
+/// changes. "no pool changes" when none.
+fn changes(old: &Config, new: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = Vec::new();
+    for pool in &new.pools {
+        let Some(was) = old.pools.iter().find(|p| p.name == pool.name) else {
+            out.push(format!("pool {} added", pool.name));
+            continue;
+        };
+        let mut s = String::new();
+        if was.policy != pool.policy {
+            let _ = write!(
+                s,
+                " policy {} -> {};",
+                was.policy.name(),
+                pool.policy.name()
+            );
+        }
+        let names = |v: &[crate::config::Backend],
+                     keep: &dyn Fn(&crate::config::Backend) -> bool| {
+            v.iter()
+                .filter(|b| keep(b))
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let find =
+            |v: &'_ [crate::config::Backend], name: &str| -> Option<crate::config::Backend> {
+                v.iter().find(|b| b.name == name).cloned()
+            };
+        let lists = [
+            (
+                "added",
+                names(&pool.backends, &|b| find(&was.backends, &b.name).is_none()),
+            ),
+            (
+                "removed",
+                names(&was.backends, &|b| find(&pool.backends, &b.name).is_none()),
+            ),
+            (
+                "draining",
+                names(&pool.backends, &|b| {
+                    b.drain && find(&was.backends, &b.name).is_some_and(|w| !w.drain)
+                }),
+            ),
+            (
+                "no longer draining",
+                names(&pool.backends, &|b| {
+                    !b.drain && find(&was.backends, &b.name).is_some_and(|w| w.drain)
+                }),
+            ),
+            (
+                "weight changed",
+                names(&pool.backends, &|b| {
+                    find(&was.backends, &b.name).is_some_and(|w| w.weight != b.weight)
+                }),
+            ),
+        ];
+        for (what, list) in lists {
+            if !list.is_empty() {
+                let _ = write!(s, " {what} {list};");
+            }
+        }
+        if !s.is_empty() {
+            out.push(format!("pool {}:{}", pool.name, s.trim_end_matches(';')));
+        }
+    }
+    for pool in &old.pools {
+        if !new.pools.iter().any(|p| p.name == pool.name) {
+            out.push(format!("pool {} removed", pool.name));
+        }
+    }
+    match out.is_empty() {
+        true => "no pool changes".to_string(),
+        false => out.join("; "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pools: &str) -> Config {
+        Config::parse(
+            &format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n\n{pools}\n[[routes]]\npool = \"web\"\n"
+            ),
+            std::path::Path::new("."),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_says_what_it_changes_in_the_pools() {
+        let old = parse(
+            "[pools.web]\nbackends = [{ addr = \"127.0.0.1:9001\" }, { addr = \"127.0.0.1:9002\" }, { addr = \"127.0.0.1:9003\", drain = true }]\n\
+             [pools.old]\nbackends = [{ addr = \"127.0.0.1:9010\" }]\n",
+        );
+        let new = parse(
+            "[pools.web]\npolicy = \"least_conn\"\nbackends = [{ addr = \"127.0.0.1:9001\", weight = 3 }, { addr = \"127.0.0.1:9003\" }, { addr = \"127.0.0.1:9004\", drain = true }]\n\
+             [pools.api]\nbackends = [{ addr = \"127.0.0.1:9020\" }]\n",
+        );
+        assert_eq!(
+            changes(&old, &new),
+            "pool api added; pool web: policy round_robin -> least_conn; added 127.0.0.1:9004; \
+             removed 127.0.0.1:9002; no longer draining 127.0.0.1:9003; weight changed 127.0.0.1:9001; \
+             pool old removed"
+        );
+        assert_eq!(changes(&new, &new), "no pool changes");
+        let drained = parse(
+            "[pools.web]\npolicy = \"least_conn\"\nbackends = [{ addr = \"127.0.0.1:9001\", weight = 3, drain = true }, { addr = \"127.0.0.1:9003\" }, { addr = \"127.0.0.1:9004\", drain = true }]\n[pools.api]\nbackends = [{ addr = \"127.0.0.1:9020\" }]\n",
+        );
+        assert_eq!(changes(&new, &drained), "pool web: draining 127.0.0.1:9001");
     }
 }

@@ -100,6 +100,9 @@ pub struct Shared {
     slot_freed: Notify,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// When the configuration in effect was loaded (start or the last
+    /// successful reload), in seconds since the Unix epoch.
+    pub last_reload_success_s: AtomicU64,
     /// What the log last said about draining backends.
     pub drain_report: Mutex<DrainReport>,
 }
@@ -119,8 +122,15 @@ impl Shared {
             slot_freed: Notify::new(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            last_reload_success_s: AtomicU64::new(unix_now_s()),
             drain_report: Mutex::default(),
         })
+    }
+
+    /// A reload was applied now.
+    pub fn note_reload_success(&self) {
+        self.last_reload_success_s
+            .store(unix_now_s(), Ordering::Relaxed);
     }
 
     /// Counts a connection (or tunnel) open until [`Shared::close`].
@@ -196,4 +206,10 @@ impl Shared {
         self.current.store(Arc::new(runtime));
         generation
     }
+}
+
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -61,6 +61,15 @@ async fn metrics_health_pools_and_reload() {
         5.0
     );
     assert_eq!(sample("sessionlb_config_generation"), 1.0);
+    let loaded = sample("sessionlb_config_last_reload_success_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 600.0..=now + 1.0).contains(&loaded),
+        "loaded at {loaded}, now {now}"
+    );
     assert!(text.contains("# TYPE sessionlb_connections_open gauge"));
 
     let pools: serde_json::Value =

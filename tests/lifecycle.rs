@@ -170,11 +170,17 @@ async fn sighup_reloads_a_valid_file_and_keeps_serving_on_a_bad_one() {
 
     std::fs::write(&proxy.config_path, config("round_robin", &[b.entry()], "")).unwrap();
     proxy.signal(Signal::SIGHUP);
+    let reloaded = proxy
+        .stderr
+        .wait_for(support::DEADLINE, |l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("{:#?}", proxy.stderr.all()));
+    // one line says what changed
     assert!(
-        proxy
-            .stderr
-            .wait_for(support::DEADLINE, |l| l.contains("configuration reloaded"))
-            .is_some()
+        reloaded.contains(&format!(
+            "changes=pool web: added {}; removed {}",
+            b.addr, a.addr
+        )),
+        "{reloaded}"
     );
     assert_eq!(get(&client, &proxy.url("/")).await.body, "b");
 
