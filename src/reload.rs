@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::config::{Config, Problem};
+use crate::config::{Backend, Config, Problem};
 use crate::runtime::Shared;
 
 /// Reloads `path`; returns the new generation or every problem found.
@@ -59,69 +59,63 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, Vec<Problem>> {
 /// removed, those that start or stop draining and those whose weight
 /// changes. "no pool changes" when none.
 fn changes(old: &Config, new: &Config) -> String {
-    use std::fmt::Write;
     let mut out = Vec::new();
     for pool in &new.pools {
         let Some(was) = old.pools.iter().find(|p| p.name == pool.name) else {
             out.push(format!("pool {} added", pool.name));
             continue;
         };
-        let mut s = String::new();
-        if was.policy != pool.policy {
-            let _ = write!(
-                s,
-                " policy {} -> {};",
-                was.policy.name(),
-                pool.policy.name()
-            );
-        }
-        let names = |v: &[crate::config::Backend],
-                     keep: &dyn Fn(&crate::config::Backend) -> bool| {
+        // each backend as the previous file had it
+        let before = |b: &Backend| was.backends.iter().find(|w| w.name == b.name);
+        let names = |v: &[Backend], keep: &dyn Fn(&Backend) -> bool| {
             v.iter()
                 .filter(|b| keep(b))
                 .map(|b| b.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let find =
-            |v: &'_ [crate::config::Backend], name: &str| -> Option<crate::config::Backend> {
-                v.iter().find(|b| b.name == name).cloned()
-            };
+        let mut parts = Vec::new();
+        if was.policy != pool.policy {
+            parts.push(format!(
+                "policy {} -> {}",
+                was.policy.name(),
+                pool.policy.name()
+            ));
+        }
         let lists = [
-            (
-                "added",
-                names(&pool.backends, &|b| find(&was.backends, &b.name).is_none()),
-            ),
+            ("added", names(&pool.backends, &|b| before(b).is_none())),
             (
                 "removed",
-                names(&was.backends, &|b| find(&pool.backends, &b.name).is_none()),
+                names(&was.backends, &|w| {
+                    !pool.backends.iter().any(|b| b.name == w.name)
+                }),
             ),
             (
                 "draining",
                 names(&pool.backends, &|b| {
-                    b.drain && find(&was.backends, &b.name).is_some_and(|w| !w.drain)
+                    before(b).is_some_and(|w| b.drain && !w.drain)
                 }),
             ),
             (
                 "no longer draining",
                 names(&pool.backends, &|b| {
-                    !b.drain && find(&was.backends, &b.name).is_some_and(|w| w.drain)
+                    before(b).is_some_and(|w| !b.drain && w.drain)
                 }),
             ),
             (
                 "weight changed",
                 names(&pool.backends, &|b| {
-                    find(&was.backends, &b.name).is_some_and(|w| w.weight != b.weight)
+                    before(b).is_some_and(|w| w.weight != b.weight)
                 }),
             ),
         ];
         for (what, list) in lists {
             if !list.is_empty() {
-                let _ = write!(s, " {what} {list};");
+                parts.push(format!("{what} {list}"));
             }
         }
-        if !s.is_empty() {
-            out.push(format!("pool {}:{}", pool.name, s.trim_end_matches(';')));
+        if !parts.is_empty() {
+            out.push(format!("pool {}: {}", pool.name, parts.join("; ")));
         }
     }
     for pool in &old.pools {

@@ -122,7 +122,7 @@ impl Shared {
             slot_freed: Notify::new(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-            last_reload_success_s: AtomicU64::new(unix_now_s()),
+            last_reload_success_s: AtomicU64::new(crate::clock::unix_now()),
             drain_report: Mutex::default(),
         })
     }
@@ -130,7 +130,7 @@ impl Shared {
     /// A reload was applied now.
     pub fn note_reload_success(&self) {
         self.last_reload_success_s
-            .store(unix_now_s(), Ordering::Relaxed);
+            .store(crate::clock::unix_now(), Ordering::Relaxed);
     }
 
     /// Counts a connection (or tunnel) open until [`Shared::close`].
@@ -206,10 +206,4 @@ impl Shared {
         self.current.store(Arc::new(runtime));
         generation
     }
-}
-
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
