@@ -157,7 +157,7 @@ pub struct Backend {
     /// Reached over TLS (the pool's `tls = true`, or `https://` in its
     /// address): the name it is verified as and sent as SNI, the host
     /// as written.
-    pub tls: Option<String>,
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// A pool's verification of its HTTPS backends.
@@ -470,7 +470,7 @@ impl Config {
                     Ok(a) if a == b.addr => String::new(),
                     _ => format!(" at {}", b.addr),
                 };
-                let https = match (&b.tls, &pool.tls) {
+                let https = match (b.tls.as_ref().map(|n| n.to_str()), &pool.tls) {
                     (None, _) => String::new(),
                     (Some(name), t) if t.insecure_skip_verify => {
                         format!(", https (SNI {name}, NOT verified)")

@@ -516,8 +516,14 @@ fn validate_pool(
             Some(rest) => (rest, true),
             None => (written.as_str(), false),
         };
-        if let Some(addr) = parse_backend_addr(p, &format!("{bpath}.addr"), host) {
-            let tls = (https || pool_tls).then(|| tls_name(host));
+        // `Some(None)`: plain HTTP; `None`: no name TLS can verify
+        let tls = match https || pool_tls {
+            true => tls_name(p, &format!("{bpath}.addr"), host).map(Some),
+            false => Some(None),
+        };
+        if let (Some(addr), Some(tls)) =
+            (parse_backend_addr(p, &format!("{bpath}.addr"), host), tls)
+        {
             backends.push(Backend {
                 name,
                 addr,
@@ -612,14 +618,31 @@ fn validate_backend_tls(
 }
 
 /// The name a TLS backend is verified as (and, unless it is an IP
-/// address, sends as SNI): its address as written, without the port.
-fn tls_name(host_port: &str) -> String {
+/// address, sends as SNI): its address as written, without the port. One
+/// that TLS cannot verify is a problem here, never a backend spoken to
+/// without TLS.
+fn tls_name(
+    p: &mut Problems,
+    path: &str,
+    host_port: &str,
+) -> Option<rustls::pki_types::ServerName<'static>> {
     let host = host_port
         .rsplit_once(':')
         .map_or(host_port, |(host, _)| host);
-    host.trim_start_matches('[')
+    let host = host
+        .trim_start_matches('[')
         .trim_end_matches(']')
-        .to_ascii_lowercase()
+        .to_ascii_lowercase();
+    match rustls::pki_types::ServerName::try_from(host) {
+        Ok(name) => Some(name),
+        Err(_) => {
+            p.push(
+                path,
+                format!("{host_port:?} has no host name or address a TLS certificate can name"),
+            );
+            None
+        }
+    }
 }
 
 fn validate_health(p: &mut Problems, pool: &str, raw: Option<model::HealthSection>) -> Health {
@@ -1321,5 +1344,32 @@ mod tests {
         assert!(!is_token("a b"));
         assert!(!is_token("a;b"));
         assert!(!is_token(""));
+    }
+
+    #[test]
+    fn an_https_backend_needs_a_name_tls_can_verify() {
+        let toml = |addr: &str| {
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:8080\"]\n[pools.web]\nbackends = [{{ addr = \"{addr}\" }}]\n"
+            )
+        };
+        // (no lookups: the shape alone is judged)
+        let got = without_name_lookups(|| problems(&toml("https://a..example:443")));
+        assert_eq!(
+            got,
+            [
+                "pools.web.backends[0].addr: \"a..example:443\" has no host name or address a TLS certificate can name"
+            ]
+        );
+        let config = without_name_lookups(|| {
+            Config::parse(&toml("https://App.Example:8443"), Path::new(".")).unwrap()
+        });
+        let name = config.pools[0].backends[0].tls.as_ref().unwrap();
+        assert_eq!(name.to_str(), "app.example");
+        let config = Config::parse(&toml("https://[::1]:8443"), Path::new(".")).unwrap();
+        let name = config.pools[0].backends[0].tls.as_ref().unwrap();
+        assert_eq!(name.to_str(), "::1");
+        let config = Config::parse(&toml("127.0.0.1:8080"), Path::new(".")).unwrap();
+        assert!(config.pools[0].backends[0].tls.is_none());
     }
 }

@@ -41,21 +41,7 @@ impl PoolTls {
         if pool.backends.iter().all(|b| b.tls.is_none()) {
             return None;
         }
-        let names = pool
-            .backends
-            .iter()
-            .map(|b| {
-                let name = b.tls.as_deref()?;
-                match ServerName::try_from(name.to_string()) {
-                    Ok(n) => Some(n),
-                    Err(error) => {
-                        // validation only lets host names and addresses by
-                        tracing::error!(pool = %pool.name, backend = %b.name, %error, "not a TLS server name; connecting without TLS");
-                        None
-                    }
-                }
-            })
-            .collect();
+        let names = pool.backends.iter().map(|b| b.tls.clone()).collect();
         let config = client_config(&pool.tls);
         if let Err(error) = &config {
             tracing::error!(pool = %pool.name, %error, "cannot set up TLS to the backends");
