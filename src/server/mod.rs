@@ -89,13 +89,12 @@ impl Server {
         for &wanted in &config.server.listen {
             addrs.push(bind_all(wanted, None)?);
         }
-        let rt = shared.load();
+        let generation = shared.load().generation;
         let mut tls_addrs = Vec::new();
         for (index, listener) in config.server.tls.iter().enumerate() {
-            let terminator = tls::Terminator::new(index, &rt)?;
+            let terminator = tls::Terminator::new(index, listener, generation)?;
             tls_addrs.push(bind_all(listener.listen, Some(terminator))?);
         }
-        drop(rt);
         let shutdown = Arc::new(ShutdownSignal::default());
         let (done_tx, done) = mpsc::channel();
         let mut handles = Vec::new();

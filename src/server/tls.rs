@@ -136,8 +136,6 @@ impl ResolvesServerCert for BySni {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("server.tls[{index}] is not in the configuration")]
-    NoListener { index: usize },
     #[error("{listen}: a TLS listener needs at least one certificate")]
     NoCertificate { listen: SocketAddr },
     #[error("{listen}: {source}")]
@@ -148,7 +146,7 @@ pub enum TlsSetupError {
 }
 
 /// The rustls configuration of one listener.
-pub fn server_config(listener: &TlsListener) -> Result<Arc<ServerConfig>, TlsSetupError> {
+fn server_config(listener: &TlsListener) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let listen = listener.listen;
     let resolver =
         BySni::new(&listener.certificates).ok_or(TlsSetupError::NoCertificate { listen })?;
@@ -178,17 +176,17 @@ pub(super) struct Terminator {
 }
 
 impl Terminator {
-    pub(super) fn new(index: usize, rt: &Runtime) -> Result<Terminator, TlsSetupError> {
-        let listener = rt
-            .config
-            .server
-            .tls
-            .get(index)
-            .ok_or(TlsSetupError::NoListener { index })?;
+    /// For `[[server.tls]]` entry `index`, `listener`, of the snapshot
+    /// `generation`.
+    pub(super) fn new(
+        index: usize,
+        listener: &TlsListener,
+        generation: u64,
+    ) -> Result<Terminator, TlsSetupError> {
         Ok(Terminator {
             index,
             listen: listener.listen,
-            generation: rt.generation,
+            generation,
             config: server_config(listener)?,
         })
     }
