@@ -104,20 +104,15 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// A proxy over `b` with a TLS listener serving a certificate for
-/// localhost (its files in `dir`), and a plain listener too with `plain`:
-/// the CA that issued the certificate, the proxy, its TLS address and the
-/// authority to ask it for.
-fn tls_proxy(b: &Backend, dir: &Path, plain: bool) -> (Ca, Proxy, std::net::SocketAddr, String) {
+/// A proxy of configuration `cfg` with a TLS listener too, serving a
+/// certificate for localhost (its files in `dir`), and keeping its plain
+/// listener with `plain`: the CA that issued the certificate, the proxy
+/// and its TLS address.
+fn tls_proxy(cfg: &str, dir: &Path, plain: bool) -> (Ca, Proxy, std::net::SocketAddr) {
     let (ca, _, files) = site(dir);
-    let proxy = Proxy::start(&with_tls(
-        &config("round_robin", &[b.entry()], ""),
-        &[certificates(&[files])],
-        plain,
-    ));
+    let proxy = Proxy::start(&with_tls(cfg, &[certificates(&[files])], plain));
     let addr = proxy.tls_addr(0);
-    let authority = format!("localhost:{}", addr.port());
-    (ca, proxy, addr, authority)
+    (ca, proxy, addr)
 }
 
 /// The proxy counts time in whole milliseconds: a deadline may fall up to
@@ -128,7 +123,8 @@ const CLOCK_GRAIN: Duration = Duration::from_millis(1);
 async fn alpn_h2_gets_http2_anything_else_http1_and_the_backend_hears_https() {
     let b = Backend::start("b");
     let dir = tempfile::tempdir().unwrap();
-    let (ca, proxy, addr, authority) = tls_proxy(&b, dir.path(), true);
+    let (ca, proxy, addr) = tls_proxy(&config("round_robin", &[b.entry()], ""), dir.path(), true);
+    let authority = format!("localhost:{}", addr.port());
     // offered, chosen, the HTTP version that follows
     type Case<'a> = (&'a [&'a str], Option<&'a [u8]>, &'a str);
     let cases: [Case; 3] = [
@@ -219,7 +215,8 @@ fn curl_gets_http1_and_http2_over_tls() {
 async fn tls12_and_tls13_clients_are_both_served() {
     let b = Backend::start("b");
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _proxy, addr, authority) = tls_proxy(&b, dir.path(), false);
+    let (ca, _proxy, addr) = tls_proxy(&config("round_robin", &[b.entry()], ""), dir.path(), false);
+    let authority = format!("localhost:{}", addr.port());
     for (version, expected) in [
         (TLS12, ProtocolVersion::TLSv1_2),
         (TLS13, ProtocolVersion::TLSv1_3),
@@ -358,17 +355,15 @@ async fn cookies_set_over_tls_are_secure() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _, files) = site(dir.path());
-    let proxy = Proxy::start(&with_tls(
+    let (ca, proxy, addr) = tls_proxy(
         &config(
             "cookie",
             &[app.entry()],
             "[pools.web.sticky]\ncookie = \"slb_route\"\n\n[pools.web.session]\napp_cookie = \"session\"\n",
         ),
-        &[certificates(&[files])],
+        dir.path(),
         true,
-    ));
-    let addr = proxy.tls_addr(0);
+    );
     let authority = format!("localhost:{}", addr.port());
     for alpn in ["h2", "http/1.1"] {
         let config = Arc::new(client_config(Some(&ca), &[alpn], &[]));
@@ -400,13 +395,7 @@ async fn websocket_upgrade_works_over_tls() {
     use tokio_tungstenite::tungstenite::Message;
     let b = Backend::start("b");
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _, files) = site(dir.path());
-    let proxy = Proxy::start(&with_tls(
-        &config("round_robin", &[b.entry()], ""),
-        &[certificates(&[files])],
-        false,
-    ));
-    let addr = proxy.tls_addr(0);
+    let (ca, _proxy, addr) = tls_proxy(&config("round_robin", &[b.entry()], ""), dir.path(), false);
     let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
     let s = tls::connect(addr, "localhost", &config).await;
     let url = format!("wss://localhost:{}/ws", addr.port());
@@ -862,17 +851,15 @@ async fn an_expired_or_not_yet_valid_certificate_is_accepted_with_a_warning_nami
 async fn a_tls_client_that_sends_nothing_is_closed_at_the_request_header_timeout() {
     let b = Backend::start("b");
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _, files) = site(dir.path());
-    let proxy = Proxy::start(&with_tls(
+    let (ca, _proxy, addr) = tls_proxy(
         &config(
             "round_robin",
             &[b.entry()],
             "[timeouts]\nrequest_header = \"1s\"\nidle = \"60s\"\n",
         ),
-        &[certificates(&[files])],
+        dir.path(),
         false,
-    ));
-    let addr = proxy.tls_addr(0);
+    );
     let limit = Duration::from_secs(1) - CLOCK_GRAIN;
 
     // TCP only, no ClientHello; the proxy's clock starts at accept, after
