@@ -5,8 +5,8 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use support::bin;
 use support::client::{self, get};
+use support::{bin, check};
 
 #[test]
 fn version_and_help() {
@@ -27,10 +27,7 @@ fn version_and_help() {
 #[test]
 fn check_accepts_the_example_config() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sessionlb.toml");
-    let out = Command::new(bin())
-        .args(["check", "-c", path])
-        .output()
-        .unwrap();
+    let out = check(std::path::Path::new(path));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -74,11 +71,7 @@ sentinel = { master = "main", nodes = ["127.0.0.1:26379"] }
         "{stderr}"
     );
     // check says so too, and never shows the password, '@' and all
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("warning: store.sentinel: Redis Sentinel"),
@@ -110,11 +103,7 @@ pool = "api"
 "#,
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [

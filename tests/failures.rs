@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::client::{self, get};
-use support::{Backend, Blackhole, Proxy, Slammer, config, entry};
+use support::{Backend, Blackhole, Proxy, Slammer, closed_within, config, entry};
 
 #[tokio::test]
 async fn connect_timeout_gives_504() {
@@ -72,20 +72,6 @@ async fn response_header_timeout_gives_504() {
         );
         // the connection stays usable
         assert_eq!(get(&client, &proxy.url("/")).await.status, 200);
-    }
-}
-
-/// Reads until the peer closes; returns how long that took, or None when
-/// it stayed open past `limit`.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
-            Ok(Ok(_)) => continue,
-            Err(_) => return None,
-        }
     }
 }
 

@@ -23,7 +23,9 @@ use tokio::net::TcpStream;
 use support::client::{self, get};
 use support::raw::{RawBackend, RawRequest, Reply};
 use support::tls::{self, Ca, Leaf, TLS12, TLS13, TlsBackend, TlsHttp, client_config};
-use support::{Backend, DEADLINE, Proxy, bin, config, entry, eventually_async};
+use support::{
+    Backend, DEADLINE, Proxy, bin, check, closed_within, config, entry, eventually_async,
+};
 
 /// `{ cert = "...", key = "..." }` for each pair of files.
 fn certificates(pairs: &[(PathBuf, PathBuf)]) -> String {
@@ -85,23 +87,6 @@ fn set_cookie(r: &client::Resp, name: &str) -> String {
         .into_iter()
         .find(|c| c.starts_with(&format!("{name}=")))
         .unwrap_or_else(|| panic!("no {name} cookie in {:?}", r.set_cookies()))
-}
-
-/// Reads from `s` until it closes (EOF or an error), up to `limit`; how
-/// long that took, or `None` when it stayed open.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
-    s: &mut S,
-    limit: Duration,
-) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
-            Ok(Ok(_)) => continue,
-            Err(_) => return None,
-        }
-    }
 }
 
 /// A proxy of configuration `cfg` with a TLS listener too, serving a
@@ -740,11 +725,7 @@ fn check_and_run_refuse_bad_certificate_files_naming_the_toml_path() {
     ];
     for (i, (pairs, path, words)) in cases.iter().enumerate() {
         let file = listener_file(d, &format!("case{i}.toml"), pairs);
-        let out = Command::new(bin())
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = check(&file);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -766,11 +747,7 @@ fn check_and_run_refuse_bad_certificate_files_naming_the_toml_path() {
     }
     // the good pair alone passes
     let file = listener_file(d, "good.toml", &[good]);
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check(&file);
     assert!(
         out.status.success(),
         "{}{}",
@@ -796,11 +773,7 @@ async fn an_expired_or_not_yet_valid_certificate_is_accepted_with_a_warning_nami
         early.write(dir.path(), "early"),
     ];
     let file = listener_file(dir.path(), "dated.toml", &pairs);
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check(&file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -1413,12 +1386,7 @@ fn check_names_each_listeners_certificates_and_how_each_https_backend_is_verifie
         ),
     )
     .unwrap();
-    let out = Command::new(bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check(&file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

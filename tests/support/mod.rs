@@ -33,6 +33,33 @@ pub fn bin() -> PathBuf {
     )
 }
 
+/// `sessionlb check -c path`, run to its end.
+pub fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// Reads until the peer closes; returns how long that took, or None when
+/// it stayed open past `limit`.
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Lines a child process wrote, with a condition variable to wait on.
 #[derive(Default)]
 pub struct Lines {
