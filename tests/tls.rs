@@ -465,13 +465,17 @@ async fn session_tickets_resume_whichever_worker_accepts() {
 
 /// A proxy (with an admin listener) whose TLS listener serves `site.pem`
 /// and `site.key`, written beside its configuration for a reload to
-/// replace: the CA that issued them, the first certificate, and the
-/// configuration's text.
+/// replace: the CA that issued them, the first certificate, the
+/// configuration's text, the TLS address, the authority to ask for and a
+/// client that trusts the CA.
 struct Renewable {
     ca: Ca,
     first: Leaf,
     cfg: String,
     proxy: Proxy,
+    addr: std::net::SocketAddr,
+    authority: String,
+    config: Arc<rustls::ClientConfig>,
 }
 
 impl Renewable {
@@ -491,11 +495,16 @@ impl Renewable {
             &cfg,
             &[("site.pem", pem.as_bytes()), ("site.key", key.as_bytes())],
         );
+        let addr = proxy.tls_addr(0);
+        let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
         Renewable {
             ca,
             first,
             cfg,
             proxy,
+            addr,
+            authority: format!("localhost:{}", addr.port()),
+            config,
         }
     }
 }
@@ -508,10 +517,10 @@ async fn a_reload_renews_certificates_and_established_connections_keep_working()
         first,
         cfg,
         proxy,
+        addr,
+        authority,
+        config,
     } = Renewable::start(&b);
-    let addr = proxy.tls_addr(0);
-    let authority = format!("localhost:{}", addr.port());
-    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
     let s = tls::connect(addr, "localhost", &config).await;
     assert!(tls::peer_leaf(&s) == first.der);
     let mut kept = TlsHttp::new(s, &authority).await;
@@ -568,10 +577,10 @@ async fn a_reload_with_a_bad_certificate_is_refused_and_the_old_one_keeps_servin
         first,
         cfg,
         proxy,
+        addr,
+        authority,
+        config,
     } = Renewable::start(&b);
-    let addr = proxy.tls_addr(0);
-    let authority = format!("localhost:{}", addr.port());
-    let config = Arc::new(client_config(Some(&ca), &["http/1.1"], &[]));
     let still_first = || async {
         let s = tls::connect(addr, "localhost", &config).await;
         assert!(
