@@ -105,6 +105,9 @@ pub struct Shared {
     pub last_reload_success_s: AtomicU64,
     /// What the log last said about draining backends.
     pub drain_report: Mutex<DrainReport>,
+    /// The generation in effect, for the workers to follow swaps (they
+    /// close their pooled connections to removed backends at once).
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -124,7 +127,13 @@ impl Shared {
             reloads_failed: AtomicU64::new(0),
             last_reload_success_s: AtomicU64::new(crate::clock::unix_now()),
             drain_report: Mutex::default(),
+            swapped: tokio::sync::watch::Sender::new(1),
         })
+    }
+
+    /// Tells of each snapshot swap, from now on.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 
     /// A reload was applied now.
@@ -203,7 +212,10 @@ impl Shared {
         // see them draining, so the report counts their pinned traffic from
         // the first request.
         self.report_draining_of(&runtime.pools);
-        self.current.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        let old = self.current.swap(runtime.clone());
+        self.registry.retire(&old.pools, &runtime.pools);
+        self.swapped.send_replace(generation);
         generation
     }
 }

@@ -4,11 +4,17 @@
 //! A reload builds a new snapshot but asks the registry for each backend's
 //! state by its identity (the address as written), so a backend that stays
 //! in the file keeps its health, counters and pooled connections.
+//!
+//! The registry holds states weakly: a backend removed from the file is
+//! forgotten once nothing refers to it (the snapshots its requests in
+//! flight use, its pooled connections), and its id is given to the next
+//! new backend. A churn of backends (a DNS name that moves) thus leaves
+//! neither states nor per-worker pool slots behind.
 
 use crate::histogram::Histogram;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::RecentClients;
@@ -46,10 +52,16 @@ fn status_counts(counters: &[AtomicU64]) -> Vec<(u16, u64)> {
 /// Live state of one backend, shared by every snapshot and worker.
 #[derive(Debug)]
 pub struct BackendState {
-    /// Dense and stable for the life of the process: indexes the
-    /// per-worker upstream connection pools.
+    /// Dense and stable for the life of this state: indexes the per-worker
+    /// upstream connection pools. Reused once the state is dropped, which
+    /// cannot happen while a pooled connection holds it.
     pub id: usize,
     pub name: Arc<str>,
+    /// The configuration in effect no longer has this backend: its
+    /// connections are not pooled again.
+    retired: AtomicBool,
+    /// Where the id goes back when this state is dropped.
+    free_ids: Arc<Mutex<Vec<usize>>>,
     in_flight: AtomicU32,
     fails: AtomicU32,
     window_start_ms: AtomicU64,
@@ -61,10 +73,12 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    fn new(id: usize, name: &str) -> Self {
+    fn new(id: usize, name: &str, free_ids: Arc<Mutex<Vec<usize>>>) -> Self {
         BackendState {
             id,
             name: name.into(),
+            retired: AtomicBool::new(false),
+            free_ids,
             in_flight: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
@@ -80,6 +94,12 @@ impl BackendState {
 
     pub fn responses(&self) -> Vec<(u16, u64)> {
         status_counts(&self.responses)
+    }
+
+    /// Whether a reload removed this backend (its requests in flight still
+    /// finish).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     pub fn count_drain_pinned(&self) {
@@ -133,6 +153,15 @@ impl BackendState {
             return true;
         }
         false
+    }
+}
+
+impl Drop for BackendState {
+    fn drop(&mut self) {
+        self.free_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.id);
     }
 }
 
@@ -200,7 +229,7 @@ impl PoolStats {
 /// while building a snapshot.
 #[derive(Debug, Default)]
 pub struct Registry {
-    inner: Mutex<HashMap<String, Arc<BackendState>>>,
+    inner: Mutex<Backends>,
     pools: Mutex<HashMap<String, Arc<PoolStats>>>,
     recent: Mutex<HashMap<String, Arc<RecentClients>>>,
 }
@@ -218,14 +247,57 @@ impl Registry {
         map.entry(pool.to_string()).or_default().clone()
     }
 
-    /// The state for `name`, created on first sight.
+    /// The state for `name`: the one still alive, or else a new one.
+    /// Called for every backend of a snapshot being built, so a backend a
+    /// reload removes and the next one brings back is no longer retired.
     pub fn get(&self, name: &str) -> Arc<BackendState> {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let next_id = map.len();
-        map.entry(name.to_string())
-            .or_insert_with(|| Arc::new(BackendState::new(next_id, name)))
-            .clone()
+        let mut backends = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = backends.by_name.get(name).and_then(Weak::upgrade) {
+            state.retired.store(false, Ordering::Relaxed);
+            return state;
+        }
+        let reused = backends
+            .free_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let id = reused.unwrap_or_else(|| {
+            backends.next_id += 1;
+            backends.next_id - 1
+        });
+        let state = Arc::new(BackendState::new(id, name, backends.free_ids.clone()));
+        backends
+            .by_name
+            .insert(name.to_string(), Arc::downgrade(&state));
+        state
     }
+
+    /// A new snapshot replaced `old`: its backends that `new` does not
+    /// have are retired, and names nothing refers to any more are
+    /// forgotten.
+    pub fn retire(&self, old: &[super::Pool], new: &[super::Pool]) {
+        let kept: std::collections::HashSet<usize> = new
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| b.state.id))
+            .collect();
+        for b in old.iter().flat_map(|p| p.backends.iter()) {
+            if !kept.contains(&b.state.id) {
+                b.state.retired.store(true, Ordering::Relaxed);
+            }
+        }
+        let mut backends = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        backends.by_name.retain(|_, state| state.strong_count() > 0);
+    }
+}
+
+/// Backend states by identity, held weakly, and the ids they use.
+#[derive(Debug, Default)]
+struct Backends {
+    by_name: HashMap<String, Weak<BackendState>>,
+    /// One past the highest id given so far.
+    next_id: usize,
+    /// Ids of dropped states, for the next new ones.
+    free_ids: Arc<Mutex<Vec<usize>>>,
 }
 
 #[cfg(test)]
@@ -239,6 +311,24 @@ mod tests {
         let b = r.get("127.0.0.1:2");
         assert_ne!(a.id, b.id);
         assert!(Arc::ptr_eq(&a, &r.get("127.0.0.1:1")));
+    }
+
+    #[test]
+    fn a_backend_nothing_refers_to_is_forgotten_and_its_id_reused() {
+        let r = Registry::default();
+        let a = r.get("127.0.0.1:1");
+        let b = r.get("127.0.0.1:2");
+        a.count_response(200);
+        let (a_id, b_id) = (a.id, b.id);
+        drop(a);
+        // while b lives, its id is not given away
+        let c = r.get("127.0.0.1:3");
+        assert_eq!(c.id, a_id);
+        assert_ne!(c.id, b_id);
+        let again = r.get("127.0.0.1:1");
+        assert_eq!(again.responses(), vec![], "a forgotten backend starts anew");
+        assert_ne!(again.id, b_id);
+        assert_ne!(again.id, c.id);
     }
 
     #[test]

@@ -499,7 +499,7 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
             // otherwise make every request's future larger
             None => {
                 match Box::pin(upstream::connect(
-                    id,
+                    &backend.state,
                     backend.addr,
                     rt.timeouts.connect,
                     tls,

@@ -180,10 +180,12 @@ pub fn run(
         }
         let housekeeping = tokio::spawn(housekeeping());
         let pool_watch = tokio::spawn(upstream::watch());
+        let follow = tokio::spawn(follow(worker.shared.swaps()));
         worker.shutdown.wait().await;
         worker.drained().await;
         housekeeping.abort();
         pool_watch.abort();
+        follow.abort();
         upstream::clear();
         access_log::flush();
     });
@@ -215,6 +217,14 @@ async fn accept_loop(listener: TcpListener, mut tls: Option<Terminator>, worker:
                 };
             }
         }
+    }
+}
+
+/// What a worker does when a reload swaps the snapshot: close its pooled
+/// connections to the backends the reload removed.
+async fn follow(mut swaps: tokio::sync::watch::Receiver<u64>) {
+    while swaps.changed().await.is_ok() {
+        upstream::close_retired();
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Backend {
 struct Stats {
     hits: AtomicU64,
     connections: AtomicU64,
+    /// Connections open now (the client has not closed them).
+    open: AtomicU64,
     in_flight: AtomicU64,
     sessions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
@@ -113,6 +115,11 @@ impl Backend {
         self.stats.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections open now: the proxy's pooled ones among them.
+    pub fn open_connections(&self) -> u64 {
+        self.stats.open.load(Ordering::SeqCst)
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.stats.in_flight.load(Ordering::SeqCst)
     }
@@ -148,13 +155,16 @@ async fn accept(listener: TcpListener, name: String, stats: Arc<Stats>, delay: D
             continue;
         };
         stats.connections.fetch_add(1, Ordering::SeqCst);
+        stats.open.fetch_add(1, Ordering::SeqCst);
         let name = name.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
+            let open = stats.clone();
             let service = service_fn(move |req| handle(req, name.clone(), stats.clone(), delay));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
+            open.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod wire;
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use tokio::net::TcpStream;
 pub use exchange::{ClientBody, Exchange, ExchangeError, Outgoing};
 pub use tls::{PoolTls, Stream, Target};
 pub use wire::{Head, RequestHead, WireError};
+
+use crate::balance::BackendState;
 
 /// Idle connections kept per backend and per worker (nginx's `keepalive`).
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -35,8 +38,10 @@ const IDLE_MS: u64 = crate::clock::millis(IDLE_TIMEOUT);
 
 /// An open connection to a backend.
 pub struct Conn {
-    /// The backend's registry id (`BackendState::id`).
-    id: usize,
+    /// The backend it is open to. Holding its state keeps its id, which
+    /// indexes the pools, from being given to another backend while this
+    /// connection may still be pooled under it.
+    backend: Arc<BackendState>,
     stream: Stream,
     /// Bytes read and not yet used; kept with the connection so that a
     /// reused one allocates nothing.
@@ -144,8 +149,12 @@ pub fn checkout(id: usize, now_ms: u64, tls: bool) -> Option<Conn> {
 
 /// Returns a connection that finished an exchange cleanly; its request
 /// started at `started_ms`. From now on the worker's watcher closes it the
-/// moment the backend sends anything on it.
+/// moment the backend sends anything on it. A connection to a backend a
+/// reload removed is closed instead.
 pub fn checkin(mut conn: Conn, started_ms: u64) {
+    if conn.backend.is_retired() {
+        return;
+    }
     POOL.with(|pool| {
         let Ok(mut pool) = pool.try_borrow_mut() else {
             return;
@@ -159,10 +168,11 @@ pub fn checkin(mut conn: Conn, started_ms: u64) {
         if !watched {
             return;
         }
-        if idle.len() <= conn.id {
-            idle.resize_with(conn.id + 1, Vec::new);
+        let id = conn.backend.id;
+        if idle.len() <= id {
+            idle.resize_with(id + 1, Vec::new);
         }
-        let idle = &mut idle[conn.id];
+        let idle = &mut idle[id];
         if idle.len() >= MAX_IDLE_PER_BACKEND {
             idle.remove(0);
         }
@@ -211,6 +221,19 @@ pub fn discard(id: usize) {
     });
 }
 
+/// Closes this worker's idle connections to backends a reload removed,
+/// at once: they would otherwise wait for their idle timeout, and keep the
+/// backend's state alive until then.
+pub fn close_retired() {
+    POOL.with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            for idle in pool.idle.iter_mut() {
+                idle.retain(|i| !i.conn.backend.is_retired());
+            }
+        }
+    });
+}
+
 /// Closes this worker's connections that are idle for too long.
 pub fn sweep() {
     let now_ms = crate::clock::now_ms();
@@ -247,11 +270,11 @@ pub enum ConnectError {
     },
 }
 
-/// Opens a new connection to backend `id` at `addr`, over TLS with
+/// Opens a new connection to `backend` at `addr`, over TLS with
 /// `tls`. The handshake is bounded by the same `timeout` as the connect,
 /// as nginx's `proxy_connect_timeout` bounds both.
 pub async fn connect(
-    id: usize,
+    backend: &Arc<BackendState>,
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<Target<'_>>,
@@ -293,7 +316,7 @@ pub async fn connect(
     };
     tracing::debug!(%addr, tls = stream.is_tls(), "opened a backend connection");
     Ok(Conn {
-        id,
+        backend: backend.clone(),
         stream,
         buf: BytesMut::new(),
         reused: false,
