@@ -2,7 +2,6 @@
 //! state, and reload. It runs on the main thread, away from the workers.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -28,7 +27,11 @@ use crate::session::Stats;
 use crate::session::stats::{Op, OpResult};
 
 /// Serves admin requests until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, config_path: Option<PathBuf>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    reloader: Option<Arc<reload::Reloader>>,
+) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Metrics(shared.clone())));
     let registry = Arc::new(registry);
@@ -37,14 +40,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, config_path: Opti
         let (stream, _) = listener.accept().await;
         let shared = shared.clone();
         let registry = registry.clone();
-        let path = config_path.clone();
+        let reloader = reloader.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 let registry = registry.clone();
-                let path = path.clone();
+                let reloader = reloader.clone();
                 async move {
-                    Ok::<_, Infallible>(handle(&req, &shared, &registry, path.as_deref()).await)
+                    Ok::<_, Infallible>(handle(&req, &shared, &registry, reloader.as_deref()).await)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -68,7 +71,7 @@ async fn handle(
     req: &Request<Incoming>,
     shared: &Shared,
     registry: &Registry,
-    path: Option<&std::path::Path>,
+    reloader: Option<&reload::Reloader>,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -95,9 +98,9 @@ async fn handle(
             );
             r
         }
-        (&Method::POST, "/admin/reload") => match path {
+        (&Method::POST, "/admin/reload") => match reloader {
             None => text(StatusCode::CONFLICT, "no configuration file to reload\n"),
-            Some(path) => match reload::reload(shared, path) {
+            Some(reloader) => match reloader.reload() {
                 Ok(generation) => text(
                     StatusCode::OK,
                     format!("reloaded: generation {generation}\n"),

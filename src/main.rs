@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sessionlb::config::Config;
+use sessionlb::reload::Reloader;
 use sessionlb::runtime::Shared;
 use sessionlb::server::Server;
 
@@ -126,12 +127,6 @@ fn run_file(path: &Path) -> anyhow::Result<()> {
     let main_loop = MainLoop::new()?;
     let shared = Shared::new(config);
     let server = Server::start(shared.clone())?;
-    for addr in server.local_addrs() {
-        tracing::info!(%addr, "listening");
-    }
-    for addr in server.tls_addrs() {
-        tracing::info!(%addr, tls = true, "listening");
-    }
     main_loop.run(server, shared, Some(path.to_owned()))
 }
 
@@ -242,6 +237,13 @@ impl MainLoop {
             mut int,
             mut hup,
         } = self;
+        let reloader = path.map(|path| {
+            Arc::new(Reloader {
+                path,
+                shared: shared.clone(),
+                listeners: server.listeners(),
+            })
+        });
         rt.block_on(async {
         if let Some(listener) = admin {
             let admin_addr = listener.local_addr()?;
@@ -249,7 +251,7 @@ impl MainLoop {
             tokio::spawn(sessionlb::admin::serve(
                 listener,
                 shared.clone(),
-                path.clone(),
+                reloader.clone(),
             ));
         }
         tokio::spawn(sessionlb::admin::watch_store(shared.clone()));
@@ -258,8 +260,8 @@ impl MainLoop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
                 _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
-                _ = hup.recv() => match &path {
-                    Some(path) => { let _ = sessionlb::reload::reload(&shared, path); }
+                _ = hup.recv() => match &reloader {
+                    Some(reloader) => { let _ = reloader.reload(); }
                     None => tracing::info!("SIGHUP: no configuration file to reload"),
                 },
                 _ = report.tick() => shared.report_draining(),

@@ -3,53 +3,77 @@
 //! success swap the snapshot whole. Requests in flight finish on the
 //! snapshot they started with.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::{Backend, Config, Problem};
 use crate::runtime::Shared;
+use crate::server::Listeners;
 
-/// Reloads `path`; returns the new generation or every problem found.
-pub fn reload(shared: &Shared, path: &Path) -> Result<u64, Vec<Problem>> {
-    let result = Config::load(path)
-        .map_err(|e| e.problems())
-        .and_then(|config| {
-            let unsupported = config.unsupported();
-            if unsupported.is_empty() {
-                Ok(config)
-            } else {
-                Err(unsupported)
+/// What a reload reads and changes: the file, the snapshot, the listeners.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub shared: Arc<Shared>,
+    pub listeners: Arc<Listeners>,
+}
+
+impl Reloader {
+    /// Reloads the file; returns the new generation or every problem
+    /// found, the old configuration still in effect then.
+    pub fn reload(&self) -> Result<u64, Vec<Problem>> {
+        let shared = &self.shared;
+        let result = Config::load(&self.path)
+            .map_err(|e| e.problems())
+            .and_then(|config| {
+                let unsupported = config.unsupported();
+                if unsupported.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(unsupported)
+                }
+            })
+            // the new listeners' sockets, bound before anything changes
+            .and_then(|config| Ok((self.listeners.prepare(&config)?, config)));
+        match result {
+            Ok((listeners, config)) => {
+                for w in &config.warnings {
+                    tracing::warn!(problem = %w, "configuration warning");
+                }
+                let old = shared.load().config.clone();
+                let restart_needed = [
+                    (
+                        "server.workers",
+                        old.server.workers != config.server.workers,
+                    ),
+                    (
+                        "server.admin_listen",
+                        old.server.admin_listen != config.server.admin_listen,
+                    ),
+                ];
+                for (what, _) in restart_needed.iter().filter(|(_, changed)| *changed) {
+                    tracing::warn!(
+                        setting = what,
+                        "this change takes effect at the next restart; the rest of the reload does now"
+                    );
+                }
+                let changed = changes(&old, &config);
+                let generation = shared.swap(config);
+                if !listeners.is_empty() {
+                    self.listeners.apply(listeners, &shared.load());
+                }
+                shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                shared.note_reload_success();
+                tracing::info!(generation, changes = %changed, "configuration reloaded");
+                Ok(generation)
             }
-        });
-    match result {
-        Ok(config) => {
-            for w in &config.warnings {
-                tracing::warn!(problem = %w, "configuration warning");
+            Err(problems) => {
+                shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                for p in &problems {
+                    tracing::error!(problem = %p, "reload refused; still serving the previous configuration");
+                }
+                Err(problems)
             }
-            let old = shared.load().config.clone();
-            let tls_listen = |c: &Config| c.server.tls.iter().map(|t| t.listen).collect::<Vec<_>>();
-            if old.server.listen != config.server.listen
-                || tls_listen(&old) != tls_listen(&config)
-                || old.server.workers != config.server.workers
-                || old.server.admin_listen != config.server.admin_listen
-            {
-                tracing::warn!(
-                    "changes to server.listen, the server.tls listen addresses, server.workers and server.admin_listen take effect at the next restart; certificates are reloaded"
-                );
-            }
-            let changed = changes(&old, &config);
-            let generation = shared.swap(config);
-            shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            shared.note_reload_success();
-            tracing::info!(generation, changes = %changed, "configuration reloaded");
-            Ok(generation)
-        }
-        Err(problems) => {
-            shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            for p in &problems {
-                tracing::error!(problem = %p, "reload refused; still serving the previous configuration");
-            }
-            Err(problems)
         }
     }
 }

@@ -282,17 +282,18 @@ pub(super) async fn serve(
     peer: SocketAddr,
     worker: Arc<Worker>,
     open: OpenGuard,
+    stop: Arc<ShutdownSignal>,
 ) {
     let _open = open;
     let _ = stream.set_nodelay(true);
     let now = clock::now_ms();
     // A reload applies new timeouts to new connections.
     let timeouts = worker.shared.load().timeouts;
-    let sniffed = sniff(&stream, &timeouts, now, &worker.shutdown).await;
+    let sniffed = sniff(&stream, &timeouts, now, &stop).await;
     let conn = Connection::new(peer, &worker, now, matches!(sniffed, Sniffed::Http2), false);
     let result = match sniffed {
-        Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts).await,
-        Sniffed::Http1 => serve_h1(stream, &conn, &worker, &timeouts).await,
+        Sniffed::Http2 => serve_h2(stream, &conn, &worker, &timeouts, &stop).await,
+        Sniffed::Http1 => serve_h1(stream, &conn, &worker, &timeouts, &stop).await,
         Sniffed::Gone => Ok(()),
     };
     if let Err(error) = result {
@@ -307,20 +308,21 @@ pub(super) async fn serve_tls(
     peer: SocketAddr,
     worker: Arc<Worker>,
     open: OpenGuard,
+    stop: Arc<ShutdownSignal>,
     config: Arc<rustls::ServerConfig>,
 ) {
     let _open = open;
     let _ = stream.set_nodelay(true);
     let now = clock::now_ms();
     let timeouts = worker.shared.load().timeouts;
-    let Some(stream) = handshake(stream, config, &timeouts, now, &worker.shutdown).await else {
+    let Some(stream) = handshake(stream, config, &timeouts, now, &stop).await else {
         return;
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let conn = Connection::new(peer, &worker, now, h2, true);
     let result = match h2 {
-        true => serve_h2(stream, &conn, &worker, &timeouts).await,
-        false => serve_h1(stream, &conn, &worker, &timeouts).await,
+        true => serve_h2(stream, &conn, &worker, &timeouts, &stop).await,
+        false => serve_h1(stream, &conn, &worker, &timeouts, &stop).await,
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "client connection closed");
@@ -457,13 +459,12 @@ async fn serve_h2<S: ClientStream>(
     conn: &Arc<Connection>,
     worker: &Worker,
     t: &Timeouts,
+    stop: &ShutdownSignal,
 ) -> Result<(), String> {
     let io = TokioIo::new(ClientIo::new(stream, Bytes::new(), conn.clone(), true));
     // boxed, like the HTTP/1 connection, so that the task stays small
     let mut http = Box::pin(worker.h2.serve_connection(io, service(conn)));
-    drive(http.as_mut(), conn, t, &worker.shutdown, false)
-        .await
-        .map(|_| ())
+    drive(http.as_mut(), conn, t, stop, false).await.map(|_| ())
 }
 
 async fn serve_h1<S: ClientStream>(
@@ -471,6 +472,7 @@ async fn serve_h1<S: ClientStream>(
     conn: &Arc<Connection>,
     worker: &Worker,
     t: &Timeouts,
+    stop: &ShutdownSignal,
 ) -> Result<(), String> {
     let mut leftover = Bytes::new();
     loop {
@@ -481,7 +483,7 @@ async fn serve_h1<S: ClientStream>(
                 .serve_connection(io, service(conn))
                 .with_upgrades(),
         );
-        match drive(http.as_mut(), conn, t, &worker.shutdown, true).await? {
+        match drive(http.as_mut(), conn, t, stop, true).await? {
             Ended::Closed => return Ok(()),
             Ended::Parked => {}
         }
@@ -506,7 +508,7 @@ async fn serve_h1<S: ClientStream>(
         super::worker::note_parked();
         if leftover.is_empty()
             && !stream.holds_input()
-            && !wait_for_request(stream.socket(), conn, t, &worker.shutdown).await
+            && !wait_for_request(stream.socket(), conn, t, stop).await
         {
             return Ok(());
         }

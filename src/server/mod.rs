@@ -4,25 +4,23 @@
 mod accept;
 mod conn;
 mod io;
+mod listen;
 pub mod tls;
 mod worker;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
-
 pub use accept::Acceptor;
 pub use conn::Connection;
+pub use listen::{Changes, Listeners};
 pub use worker::{MAX_HEAD_BYTES, OpenGuard, ShutdownSignal};
 
 use crate::config::Problem;
 use crate::runtime::Shared;
-
-const BACKLOG: i32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,10 +37,9 @@ pub enum ServerError {
     Tls(#[from] tls::TlsSetupError),
 }
 
-/// The running proxy: its workers and the addresses they listen on.
+/// The running proxy: its workers and their listeners.
 pub struct Server {
-    addrs: Vec<SocketAddr>,
-    tls_addrs: Vec<SocketAddr>,
+    listeners: Arc<Listeners>,
     workers: Vec<JoinHandle<()>>,
     shutdown: Arc<ShutdownSignal>,
     done: mpsc::Receiver<()>,
@@ -52,83 +49,62 @@ impl Server {
     /// Binds every listener and starts the workers; returns once the
     /// proxy accepts connections.
     pub fn start(shared: Arc<Shared>) -> Result<Server, ServerError> {
-        let config = shared.load().config.clone();
-        let unsupported = config.unsupported();
+        let rt = shared.load();
+        let unsupported = rt.config.unsupported();
         if !unsupported.is_empty() {
             return Err(ServerError::Unsupported(unsupported));
         }
-        if shared.load().needs_store {
+        if rt.needs_store {
             // before any worker serves a request that mints a ticket
             crate::session::ticket::warm_up();
         }
-        let workers = match config.server.workers {
+        let workers = match rt.config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        // per worker, one socket per listen address
-        let mut sockets: Vec<Vec<worker::Listener>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut bind_all = |wanted: SocketAddr, tls: Option<tls::Terminator>| {
-            let first = bind(wanted, workers > 1)?;
-            let actual = first.local_addr().map_err(|source| ServerError::Bind {
-                addr: wanted,
-                source,
-            })?;
-            sockets[0].push(worker::Listener {
-                socket: first,
-                tls: tls.clone(),
-            });
-            for socks in sockets.iter_mut().skip(1) {
-                socks.push(worker::Listener {
-                    socket: bind(actual, true)?,
-                    tls: tls.clone(),
-                });
-            }
-            Ok::<_, ServerError>(actual)
-        };
-        let mut addrs = Vec::new();
-        for &wanted in &config.server.listen {
-            addrs.push(bind_all(wanted, None)?);
-        }
-        let generation = shared.load().generation;
-        let mut tls_addrs = Vec::new();
-        for (index, listener) in config.server.tls.iter().enumerate() {
-            let terminator = tls::Terminator::new(index, listener, generation)?;
-            tls_addrs.push(bind_all(listener.listen, Some(terminator))?);
-        }
+        let (commands, inboxes): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let listeners = Arc::new(Listeners::new(commands));
+        listeners.start_all(&rt)?;
         let shutdown = Arc::new(ShutdownSignal::default());
         let (done_tx, done) = mpsc::channel();
         let mut handles = Vec::new();
-        for (index, listeners) in sockets.into_iter().enumerate() {
+        for (index, inbox) in inboxes.into_iter().enumerate() {
             let shared = shared.clone();
             let shutdown = shutdown.clone();
             let done_tx = done_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("sessionlb-w{index}"))
                 .spawn(move || {
-                    worker::run(index, listeners, shared, shutdown);
+                    worker::run(index, inbox, shared, shutdown);
                     let _ = done_tx.send(());
                 })
                 .map_err(ServerError::Spawn)?;
             handles.push(handle);
         }
         Ok(Server {
-            addrs,
-            tls_addrs,
+            listeners,
             workers: handles,
             shutdown,
             done,
         })
     }
 
+    /// What a reload changes listeners through.
+    pub fn listeners(&self) -> Arc<Listeners> {
+        self.listeners.clone()
+    }
+
     /// The bound address of each `server.listen` entry, in order (ports
     /// resolved when the file asked for port 0).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs(false)
     }
 
     /// The bound address of each `[[server.tls]]` listener, in order.
-    pub fn tls_addrs(&self) -> &[SocketAddr] {
-        &self.tls_addrs
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs(true)
     }
 
     /// Stops accepting and asks every connection to finish its in-flight
@@ -152,21 +128,4 @@ impl Server {
         }
         true
     }
-}
-
-fn bind(addr: SocketAddr, reuse_port: bool) -> Result<StdListener, ServerError> {
-    let fail = |source| ServerError::Bind { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    if reuse_port {
-        socket.set_reuse_port(true).map_err(fail)?;
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(fail)?;
-    }
-    socket.set_nonblocking(true).map_err(fail)?;
-    socket.bind(&addr.into()).map_err(fail)?;
-    socket.listen(BACKLOG).map_err(fail)?;
-    Ok(socket.into())
 }

@@ -167,24 +167,20 @@ fn server_config(listener: &TlsListener) -> Result<Arc<ServerConfig>, TlsSetupEr
 /// rebuilt when a reload brings a new one.
 #[derive(Clone)]
 pub(super) struct Terminator {
-    /// Which `[[server.tls]]` entry it is, and its address as the file
-    /// gives it (port 0 stays 0): what names this listener across reloads.
-    index: usize,
+    /// The `[[server.tls]]` entry's address as the file gives it (port 0
+    /// stays 0): what names this listener across reloads.
     listen: SocketAddr,
     generation: u64,
     config: Arc<ServerConfig>,
 }
 
 impl Terminator {
-    /// For `[[server.tls]]` entry `index`, `listener`, of the snapshot
-    /// `generation`.
+    /// For `listener`, of the snapshot `generation`.
     pub(super) fn new(
-        index: usize,
         listener: &TlsListener,
         generation: u64,
     ) -> Result<Terminator, TlsSetupError> {
         Ok(Terminator {
-            index,
             listen: listener.listen,
             generation,
             config: server_config(listener)?,
@@ -192,16 +188,17 @@ impl Terminator {
     }
 
     /// The configuration for a handshake starting now. A reload that
-    /// removed this listener leaves it with its last certificates (the
-    /// listener itself closes at restart).
+    /// removed this listener leaves it with its last certificates until
+    /// the listener stops.
     pub(super) fn current(&mut self, rt: &Runtime) -> Arc<ServerConfig> {
         if rt.generation != self.generation {
             self.generation = rt.generation;
-            let listeners = &rt.config.server.tls;
-            let same = listeners
-                .get(self.index)
-                .filter(|t| t.listen == self.listen)
-                .or_else(|| listeners.iter().find(|t| t.listen == self.listen));
+            let same = rt
+                .config
+                .server
+                .tls
+                .iter()
+                .find(|t| t.listen == self.listen);
             if let Some(listener) = same {
                 match server_config(listener) {
                     Ok(config) => self.config = config,

@@ -11,9 +11,11 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Acceptor;
 use super::conn;
+use super::listen::{Command, Key};
 use super::tls::Terminator;
 use crate::access_log;
 use crate::proxy::upstream;
@@ -139,6 +141,7 @@ fn return_memory() {
 /// One of a worker's listening sockets, and its TLS termination when it
 /// is a `[[server.tls]]` listener.
 pub struct Listener {
+    pub key: Key,
     pub socket: StdListener,
     pub tls: Option<Terminator>,
 }
@@ -147,7 +150,7 @@ pub struct Listener {
 /// it owns has finished.
 pub fn run(
     index: usize,
-    listeners: Vec<Listener>,
+    commands: UnboundedReceiver<Command>,
     shared: Arc<Shared>,
     shutdown: Arc<ShutdownSignal>,
 ) {
@@ -170,29 +173,61 @@ pub fn run(
             open: AtomicUsize::new(0),
             drained: Notify::new(),
         });
-        for listener in listeners {
-            match TcpListener::from_std(listener.socket) {
-                Ok(l) => {
-                    tokio::spawn(accept_loop(l, listener.tls, worker.clone()));
-                }
-                Err(error) => tracing::error!(worker = index, %error, "cannot register a listener"),
-            }
-        }
         let housekeeping = tokio::spawn(housekeeping());
         let pool_watch = tokio::spawn(upstream::watch());
-        let follow = tokio::spawn(follow(worker.shared.swaps()));
-        worker.shutdown.wait().await;
+        control(index, &worker, commands).await;
         worker.drained().await;
         housekeeping.abort();
         pool_watch.abort();
-        follow.abort();
         upstream::clear();
         access_log::flush();
     });
 }
 
-async fn accept_loop(listener: TcpListener, mut tls: Option<Terminator>, worker: Arc<Worker>) {
-    let shutdown = worker.shutdown.clone();
+/// Starts and stops this worker's listeners as the server says, closes its
+/// pooled connections to the backends a reload removed, until shutdown;
+/// then stops every listener, whose connections finish their requests.
+async fn control(index: usize, worker: &Arc<Worker>, mut commands: UnboundedReceiver<Command>) {
+    let mut swaps = worker.shared.swaps();
+    // each listener's own stop, which its connections follow too
+    let mut running: Vec<(Key, Arc<ShutdownSignal>)> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = worker.shutdown.wait() => break,
+            Some(command) = commands.recv() => match command {
+                Command::Start(listener) => match TcpListener::from_std(listener.socket) {
+                    Ok(l) => {
+                        let stop = Arc::new(ShutdownSignal::default());
+                        running.push((listener.key, stop.clone()));
+                        tokio::spawn(accept_loop(l, listener.tls, worker.clone(), stop));
+                    }
+                    Err(error) => {
+                        tracing::error!(worker = index, %error, "cannot register a listener")
+                    }
+                },
+                Command::Stop(key) => running.retain(|(k, stop)| {
+                    let keep = *k != key;
+                    if !keep {
+                        stop.fire();
+                    }
+                    keep
+                }),
+            },
+            Ok(()) = swaps.changed() => upstream::close_retired(),
+        }
+    }
+    for (_, stop) in running {
+        stop.fire();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    mut tls: Option<Terminator>,
+    worker: Arc<Worker>,
+    shutdown: Arc<ShutdownSignal>,
+) {
     let stop = shutdown.wait();
     tokio::pin!(stop);
     let mut listener = Acceptor::new(listener, if tls.is_some() { "tls" } else { "proxy" });
@@ -208,23 +243,16 @@ async fn accept_loop(listener: TcpListener, mut tls: Option<Terminator>, worker:
             (stream, peer) = listener.accept() => {
                 // counted now, before the next look at max_connections
                 let open = worker.open();
+                let stop = shutdown.clone();
                 match tls.as_mut() {
-                    None => tokio::spawn(conn::serve(stream, peer, worker.clone(), open)),
+                    None => tokio::spawn(conn::serve(stream, peer, worker.clone(), open, stop)),
                     Some(t) => {
                         let config = t.current(&worker.shared.load());
-                        tokio::spawn(conn::serve_tls(stream, peer, worker.clone(), open, config))
+                        tokio::spawn(conn::serve_tls(stream, peer, worker.clone(), open, stop, config))
                     }
                 };
             }
         }
-    }
-}
-
-/// What a worker does when a reload swaps the snapshot: close its pooled
-/// connections to the backends the reload removed.
-async fn follow(mut swaps: tokio::sync::watch::Receiver<u64>) {
-    while swaps.changed().await.is_ok() {
-        upstream::close_retired();
     }
 }
 
