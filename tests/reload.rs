@@ -223,3 +223,53 @@ async fn a_listener_a_reload_adds_accepts_and_one_it_removes_finishes_its_reques
     });
     assert!(closed, "{:#?}", proxy.stderr.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_use_refuses_the_reload_and_workers_wait_for_a_restart() {
+    let b = Backend::start("b");
+    let c = Backend::start("c");
+    let first = "127.0.0.1:0".to_string();
+    let proxy = Proxy::start(&config(&[&b], std::slice::from_ref(&first)));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+
+    // the listener cannot be had: nothing of the file is applied
+    std::fs::write(
+        &proxy.config_path,
+        config(&[&c], &[first.clone(), taken_addr.to_string()]),
+    )
+    .unwrap();
+    let answer = client::send(
+        &client::h1_fresh(),
+        http::Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains(&format!("server.listen[1]: cannot listen on {taken_addr}")),
+        "{}",
+        answer.body
+    );
+    assert_eq!(get(&client::h1(), &proxy.url("/")).await.body, "b");
+    assert_eq!(
+        proxy
+            .metric("sessionlb_config_reloads_total{result=\"failure\"}")
+            .await,
+        1.0
+    );
+
+    // a change of workers is said to wait for a restart; the rest applies
+    let one_worker =
+        config(&[&c], std::slice::from_ref(&first)).replace("workers = 2", "workers = 1");
+    reload(&proxy, &one_worker).await;
+    assert_eq!(get(&client::h1(), &proxy.url("/")).await.body, "c");
+    let said = proxy.stderr.all().into_iter().any(|l| {
+        l.contains("takes effect at the next restart") && l.contains("setting=\"server.workers\"")
+    });
+    assert!(said, "{:#?}", proxy.stderr.all());
+    drop(taken);
+}

@@ -1464,3 +1464,57 @@ async fn plain_http_or_garbage_on_a_tls_listener_is_closed_and_counted_as_failed
     let authority = format!("localhost:{}", addr.port());
     assert_eq!(TlsHttp::new(s, &authority).await.get("/").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_tls_listener_a_reload_adds_serves_its_certificate_and_one_it_removes_closes() {
+    let b = Backend::start("b");
+    let plain = server_line(
+        &config("round_robin", &[entry(b.addr)], ""),
+        "admin_listen = \"127.0.0.1:0\"",
+    );
+    let proxy = Proxy::start(&plain);
+    let (ca, leaf, files) = site(proxy.dir());
+    let added = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let with_listener = with_tls(&plain, &[certificates(&[files])], true).replace(
+        "listen = \"127.0.0.1:0\"\ncertificates",
+        &format!("listen = \"{added}\"\ncertificates"),
+    );
+    let reload = |cfg: String| {
+        let proxy = &proxy;
+        async move {
+            std::fs::write(&proxy.config_path, cfg).unwrap();
+            client::send(
+                &client::h1(),
+                Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let r = reload(with_listener).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let trusting = Arc::new(client_config(Some(&ca), &["h2"], &[]));
+    let s = tls::connect(added, "localhost", &trusting).await;
+    assert!(tls::peer_leaf(&s) == leaf.der);
+    let mut kept = TlsHttp::new(s, &format!("localhost:{}", added.port())).await;
+    assert!(kept.is_h2());
+    assert_eq!(kept.get("/").await.body, "b");
+
+    // removed again: no new connection, and the open one is told GOAWAY
+    let r = reload(plain.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let refused = eventually_async(DEADLINE, || async {
+        tokio::net::TcpStream::connect(added).await.is_err()
+    })
+    .await;
+    assert!(refused, "{added} still accepts connections");
+    let after = tokio::time::timeout(DEADLINE, kept.try_get_with("/", &[])).await;
+    assert!(
+        matches!(after, Ok(Err(_))),
+        "the connection to the removed listener still serves: {after:?}"
+    );
+}
