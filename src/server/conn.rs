@@ -263,11 +263,21 @@ enum Due {
     /// The client has not taken any of the response for `client_io`: it
     /// is closed, which releases the backend connection its response held.
     ClientWrite,
+    /// An HTTP/1 connection idle since the stop sent no request in
+    /// [`DRAIN_IDLE_MS`]: it is closed.
+    Drained,
 }
 
 /// How long an HTTP/2 connection closed for idleness has, after its
 /// `GOAWAY`, to close by itself.
 const GOAWAY_GRACE_MS: u64 = 1000;
+
+/// On shutdown, an upgrade's handover or a listener's removal, how long an
+/// idle HTTP/1 connection may still send one more request, which is
+/// answered with `Connection: close`. HTTP/1.1 has no GOAWAY: closing it at
+/// once would fail a request the client sent just then, and a client in a
+/// keep-alive loop always has one on its way.
+const DRAIN_IDLE_MS: u64 = 1000;
 
 /// Serves one accepted plain connection (HTTP/1.1, or h2c by its
 /// preface) until it closes, times out, or the worker shuts down (then
@@ -597,6 +607,8 @@ where
     let mut registered: Option<Waker> = None;
     let mut closing = false;
     let mut parking = false;
+    // stopped while idle: until when it waits for one more request
+    let mut draining: Option<u64> = None;
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = http.as_mut().poll(cx) {
@@ -620,6 +632,17 @@ where
                 closing = true;
                 parking = false;
                 conn.parking.store(false, Ordering::Relaxed);
+                if can_park && conn.active.load(Ordering::Relaxed) == 0 {
+                    draining = Some(clock::now_ms() + DRAIN_IDLE_MS);
+                    conn.rearm.store(true, Ordering::Relaxed);
+                } else {
+                    http.as_mut().close_gracefully();
+                    continue;
+                }
+            }
+            // a request came: hyper answers it with `Connection: close`
+            if draining.is_some() && conn.active.load(Ordering::Relaxed) > 0 {
+                draining = None;
                 http.as_mut().close_gracefully();
                 continue;
             }
@@ -636,7 +659,12 @@ where
             if !rearm && !fired {
                 return Poll::Pending;
             }
-            let (at, due) = conn.next_deadline(t, can_park && !closing && !parking);
+            let (mut at, mut due) = conn.next_deadline(t, can_park && !closing && !parking);
+            if let Some(until) = draining
+                && until < at
+            {
+                (at, due) = (until, Due::Drained);
+            }
             if fired {
                 let now = clock::now_ms();
                 if now >= at {
@@ -664,6 +692,14 @@ where
                         }
                         Due::RequestHeader | Due::Idle | Due::ClientWrite => {
                             return Poll::Ready(Err(format!("{due:?} timeout")));
+                        }
+                        // a request head on its way: it is served first
+                        Due::Drained if conn.head_started_ms.load(Ordering::Relaxed) != 0 => {
+                            draining = Some(NEVER);
+                        }
+                        Due::Drained => {
+                            draining = None;
+                            http.as_mut().close_gracefully();
                         }
                         Due::Busy => {}
                     }
