@@ -23,3 +23,4 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod upgrade;

@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use sessionlb::config::Config;
 use sessionlb::reload::Reloader;
 use sessionlb::runtime::Shared;
+use sessionlb::server::Inherited;
 use sessionlb::server::Server;
+use sessionlb::upgrade::{Relaunch, UpgradeError};
 
 #[derive(Parser)]
 #[command(
@@ -50,9 +52,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // first: the sockets this process was handed, before anything opens a
+    // descriptor or starts a thread
+    let inherited = match Inherited::from_env() {
+        Ok(inherited) => inherited,
+        Err(error) => {
+            eprintln!("sessionlb: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
-        (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config),
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config, inherited),
         (Some(Command::Check { config }), _) => return check(&config),
         (
             Some(Command::Demo {
@@ -112,7 +123,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     })
 }
 
-fn run_file(path: &Path) -> anyhow::Result<()> {
+fn run_file(path: &Path, mut inherited: Inherited) -> anyhow::Result<()> {
     let config = load(path)?;
     let unsupported = config.unsupported();
     if !unsupported.is_empty() {
@@ -120,14 +131,24 @@ fn run_file(path: &Path) -> anyhow::Result<()> {
         anyhow::bail!("cannot run {}:\n{}", path.display(), lines.join("\n"));
     }
     init_tracing(&config.log.level);
-    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
+    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "starting");
+    let relaunch = Relaunch::capture().context("finding this binary's path, for upgrades")?;
     for w in &config.warnings {
         tracing::warn!(problem = %w, "configuration warning");
     }
     let main_loop = MainLoop::new()?;
     let shared = Shared::new(config);
-    let server = Server::start(shared.clone())?;
-    main_loop.run(server, shared, Some(path.to_owned()))
+    let server = Server::start(shared.clone(), &mut inherited)?;
+    let admin = match shared.load().config.server.admin_listen {
+        Some(addr) => Some(main_loop.bind_admin(addr, &mut inherited)?),
+        None => None,
+    };
+    inherited.serving();
+    let file = File {
+        path: path.to_owned(),
+        relaunch,
+    };
+    main_loop.run(server, shared, Some(file), admin)
 }
 
 fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
@@ -140,10 +161,10 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     init_tracing(&config.log.level);
     let main_loop = MainLoop::new()?;
     let shared = Shared::new(config);
-    let server = Server::start(shared.clone())?;
+    let server = Server::start(shared.clone(), &mut Inherited::default())?;
     let addr = server.local_addrs()[0];
-    let admin = main_loop.bind_admin(admin)?;
-    let admin_addr = admin.local_addr()?;
+    let admin = main_loop.bind_admin(admin, &mut Inherited::default())?;
+    let admin_addr = admin.listener.local_addr()?;
     println!(
         "sessionlb demo: proxy on http://{addr}/ in front of 3 backends, round robin, in-memory session store"
     );
@@ -170,7 +191,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     );
     println!("  curl -s http://{admin_addr}/metrics | grep session");
     println!("Each request is also logged below (access log on stdout). Ctrl-C stops.");
-    main_loop.run_with_admin(server, shared, None, Some(admin))
+    main_loop.run(server, shared, None, Some(admin))
 }
 
 /// The main thread's event loop. Its signal handlers are installed before
@@ -180,6 +201,7 @@ struct MainLoop {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl MainLoop {
@@ -189,63 +211,84 @@ impl MainLoop {
             .enable_all()
             .build()
             .context("starting the main event loop")?;
-        let (term, int, hup) = rt
+        let (term, int, hup, usr2) = rt
             .block_on(async {
                 Ok::<_, std::io::Error>((
                     signal(SignalKind::terminate())?,
                     signal(SignalKind::interrupt())?,
                     signal(SignalKind::hangup())?,
+                    signal(SignalKind::user_defined2())?,
                 ))
             })
             .context("installing signal handlers")?;
-        Ok(MainLoop { rt, term, int, hup })
+        Ok(MainLoop {
+            rt,
+            term,
+            int,
+            hup,
+            usr2,
+        })
     }
 
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and serving the
     /// admin listener; then shuts down gracefully within
     /// `server.shutdown_timeout`.
-    /// Binds the admin listener, on this loop's runtime.
-    fn bind_admin(&self, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    /// Binds the admin listener (or takes it from those `inherited`), on
+    /// this loop's runtime.
+    fn bind_admin(&self, addr: SocketAddr, inherited: &mut Inherited) -> anyhow::Result<Admin> {
         let _entered = self.rt.enter();
-        let listener = std::net::TcpListener::bind(addr)
+        let given = inherited
+            .take(&admin_socket_name(addr), addr)
+            .into_iter()
+            .next();
+        let listener = match given {
+            Some(socket) => Ok(socket),
+            None => std::net::TcpListener::bind(addr),
+        };
+        let admin = listener
             .and_then(|l| {
                 l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)
+                let kept = l.try_clone()?;
+                Ok(Admin {
+                    listener: tokio::net::TcpListener::from_std(l)?,
+                    addr,
+                    kept,
+                })
             })
             .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
-        Ok(listener)
+        Ok(admin)
     }
 
-    fn run(self, server: Server, shared: Arc<Shared>, path: Option<PathBuf>) -> anyhow::Result<()> {
-        let admin = match shared.load().config.server.admin_listen {
-            Some(addr) => Some(self.bind_admin(addr)?),
-            None => None,
-        };
-        self.run_with_admin(server, shared, path, admin)
-    }
-
-    fn run_with_admin(
+    fn run(
         self,
         server: Server,
         shared: Arc<Shared>,
-        path: Option<PathBuf>,
-        admin: Option<tokio::net::TcpListener>,
+        file: Option<File>,
+        admin: Option<Admin>,
     ) -> anyhow::Result<()> {
         let MainLoop {
             rt,
             mut term,
             mut int,
             mut hup,
+            mut usr2,
         } = self;
-        let reloader = path.map(|path| {
-            Arc::new(Reloader {
-                path,
-                shared: shared.clone(),
-                listeners: server.listeners(),
-            })
-        });
+        let (reloader, relaunch) = match file {
+            Some(File { path, relaunch }) => {
+                let reloader = Arc::new(Reloader {
+                    path,
+                    shared: shared.clone(),
+                    listeners: server.listeners(),
+                });
+                (Some(reloader), Some(relaunch))
+            }
+            None => (None, None),
+        };
+        let admin_socket = admin
+            .as_ref()
+            .and_then(|a| Some((admin_socket_name(a.addr), a.kept.try_clone().ok()?)));
         rt.block_on(async {
-        if let Some(listener) = admin {
+        if let Some(Admin { listener, .. }) = admin {
             let admin_addr = listener.local_addr()?;
             tracing::info!(%admin_addr, "admin listening");
             tokio::spawn(sessionlb::admin::serve(
@@ -265,6 +308,19 @@ impl MainLoop {
                     None => tracing::info!("SIGHUP: no configuration file to reload"),
                 },
                 _ = report.tick() => shared.report_draining(),
+                _ = usr2.recv() => {
+                    let Some(relaunch) = &relaunch else {
+                        tracing::info!("SIGUSR2: the demo cannot be upgraded");
+                        continue;
+                    };
+                    match upgrade(relaunch, &server, admin_socket.as_ref()).await {
+                        Ok(pid) => {
+                            tracing::info!(pid, "upgrade: the new process serves; this one stops accepting and drains");
+                            break;
+                        }
+                        Err(error) => tracing::error!(%error, "upgrade failed; this process serves on"),
+                    }
+                }
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -282,6 +338,45 @@ impl MainLoop {
         sessionlb::access_log::flush();
         Ok(())
     }
+}
+
+/// Starts the new binary with every listening socket, admin's too.
+async fn upgrade(
+    relaunch: &Relaunch,
+    server: &Server,
+    admin: Option<&(String, std::net::TcpListener)>,
+) -> Result<u32, UpgradeError> {
+    let mut sockets = server
+        .listeners()
+        .handover()
+        .map_err(UpgradeError::Sockets)?;
+    if let Some((name, socket)) = admin {
+        sockets.push((
+            name.clone(),
+            socket.try_clone().map_err(UpgradeError::Sockets)?,
+        ));
+    }
+    relaunch.run(sockets).await
+}
+
+/// What the admin listener's socket is called when handed over.
+fn admin_socket_name(addr: SocketAddr) -> String {
+    format!("admin/{addr}/0")
+}
+
+/// The admin listener, with another descriptor of its socket to hand over.
+struct Admin {
+    listener: tokio::net::TcpListener,
+    /// Its address as the file writes it.
+    addr: SocketAddr,
+    kept: std::net::TcpListener,
+}
+
+/// The configuration file a proxy runs from, and how to start its binary
+/// again.
+struct File {
+    path: PathBuf,
+    relaunch: Relaunch,
 }
 
 /// How often the log says what draining backends still serve.

@@ -15,6 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::ServerError;
+use super::inherit::Inherited;
 use super::tls::Terminator;
 use super::worker;
 use crate::config::{Config, Problem};
@@ -23,28 +24,46 @@ use crate::runtime::Runtime;
 const BACKLOG: i32 = 4096;
 
 /// What names a listener across reloads: its address as the file writes
-/// it (port 0 stays 0), and whether it is a `[[server.tls]]` one.
+/// it (port 0 stays 0), whether it is a `[[server.tls]]` one, and which of
+/// the listeners written alike it is (several may ask for port 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub addr: SocketAddr,
     pub tls: bool,
+    pub nth: usize,
 }
 
 impl Key {
+    /// What this listener's sockets are called when handed to a new
+    /// process.
+    pub fn name(&self) -> String {
+        let kind = if self.tls { "tls" } else { "plain" };
+        format!("{kind}/{}/{}", self.addr, self.nth)
+    }
+
     /// Every listener `config` asks for, with its TOML path.
     fn all(config: &Config) -> Vec<(Key, String)> {
-        let plain = config.server.listen.iter().enumerate().map(|(i, &addr)| {
-            let key = Key { addr, tls: false };
-            (key, format!("server.listen[{i}]"))
-        });
-        let tls = config.server.tls.iter().enumerate().map(|(i, t)| {
-            let key = Key {
-                addr: t.listen,
-                tls: true,
-            };
-            (key, format!("server.tls[{i}].listen"))
-        });
-        plain.chain(tls).collect()
+        let plain = config
+            .server
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| (addr, false, format!("server.listen[{i}]")));
+        let tls = config
+            .server
+            .tls
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.listen, true, format!("server.tls[{i}].listen")));
+        let mut keys: Vec<(Key, String)> = Vec::new();
+        for (addr, tls, path) in plain.chain(tls) {
+            let nth = keys
+                .iter()
+                .filter(|(k, _)| k.addr == addr && k.tls == tls)
+                .count();
+            keys.push((Key { addr, tls, nth }, path));
+        }
+        keys
     }
 }
 
@@ -54,19 +73,26 @@ pub(super) enum Command {
     Stop(Key),
 }
 
-/// One listener: each worker's socket for it.
+/// One listener: its sockets, each with the worker that accepts on it.
 struct Bound {
     key: Key,
     /// The address it is bound to (the port the system chose for port 0).
     local: SocketAddr,
+    sockets: Vec<(usize, StdListener)>,
+}
+
+/// A listener the workers run.
+struct Running {
+    key: Key,
+    local: SocketAddr,
+    /// Another descriptor of each of its sockets, to hand them over.
     sockets: Vec<StdListener>,
 }
 
 /// The listeners of the running server, and the way to each worker.
 pub struct Listeners {
     workers: Vec<UnboundedSender<Command>>,
-    /// Which of them each worker runs now.
-    running: Mutex<Vec<(Key, SocketAddr)>>,
+    running: Mutex<Vec<Running>>,
 }
 
 /// Listeners a reload adds, bound, and those it removes.
@@ -98,12 +124,25 @@ impl Listeners {
     pub fn local_addrs(&self, tls: bool) -> Vec<SocketAddr> {
         self.lock()
             .iter()
-            .filter(|(k, _)| k.tls == tls)
-            .map(|&(_, local)| local)
+            .filter(|r| r.key.tls == tls)
+            .map(|r| r.local)
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Key, SocketAddr)>> {
+    /// Every listening socket, named, for a new process to take over:
+    /// other descriptors of the same sockets, which the workers go on
+    /// accepting on.
+    pub fn handover(&self) -> std::io::Result<Vec<(String, StdListener)>> {
+        let mut out = Vec::new();
+        for r in self.lock().iter() {
+            for s in &r.sockets {
+                out.push((r.key.name(), s.try_clone()?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -112,14 +151,14 @@ impl Listeners {
     /// the file, with its path.
     pub fn prepare(&self, config: &Config) -> Result<Changes, Vec<Problem>> {
         let wanted = Key::all(config);
-        let running: Vec<Key> = self.lock().iter().map(|&(k, _)| k).collect();
+        let running: Vec<Key> = self.lock().iter().map(|r| r.key).collect();
         let mut added = Vec::new();
         let mut problems = Vec::new();
         for (key, path) in &wanted {
-            if running.contains(key) || added.iter().any(|b: &Bound| b.key == *key) {
+            if running.contains(key) {
                 continue;
             }
-            match self.bind(*key) {
+            match self.bind(*key, None) {
                 Ok(bound) => added.push(bound),
                 Err(error) => problems.push(Problem {
                     path: path.clone(),
@@ -144,7 +183,7 @@ impl Listeners {
             for worker in &self.workers {
                 let _ = worker.send(Command::Stop(key));
             }
-            self.lock().retain(|(k, _)| *k != key);
+            self.lock().retain(|r| r.key != key);
             tracing::info!(addr = %key.addr, tls = key.tls, "listener closed by the reload");
         }
         for bound in changes.added {
@@ -163,46 +202,91 @@ impl Listeners {
         } = bound;
         let tls = match key.tls {
             false => None,
-            true => {
-                let listener = rt.config.server.tls.iter().find(|t| t.listen == key.addr);
-                match listener {
-                    Some(l) => Some(Terminator::new(l, rt.generation)?),
-                    None => return Ok(()),
-                }
-            }
+            true => match Terminator::new(key, rt)? {
+                Some(t) => Some(t),
+                None => return Ok(()),
+            },
         };
-        for (worker, socket) in self.workers.iter().zip(sockets) {
-            let _ = worker.send(Command::Start(worker::Listener {
-                key,
-                socket,
-                tls: tls.clone(),
-            }));
+        let mut kept = Vec::new();
+        for (worker, socket) in sockets {
+            kept.push(socket.try_clone().map_err(|source| ServerError::Bind {
+                addr: local,
+                source,
+            })?);
+            if let Some(worker) = self.workers.get(worker) {
+                let _ = worker.send(Command::Start(worker::Listener {
+                    key,
+                    socket,
+                    tls: tls.clone(),
+                }));
+            }
         }
-        self.lock().push((key, local));
+        self.lock().push(Running {
+            key,
+            local,
+            sockets: kept,
+        });
         tracing::info!(addr = %local, tls = key.tls, "listening");
         Ok(())
     }
 
-    /// Binds the listeners of the configuration a server starts with.
-    pub(super) fn start_all(&self, rt: &Runtime) -> Result<(), ServerError> {
+    /// Binds the listeners of the configuration a server starts with, or
+    /// takes them from those `inherited`.
+    pub(super) fn start_all(
+        &self,
+        rt: &Runtime,
+        inherited: &mut Inherited,
+    ) -> Result<(), ServerError> {
         for (key, _) in Key::all(&rt.config) {
-            let bound = self.bind(key)?;
+            let bound = self.bind(key, Some(inherited))?;
             self.start(bound, rt)?;
         }
         Ok(())
     }
 
-    /// One socket for each worker, listening on `key.addr`.
-    fn bind(&self, key: Key) -> Result<Bound, ServerError> {
+    /// Sockets listening on `key.addr`, at least one per worker: those
+    /// `inherited` has for it, else new ones.
+    fn bind(&self, key: Key, inherited: Option<&mut Inherited>) -> Result<Bound, ServerError> {
+        let given = inherited.map_or_else(Vec::new, |i| i.take(&key.name(), key.addr));
+        if !given.is_empty() {
+            return self.share(key, given);
+        }
         let first = bind(key.addr, self.reuse_port())?;
         let local = first.local_addr().map_err(|source| ServerError::Bind {
             addr: key.addr,
             source,
         })?;
-        let mut sockets = vec![first];
-        for _ in 1..self.workers.len() {
-            sockets.push(bind(local, true)?);
+        let mut sockets = vec![(0, first)];
+        for worker in 1..self.workers.len() {
+            sockets.push((worker, bind(local, true)?));
         }
+        Ok(Bound {
+            key,
+            local,
+            sockets,
+        })
+    }
+
+    /// Sockets handed over, shared out among the workers: each takes one
+    /// in turn (some take several when they are more than the workers,
+    /// as a previous process with more workers leaves them), and while
+    /// there are fewer, workers share one (systemd passes one).
+    fn share(&self, key: Key, given: Vec<StdListener>) -> Result<Bound, ServerError> {
+        let fail = |source| ServerError::Bind {
+            addr: key.addr,
+            source,
+        };
+        let local = given[0].local_addr().map_err(fail)?;
+        let workers = self.workers.len();
+        let mut sockets = Vec::new();
+        for worker in given.len()..workers {
+            sockets.push((
+                worker,
+                given[worker % given.len()].try_clone().map_err(fail)?,
+            ));
+        }
+        sockets.extend(given.into_iter().enumerate().map(|(i, s)| (i % workers, s)));
+        tracing::info!(addr = %local, sockets = sockets.len(), "listening socket handed over");
         Ok(Bound {
             key,
             local,

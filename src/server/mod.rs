@@ -3,6 +3,7 @@
 
 mod accept;
 mod conn;
+pub mod inherit;
 mod io;
 mod listen;
 pub mod tls;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub use accept::Acceptor;
 pub use conn::Connection;
+pub use inherit::Inherited;
 pub use listen::{Changes, Listeners};
 pub use worker::{MAX_HEAD_BYTES, OpenGuard, ShutdownSignal};
 
@@ -46,9 +48,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener and starts the workers; returns once the
-    /// proxy accepts connections.
-    pub fn start(shared: Arc<Shared>) -> Result<Server, ServerError> {
+    /// Binds every listener (or takes it from those `inherited`) and
+    /// starts the workers; returns once the proxy accepts connections.
+    pub fn start(shared: Arc<Shared>, inherited: &mut Inherited) -> Result<Server, ServerError> {
         let rt = shared.load();
         let unsupported = rt.config.unsupported();
         if !unsupported.is_empty() {
@@ -66,7 +68,7 @@ impl Server {
             .map(|_| tokio::sync::mpsc::unbounded_channel())
             .unzip();
         let listeners = Arc::new(Listeners::new(commands));
-        listeners.start_all(&rt)?;
+        listeners.start_all(&rt, inherited)?;
         let shutdown = Arc::new(ShutdownSignal::default());
         let (done_tx, done) = mpsc::channel();
         let mut handles = Vec::new();

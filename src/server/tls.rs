@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::conn::ClientStream;
+use super::listen::Key;
 use crate::config::{self, TlsListener};
 use crate::runtime::Runtime;
 
@@ -167,24 +168,24 @@ fn server_config(listener: &TlsListener) -> Result<Arc<ServerConfig>, TlsSetupEr
 /// rebuilt when a reload brings a new one.
 #[derive(Clone)]
 pub(super) struct Terminator {
-    /// The `[[server.tls]]` entry's address as the file gives it (port 0
-    /// stays 0): what names this listener across reloads.
-    listen: SocketAddr,
+    /// What names this `[[server.tls]]` listener across reloads.
+    key: Key,
     generation: u64,
     config: Arc<ServerConfig>,
 }
 
 impl Terminator {
-    /// For `listener`, of the snapshot `generation`.
-    pub(super) fn new(
-        listener: &TlsListener,
-        generation: u64,
-    ) -> Result<Terminator, TlsSetupError> {
-        Ok(Terminator {
-            listen: listener.listen,
-            generation,
+    /// For the TLS listener `key` of the snapshot `rt`; `None` when it
+    /// has none such.
+    pub(super) fn new(key: Key, rt: &Runtime) -> Result<Option<Terminator>, TlsSetupError> {
+        let Some(listener) = entry(key, rt) else {
+            return Ok(None);
+        };
+        Ok(Some(Terminator {
+            key,
+            generation: rt.generation,
             config: server_config(listener)?,
-        })
+        }))
     }
 
     /// The configuration for a handshake starting now. A reload that
@@ -193,13 +194,7 @@ impl Terminator {
     pub(super) fn current(&mut self, rt: &Runtime) -> Arc<ServerConfig> {
         if rt.generation != self.generation {
             self.generation = rt.generation;
-            let same = rt
-                .config
-                .server
-                .tls
-                .iter()
-                .find(|t| t.listen == self.listen);
-            if let Some(listener) = same {
+            if let Some(listener) = entry(self.key, rt) {
                 match server_config(listener) {
                     Ok(config) => self.config = config,
                     Err(error) => {
@@ -210,6 +205,12 @@ impl Terminator {
         }
         self.config.clone()
     }
+}
+
+/// The `[[server.tls]]` entry of `rt` that `key` names.
+fn entry(key: Key, rt: &Runtime) -> Option<&TlsListener> {
+    let mut alike = rt.config.server.tls.iter().filter(|t| t.listen == key.addr);
+    alike.nth(key.nth)
 }
 
 impl ClientStream for TlsStream<TcpStream> {

@@ -112,7 +112,7 @@ impl Lines {
     }
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Lines>) {
+pub fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Lines>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             match line {

@@ -1,0 +1,234 @@
+//! Binary upgrade (SIGUSR2) and systemd socket activation: listening
+//! sockets handed to a new process, with no connection refused or reset.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use nix::sys::signal::Signal;
+use support::client::{self, HttpClient};
+use support::{Backend, DEADLINE, Proxy, eventually};
+
+/// Stops a process this test did not start itself (the new binary) when
+/// the test ends, passed or not.
+struct Reaper(i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// One request; what went wrong, if anything.
+async fn try_get(client: &HttpClient, url: &str) -> Result<(), String> {
+    let req = hyper::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(DEADLINE, client.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e:?}"))?
+        .to_bytes();
+    match (status.as_u16(), &body[..]) {
+        (200, b"b") => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Clients sending requests in a loop until told to stop, counting what
+/// succeeded and keeping what failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(url: &str, clients: Vec<(&'static str, HttpClient)>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let tasks = clients
+            .into_iter()
+            .map(|(kind, client)| {
+                let (stop, ok, url) = (stop.clone(), ok.clone(), url.to_string());
+                tokio::spawn(async move {
+                    let mut failed = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match try_get(&client, &url).await {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                failed.push(format!("{kind}: {e}"));
+                                0
+                            }
+                        };
+                    }
+                    failed
+                })
+            })
+            .collect();
+        Load { stop, ok, tasks }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have succeeded.
+    fn more(&self, n: u64) -> bool {
+        let from = self.ok();
+        eventually(DEADLINE, || self.ok() >= from + n)
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failed = Vec::new();
+        for t in self.tasks {
+            failed.extend(t.await.unwrap());
+        }
+        failed
+    }
+}
+
+/// New connections, keep-alive HTTP/1.1 and HTTP/2 clients, 10 in all.
+fn mixed_clients() -> Vec<(&'static str, HttpClient)> {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(("new connection per request", client::h1_fresh()));
+    }
+    for _ in 0..4 {
+        clients.push(("keep-alive HTTP/1.1", client::h1()));
+    }
+    for _ in 0..2 {
+        clients.push(("HTTP/2", client::h2()));
+    }
+    clients
+}
+
+fn pid_in(line: &str) -> i32 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigusr2_hands_the_sockets_to_the_new_binary_and_no_request_fails() {
+    let b = Backend::start("b");
+    let mut proxy = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\n\n\
+         [pools.web]\nbackends = [{}]\n",
+        b.entry()
+    ));
+    let admin = proxy.admin_addr();
+    let load = Load::start(&proxy.url("/"), mixed_clients());
+    assert!(load.more(300), "the load does not run");
+
+    proxy.signal(Signal::SIGUSR2);
+    let serving = proxy
+        .stderr
+        .wait_for(DEADLINE, |l| l.contains("upgrade: the new process serves"))
+        .unwrap_or_else(|| panic!("{:#?}", proxy.stderr.all()));
+    let new = Reaper(pid_in(&serving));
+    assert_ne!(new.0, proxy.pid());
+    // the old process drains and exits 0 while the load goes on
+    let exited = proxy
+        .wait_exit(DEADLINE)
+        .expect("the old process did not exit");
+    assert!(exited.success(), "{exited:?}");
+    assert!(load.more(300), "the new process does not serve");
+    let failed = load.finish().await;
+    assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
+
+    // the new process has the admin listener too, and is the one alive
+    let metrics = client::get(&client::h1(), &format!("http://{admin}/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(new.0), None).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_whose_new_process_cannot_start_leaves_the_old_one_serving() {
+    let b = Backend::start("b");
+    let proxy = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[pools.web]\nbackends = [{}]\n",
+        b.entry()
+    ));
+    // the file now has an error the new process refuses
+    std::fs::write(&proxy.config_path, "[server]\nlisten = [\"nowhere\"]\n").unwrap();
+    proxy.signal(Signal::SIGUSR2);
+    let failed = proxy
+        .stderr
+        .wait_for(DEADLINE, |l| l.contains("upgrade failed"))
+        .unwrap_or_else(|| panic!("{:#?}", proxy.stderr.all()));
+    assert!(failed.contains("exited before it served"), "{failed}");
+    assert_eq!(client::get(&client::h1(), &proxy.url("/")).await.body, "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_from_systemd_is_listened_on_by_every_worker() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let b = Backend::start("b");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = socket.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessionlb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"{addr}\"]\nworkers = 2\n\n[pools.web]\nbackends = [{}]\n",
+            b.entry()
+        ),
+    )
+    .unwrap();
+    // as systemd starts a service: the socket as descriptor 3, and
+    // LISTEN_PID naming the service's own process
+    let fd = socket.as_raw_fd();
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" run -c \"$1\"")
+        .arg(support::bin())
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only dup2, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let _reaper = Reaper(child.id() as i32);
+    drop(socket);
+    let lines = Arc::new(support::Lines::default());
+    support::collect(child.stderr.take().unwrap(), lines.clone());
+    let handed = lines.wait_for(DEADLINE, |l| l.contains("listening socket handed over"));
+    assert!(handed.is_some(), "{:#?}", lines.all());
+    let handed = handed.unwrap();
+    assert!(handed.contains(&format!("addr={addr}")), "{handed}");
+    // one socket, shared by the 2 workers
+    assert!(handed.contains("sockets=2"), "{handed}");
+    let client = client::h1_fresh();
+    for _ in 0..20 {
+        assert_eq!(
+            client::get(&client, &format!("http://{addr}/")).await.body,
+            "b"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
