@@ -105,6 +105,8 @@ pub struct Shared {
     pub last_reload_success_s: AtomicU64,
     /// What the log last said about draining backends.
     pub drain_report: Mutex<DrainReport>,
+    /// Woken at each new snapshot, for the health checks to follow it.
+    swapped: Notify,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
         let registry = Registry::default();
         let sessions = Sessions::default();
         let runtime = Runtime::build(config, &registry, &sessions, 1);
+        crate::balance::health::follow(None, &runtime.pools);
         Arc::new(Shared {
             current: ArcSwap::from_pointee(runtime),
             registry,
@@ -124,7 +127,14 @@ impl Shared {
             reloads_failed: AtomicU64::new(0),
             last_reload_success_s: AtomicU64::new(crate::clock::unix_now()),
             drain_report: Mutex::default(),
+            swapped: Notify::new(),
         })
+    }
+
+    /// Returns once a snapshot was swapped in since the last call
+    /// returned (at once if one was); for one task, the health checks.
+    pub async fn swapped(&self) {
+        self.swapped.notified().await;
     }
 
     /// A reload was applied now.
@@ -203,7 +213,11 @@ impl Shared {
         // see them draining, so the report counts their pinned traffic from
         // the first request.
         self.report_draining_of(&runtime.pools);
+        // checks start and stop before any request can see the new
+        // backends: a new one is held out until it passes
+        crate::balance::health::follow(Some(&self.load().pools), &runtime.pools);
         self.current.store(Arc::new(runtime));
+        self.swapped.notify_one();
         generation
     }
 }
