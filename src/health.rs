@@ -10,6 +10,7 @@
 //! that keeps a backend keeps its state.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,8 +157,8 @@ pub async fn probe(
         .unwrap_or(Err(CheckError::Timeout(timeout)))
 }
 
-/// Runs the checks of the current configuration until the task is
-/// dropped, following each new snapshot: a backend gets a task while a
+/// Runs the checks of the current configuration for the life of the
+/// process (its main event loop), following each new snapshot: a backend gets a task while a
 /// pool with checks lists it (the first such pool's settings, once per
 /// identity), restarted when those settings change.
 pub async fn run(shared: Arc<Shared>) {
@@ -172,9 +173,10 @@ pub async fn run(shared: Arc<Shared>) {
             keep
         });
         for (name, check) in wanted {
-            if !running.contains_key(&name) {
-                let task = tokio::spawn(check_every(shared.clone(), name.clone(), check.clone()));
-                running.insert(name, (check, task));
+            if let Entry::Vacant(e) = running.entry(name) {
+                let task =
+                    tokio::spawn(check_every(shared.clone(), e.key().clone(), check.clone()));
+                e.insert((check, task));
             }
         }
         shared.swapped().await;
