@@ -102,16 +102,18 @@ impl<'a> Admin<'a> {
     }
 }
 
-/// Log lines that say backend `addr` went `up` or `down` by its checks.
+/// Whether a log line says backend `addr` went `up` or `down` by its
+/// checks.
+fn says(line: &str, addr: SocketAddr, up_or_down: &str) -> bool {
+    line.contains(&format!("backend is {up_or_down}"))
+        && line.contains(&format!("backend=\"{addr}\""))
+        && line.contains("reason=\"active\"")
+}
+
+/// Log lines so far that say backend `addr` went `up` or `down`.
 fn transitions(proxy: &Proxy, addr: SocketAddr, up_or_down: &str) -> usize {
-    let said = format!("backend is {up_or_down}");
-    let backend = format!("backend=\"{addr}\"");
-    proxy
-        .stderr
-        .all()
-        .iter()
-        .filter(|l| l.contains(&said) && l.contains(&backend) && l.contains("reason=\"active\""))
-        .count()
+    let lines = proxy.stderr.all();
+    lines.iter().filter(|l| says(l, addr, up_or_down)).count()
 }
 
 /// Sends `n` requests; the backend that answered each (all must be 200).
@@ -146,19 +148,16 @@ async fn a_backend_whose_check_turns_to_500_gets_no_request_after_fall_checks() 
     let took = switched.elapsed();
     assert_eq!(down["check"]["last"], "status 500");
     // not before fall failed checks, a little less than an interval apart
+    // (the first may have been under way at the switch)
     assert!(a.health_failures() >= FALL, "{}", a.health_failures());
-    let fastest = INTERVAL.mul_f64(0.9 * (FALL - 1) as f64);
+    let fastest = INTERVAL.mul_f64(0.9 * (FALL - 1) as f64) - Duration::from_millis(20);
     assert!(took >= fastest, "down after {took:?}");
     let line = proxy
         .stderr
-        .wait_for(DEADLINE, |l| {
-            l.contains("backend is down") && l.contains(&format!("backend=\"{}\"", a.addr))
-        })
+        .wait_for(DEADLINE, |l| says(l, a.addr, "down"))
         .unwrap();
     assert!(
-        line.contains("WARN")
-            && line.contains("reason=\"active\"")
-            && line.contains("check=status 500"),
+        line.contains("WARN") && line.contains("check=status 500"),
         "{line}"
     );
     assert_eq!(
@@ -224,7 +223,12 @@ async fn a_restarted_backend_serves_again_only_after_rise_passes() {
     }
     let passes = again.passes_before_first_hit().unwrap();
     assert!(passes >= RISE, "served after {passes} passed check(s)");
-    assert_eq!(transitions(&proxy, addr, "up"), 2);
+    // the log says so (it may come a moment after the flag that let the
+    // request in)
+    let ups = proxy
+        .stderr
+        .wait_count(2, DEADLINE, |l| says(l, addr, "up"));
+    assert_eq!(ups.len(), 2, "{ups:?}");
 }
 
 #[tokio::test]
@@ -247,9 +251,7 @@ async fn a_backend_that_never_answers_is_taken_out_by_the_check_timeout() {
     assert_eq!(down["check"]["last"], "timeout after 150ms");
     let line = proxy
         .stderr
-        .wait_for(DEADLINE, |l| {
-            l.contains("backend is down") && l.contains(&format!("backend=\"{}\"", a.addr))
-        })
+        .wait_for(DEADLINE, |l| says(l, a.addr, "down"))
         .unwrap();
     assert!(line.contains("check=timeout after 150ms"), "{line}");
 
@@ -359,7 +361,7 @@ async fn checks_run_once_per_process_not_once_per_worker() {
     let intervals = elapsed.as_secs_f64() / INTERVAL.as_secs_f64();
     // about one check an interval (two workers each checking: twice as many)
     assert!(
-        (checks as f64) <= intervals * 1.15 + 1.0 && checks >= 2,
+        (checks as f64) <= intervals / 0.9 + 2.0 && checks >= 2,
         "{checks} checks in {elapsed:?}"
     );
     // each over a connection of its own
