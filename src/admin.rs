@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::balance::CheckStatus;
 use crate::config::PolicyKind;
 use crate::reload;
 use crate::runtime::Shared;
@@ -218,10 +219,21 @@ fn pools_json(shared: &Shared) -> String {
                 .backends
                 .iter()
                 .map(|b| {
+                    let checks = b.state.check_state();
+                    let check = (checks.status != CheckStatus::Off).then(|| {
+                        serde_json::json!({
+                            "status": checks.status.name(),
+                            "passes": checks.passes,
+                            "fails": checks.fails,
+                            "last": checks.last,
+                        })
+                    });
                     serde_json::json!({
                         "id": &*b.state.name,
                         "addr": b.addr.to_string(),
                         "up": b.state.is_up(),
+                        "down_reason": b.state.down_reason().map(|r| r.name()),
+                        "check": check,
                         "draining": b.drain,
                         "weight": b.weight,
                         "in_flight": b.state.in_flight(),
@@ -284,10 +296,33 @@ impl Collector for Metrics {
             &mut e,
             &rt,
             "sessionlb_backend_up",
-            "1 when the backend takes requests.",
+            "1 when the backend takes requests: neither its active checks nor passive health (failed requests) keep it out.",
             MetricType::Gauge,
             |b| Some(ConstGauge::new(i64::from(b.state.is_up()))),
         )?;
+        let mut m = e.encode_descriptor(
+            "sessionlb_health_checks",
+            "Active health checks by result (pass, fail), under the first pool with checks that lists the backend.",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut seen = std::collections::HashSet::new();
+        for pool in rt.pools.iter().filter(|p| p.health.check.is_some()) {
+            for b in pool.backends.iter() {
+                if !seen.insert(&*b.state.name) {
+                    continue;
+                }
+                let (passed, failed) = b.state.checks_run();
+                for (result, n) in [("pass", passed), ("fail", failed)] {
+                    let labels = [
+                        ("pool", &*pool.name),
+                        ("backend", &*b.state.name),
+                        ("result", result),
+                    ];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
         per_backend(
             &mut e,
             &rt,

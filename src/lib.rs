@@ -3,7 +3,8 @@
 //! `config` reads and validates the TOML file; `runtime` compiles it into
 //! the snapshot the request path reads; `server` owns listeners, workers
 //! and client connections; `proxy` forwards one request; `balance` holds
-//! pools, policies and backend health.
+//! pools, policies and backend health; `health` runs the active checks
+//! that feed it.
 
 pub mod access_log;
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod demo;
 /// only so that those can call them.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod histogram;
 pub mod proxy;
 pub mod reload;

@@ -298,6 +298,8 @@ impl MainLoop {
             ));
         }
         tokio::spawn(sessionlb::admin::watch_store(shared.clone()));
+        // once per process, here rather than in the workers
+        tokio::spawn(sessionlb::health::run(shared.clone()));
         let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
         loop {
             tokio::select! {

@@ -80,8 +80,9 @@ impl Reloader {
 
 /// What a reload changes in the pools, in one line for the log: pools
 /// added and removed, and per pool its policy, the backends added and
-/// removed, those that start or stop draining and those whose weight
-/// changes. "no pool changes" when none.
+/// removed, those that start or stop draining, those whose weight changes
+/// and its health checks turned on, off or changed. "no pool changes"
+/// when none.
 fn changes(old: &Config, new: &Config) -> String {
     let mut out = Vec::new();
     for pool in &new.pools {
@@ -105,6 +106,12 @@ fn changes(old: &Config, new: &Config) -> String {
                 was.policy.name(),
                 pool.policy.name()
             ));
+        }
+        match (&was.health.check, &pool.health.check) {
+            (None, Some(_)) => parts.push("health checks on".to_string()),
+            (Some(_), None) => parts.push("health checks off".to_string()),
+            (Some(a), Some(b)) if a != b => parts.push("health checks changed".to_string()),
+            _ => {}
         }
         let lists = [
             ("added", names(&pool.backends, &|b| before(b).is_none())),
@@ -188,5 +195,17 @@ mod tests {
             "[pools.web]\npolicy = \"least_conn\"\nbackends = [{ addr = \"127.0.0.1:9001\", weight = 3, drain = true }, { addr = \"127.0.0.1:9003\" }, { addr = \"127.0.0.1:9004\", drain = true }]\n[pools.api]\nbackends = [{ addr = \"127.0.0.1:9020\" }]\n",
         );
         assert_eq!(changes(&new, &drained), "pool web: draining 127.0.0.1:9001");
+        let checked = parse(
+            "[pools.web]\npolicy = \"least_conn\"\nbackends = [{ addr = \"127.0.0.1:9001\", weight = 3, drain = true }, { addr = \"127.0.0.1:9003\" }, { addr = \"127.0.0.1:9004\", drain = true }]\n[pools.web.health]\ncheck = { path = \"/healthz\" }\n[pools.api]\nbackends = [{ addr = \"127.0.0.1:9020\" }]\n",
+        );
+        assert_eq!(changes(&drained, &checked), "pool web: health checks on");
+        assert_eq!(changes(&checked, &drained), "pool web: health checks off");
+        let faster = parse(
+            "[pools.web]\npolicy = \"least_conn\"\nbackends = [{ addr = \"127.0.0.1:9001\", weight = 3, drain = true }, { addr = \"127.0.0.1:9003\" }, { addr = \"127.0.0.1:9004\", drain = true }]\n[pools.web.health]\ncheck = { path = \"/healthz\", interval = \"1s\", timeout = \"500ms\" }\n[pools.api]\nbackends = [{ addr = \"127.0.0.1:9020\" }]\n",
+        );
+        assert_eq!(
+            changes(&checked, &faster),
+            "pool web: health checks changed"
+        );
     }
 }

@@ -105,8 +105,9 @@ pub struct Shared {
     pub last_reload_success_s: AtomicU64,
     /// What the log last said about draining backends.
     pub drain_report: Mutex<DrainReport>,
-    /// The generation in effect, for the workers to follow swaps (they
-    /// close their pooled connections to removed backends at once).
+    /// The generation in effect, for the workers (they close their pooled
+    /// connections to removed backends at once) and the health checks to
+    /// follow swaps.
     swapped: tokio::sync::watch::Sender<u64>,
 }
 
@@ -115,6 +116,7 @@ impl Shared {
         let registry = Registry::default();
         let sessions = Sessions::default();
         let runtime = Runtime::build(config, &registry, &sessions, 1);
+        crate::balance::health::follow(None, &runtime.pools);
         Arc::new(Shared {
             current: ArcSwap::from_pointee(runtime),
             registry,
@@ -212,6 +214,9 @@ impl Shared {
         // see them draining, so the report counts their pinned traffic from
         // the first request.
         self.report_draining_of(&runtime.pools);
+        // checks start and stop before any request can see the new
+        // backends: a new one is held out until it passes
+        crate::balance::health::follow(Some(&self.load().pools), &runtime.pools);
         let runtime = Arc::new(runtime);
         let old = self.current.swap(runtime.clone());
         self.registry.retire(&old.pools, &runtime.pools);

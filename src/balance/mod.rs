@@ -4,9 +4,12 @@
 //! asked for one candidate at a time and told which backends are usable
 //! (up, not draining, not yet tried for this request). Failover is the
 //! caller asking again with the failed backend marked as tried, so health
-//! and retries live in one loop rather than in every policy.
+//! and retries live in one loop rather than in every policy. Health is
+//! passive (`registry`: failed requests) and active (`health`: the state
+//! the checks' results drive).
 
 mod cookie;
+pub mod health;
 mod ip_hash;
 mod least_conn;
 mod registry;
@@ -17,9 +20,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 pub use cookie::{CookiePolicy, StickyRoutes, route_token};
+pub use health::{CheckState, CheckStatus, Transition};
 pub use ip_hash::{IpHash, RecentClients, client_key};
 pub use least_conn::LeastConn;
-pub use registry::{BackendState, PoolStats, Registry};
+pub use registry::{BackendState, DownReason, PoolStats, Registry};
 pub use round_robin::{RoundRobin, swrr_schedule};
 
 use crate::config::{self, PolicyKind};

@@ -14,10 +14,11 @@
 use crate::histogram::Histogram;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use super::RecentClients;
+use super::health::{CheckState, Transition};
 use crate::clock;
 
 /// Status codes counted per backend: 100 to 599.
@@ -67,9 +68,35 @@ pub struct BackendState {
     window_start_ms: AtomicU64,
     /// 0 when the backend has never been marked down.
     down_until_ms: AtomicU64,
+    /// The active checks hold it out (pending or down): `checks.status`
+    /// mirrored where the request path reads it with one load.
+    checks_down: AtomicBool,
+    /// Active health; locked only by the prober and the admin API.
+    checks: Mutex<CheckState>,
+    /// Active checks passed and failed, for the metrics.
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
     /// Requests served while draining, by clients pinned to it.
     drain_pinned: AtomicU64,
     responses: Box<[AtomicU64]>,
+}
+
+/// Why a backend takes no requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// Its active checks have failed, or not passed yet.
+    Active,
+    /// Failed requests (`max_fails` within `fail_timeout`).
+    Passive,
+}
+
+impl DownReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            DownReason::Active => "active",
+            DownReason::Passive => "passive",
+        }
+    }
 }
 
 impl BackendState {
@@ -83,6 +110,10 @@ impl BackendState {
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
+            checks_down: AtomicBool::new(false),
+            checks: Mutex::default(),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
             drain_pinned: AtomicU64::new(0),
             responses: status_counters(),
         }
@@ -122,11 +153,89 @@ impl BackendState {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Up unless a run of failures marked it down and the penalty has not
-    /// yet run out. Reads the clock only for a backend that has failed.
+    /// Up unless its active checks hold it out, or a run of failed
+    /// requests marked it down and the penalty has not yet run out. Two
+    /// relaxed loads; reads the clock only for a backend that has failed.
+    #[inline]
     pub fn is_up(&self) -> bool {
+        !self.checks_down.load(Ordering::Relaxed) && !self.passive_down()
+    }
+
+    fn passive_down(&self) -> bool {
         let until = self.down_until_ms.load(Ordering::Relaxed);
-        until == 0 || clock::now_ms() >= until
+        until != 0 && clock::now_ms() < until
+    }
+
+    /// Why it takes no requests now; `None` when it is up. The checks
+    /// come first when both keep it out: they decide when it is back.
+    pub fn down_reason(&self) -> Option<DownReason> {
+        if self.checks_down.load(Ordering::Relaxed) {
+            Some(DownReason::Active)
+        } else if self.passive_down() {
+            Some(DownReason::Passive)
+        } else {
+            None
+        }
+    }
+
+    fn checks(&self) -> MutexGuard<'_, CheckState> {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the active checks say now.
+    pub fn check_state(&self) -> CheckState {
+        self.checks().clone()
+    }
+
+    /// Active checks start (see [`CheckState::start`]).
+    pub fn start_checks(&self, serving: bool) {
+        let mut checks = self.checks();
+        checks.start(serving);
+        self.checks_down
+            .store(checks.status.holds_down(), Ordering::Relaxed);
+    }
+
+    /// Active checks stop: they no longer hold the backend out.
+    pub fn stop_checks(&self) {
+        let mut checks = self.checks();
+        checks.stop();
+        self.checks_down.store(false, Ordering::Relaxed);
+    }
+
+    /// One active check's result (`Ok` a pass), with the pool's `rise`
+    /// and `fall`; the transition it makes. A backend the checks bring
+    /// back is also cleared of a passive penalty: the checks are what
+    /// decide, as HAProxy's checks bring back a server its `observe`
+    /// took out.
+    pub fn record_check(
+        &self,
+        result: Result<String, String>,
+        rise: u32,
+        fall: u32,
+    ) -> Option<Transition> {
+        let counter = match result {
+            Ok(_) => &self.checks_passed,
+            Err(_) => &self.checks_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut checks = self.checks();
+        let transition = checks.record(result, rise, fall);
+        if transition == Some(Transition::Up) {
+            self.fails.store(0, Ordering::Relaxed);
+            self.window_start_ms.store(0, Ordering::Relaxed);
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
+        self.checks_down
+            .store(checks.status.holds_down(), Ordering::Relaxed);
+        transition
+    }
+
+    /// Active checks (passed, failed) so far.
+    pub fn checks_run(&self) -> (u64, u64) {
+        (
+            self.checks_passed.load(Ordering::Relaxed),
+            self.checks_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Passive health, as nginx's `max_fails`/`fail_timeout`: `max_fails`
@@ -342,5 +451,48 @@ mod tests {
         assert!(s.record_failure(3, Duration::from_secs(60)));
         assert!(!s.is_up());
         assert!(!s.record_failure(0, Duration::from_secs(60)));
+        assert_eq!(s.down_reason(), Some(DownReason::Passive));
+    }
+
+    #[test]
+    fn checks_and_passive_health_both_hold_a_backend_down() {
+        let r = Registry::default();
+        let s = r.get("x:1");
+        assert_eq!(s.down_reason(), None);
+        // a new backend with checks waits for its first pass
+        s.start_checks(false);
+        assert!(!s.is_up());
+        assert_eq!(s.down_reason(), Some(DownReason::Active));
+        assert_eq!(
+            s.record_check(Ok("status 200".into()), 2, 1),
+            Some(Transition::Up)
+        );
+        assert!(s.is_up());
+        // passive failures still count while the checks pass
+        assert!(s.record_failure(1, Duration::from_secs(60)));
+        assert!(!s.is_up());
+        assert_eq!(s.down_reason(), Some(DownReason::Passive));
+        assert_eq!(s.record_check(Ok("status 200".into()), 2, 1), None);
+        assert!(!s.is_up());
+        // down by checks too: they bring it back, passive penalty and all
+        assert_eq!(
+            s.record_check(Err("status 500".into()), 2, 1),
+            Some(Transition::Down)
+        );
+        assert_eq!(s.down_reason(), Some(DownReason::Active));
+        assert_eq!(s.record_check(Ok("status 204".into()), 2, 1), None);
+        assert!(!s.is_up());
+        assert_eq!(
+            s.record_check(Ok("status 204".into()), 2, 1),
+            Some(Transition::Up)
+        );
+        assert!(s.is_up());
+        assert_eq!(s.checks_run(), (4, 1));
+        assert_eq!(s.check_state().last.as_deref(), Some("status 204"));
+        // checks turned off no longer hold it down
+        s.record_check(Err("timeout after 1s".into()), 2, 1);
+        assert!(!s.is_up());
+        s.stop_checks();
+        assert!(s.is_up());
     }
 }

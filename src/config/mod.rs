@@ -190,12 +190,16 @@ impl Default for Health {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Active checks: `GET path` on each backend every `interval`; a 2xx or
+/// 3xx answer within `timeout` passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Passes in a row that bring a backend down by checks back.
     pub rise: u32,
+    /// Failures in a row that take a backend out.
     pub fall: u32,
 }
 
@@ -381,14 +385,6 @@ impl Config {
                 message: format!("{what} is not supported by this version yet"),
             })
         };
-        for pool in &self.pools {
-            if pool.health.check.is_some() {
-                add(
-                    format!("pools.{}.health.check", pool.name),
-                    "active health checking",
-                );
-            }
-        }
         if let Store::Redis(redis) = &self.store {
             match redis.topology {
                 RedisTopology::Standalone => {}
@@ -496,9 +492,12 @@ impl Config {
             };
             let active = match &h.check {
                 Some(c) => format!(
-                    "; active GET {} every {}",
+                    "; active GET {} every {}, timeout {}, up after {} pass(es), down after {} failure(s)",
                     c.path,
-                    humantime::format_duration(c.interval)
+                    humantime::format_duration(c.interval),
+                    humantime::format_duration(c.timeout),
+                    c.rise,
+                    c.fall
                 ),
                 None => String::new(),
             };

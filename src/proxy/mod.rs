@@ -646,6 +646,7 @@ fn mark_failed(pool: &Pool, b: usize, error: &dyn std::fmt::Display) {
         tracing::warn!(
             pool = &*pool.name,
             backend = &*backend.state.name,
+            reason = "passive",
             %error,
             down_for = ?pool.health.fail_timeout,
             "backend marked down"

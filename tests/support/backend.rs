@@ -16,6 +16,9 @@
 //!   Express's MemoryStore or a servlet container: `/login` starts a session
 //!   (cookie `sid`) with a counter at 0, each `/count` increments it and
 //!   answers `count=<n>`; an unknown session gets 401
+//! - `/healthz`: the health check, answered with the status
+//!   [`Backend::set_health`] chose (200 at first), or never with
+//!   [`Backend::hang_health`]; counted apart from the other requests
 //! - anything else: its name
 //!
 //! Every response carries `x-backend: <name>`.
@@ -47,7 +50,6 @@ pub struct Backend {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-#[derive(Default)]
 struct Stats {
     hits: AtomicU64,
     connections: AtomicU64,
@@ -55,6 +57,30 @@ struct Stats {
     open: AtomicU64,
     in_flight: AtomicU64,
     sessions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The status `/healthz` answers; 0: it never answers.
+    health: AtomicU64,
+    health_checks: AtomicU64,
+    health_passes: AtomicU64,
+    health_failures: AtomicU64,
+    /// `health_passes` when the first other request came; MAX before.
+    passes_before_first_hit: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            hits: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            sessions: Default::default(),
+            health: AtomicU64::new(200),
+            health_checks: AtomicU64::new(0),
+            health_passes: AtomicU64::new(0),
+            health_failures: AtomicU64::new(0),
+            passes_before_first_hit: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl Backend {
@@ -106,9 +132,45 @@ impl Backend {
         }
     }
 
-    /// Requests this backend has answered (or started answering).
+    /// Requests this backend has answered (or started answering), but
+    /// `/healthz`.
     pub fn hits(&self) -> u64 {
         self.stats.hits.load(Ordering::SeqCst)
+    }
+
+    /// The status `/healthz` answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.stats.health.store(u64::from(status), Ordering::SeqCst);
+    }
+
+    /// From now on `/healthz` is never answered (the connection stays
+    /// open), as a hung application.
+    pub fn hang_health(&self) {
+        self.stats.health.store(0, Ordering::SeqCst);
+    }
+
+    /// `/healthz` requests received so far.
+    pub fn health_checks(&self) -> u64 {
+        self.stats.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// `/healthz` requests answered 2xx or 3xx so far.
+    pub fn health_passes(&self) -> u64 {
+        self.stats.health_passes.load(Ordering::SeqCst)
+    }
+
+    /// `/healthz` requests answered with another status so far.
+    pub fn health_failures(&self) -> u64 {
+        self.stats.health_failures.load(Ordering::SeqCst)
+    }
+
+    /// How many `/healthz` it had answered 2xx or 3xx when the first
+    /// other request came; None before one came.
+    pub fn passes_before_first_hit(&self) -> Option<u64> {
+        match self.stats.passes_before_first_hit.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            n => Some(n),
+        }
     }
 
     pub fn connections(&self) -> u64 {
@@ -177,6 +239,15 @@ async fn handle(
     stats: Arc<Stats>,
     delay: Duration,
 ) -> Result<Resp, Infallible> {
+    if req.uri().path() == "/healthz" {
+        return Ok(health(&name, &stats).await);
+    }
+    let _ = stats.passes_before_first_hit.compare_exchange(
+        u64::MAX,
+        stats.health_passes.load(Ordering::SeqCst),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     stats.hits.fetch_add(1, Ordering::SeqCst);
     stats.in_flight.fetch_add(1, Ordering::SeqCst);
     if !delay.is_zero() {
@@ -294,6 +365,25 @@ async fn handle(
     };
     stats.in_flight.fetch_sub(1, Ordering::SeqCst);
     Ok(resp)
+}
+
+/// `/healthz`: the status chosen when the request came, counted once
+/// answered (a check is counted before its answer can be seen).
+async fn health(name: &str, stats: &Stats) -> Resp {
+    let status = stats.health.load(Ordering::SeqCst) as u16;
+    stats.health_checks.fetch_add(1, Ordering::SeqCst);
+    if status == 0 {
+        // long past any check's timeout: the proxy gives up first
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    match status.is_success() || status.is_redirection() {
+        true => stats.health_passes.fetch_add(1, Ordering::SeqCst),
+        false => stats.health_failures.fetch_add(1, Ordering::SeqCst),
+    };
+    let mut r = full(name, format!("health {}", status.as_u16()));
+    *r.status_mut() = status;
+    r
 }
 
 fn cookie_value(headers: &hyper::HeaderMap, name: &str) -> Option<String> {

@@ -419,6 +419,36 @@ impl Slammer {
     }
 }
 
+/// A backend that accepts connections and never reads or answers on them
+/// (a hung process): they stay open as long as it lives.
+pub struct Silent {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                open.push(stream);
+            }
+        });
+        Silent { addr, accepted }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A backend that answers every request with the same bytes, written by
 /// hand: the framings, interim responses and mistakes a hyper server
 /// would not produce. It reads one request head (no body) per answer;

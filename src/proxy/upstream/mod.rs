@@ -279,6 +279,35 @@ pub async fn connect(
     timeout: Duration,
     tls: Option<Target<'_>>,
 ) -> Result<Conn, ConnectError> {
+    let stream = match open(addr, timeout, tls).await {
+        Ok(s) => s,
+        Err(error) => {
+            if let ConnectError::Tls { .. } = error {
+                // a certificate the proxy cannot verify is a configuration
+                // to fix, not a backend to wait out
+                tracing::warn!(%error, "cannot connect to a backend over TLS");
+            }
+            return Err(error);
+        }
+    };
+    tracing::debug!(%addr, tls = stream.is_tls(), "opened a backend connection");
+    Ok(Conn {
+        backend: backend.clone(),
+        stream,
+        buf: BytesMut::new(),
+        reused: false,
+    })
+}
+
+/// A new byte stream to `addr`, over TLS with `tls`, within `timeout`
+/// for the connect and the handshake; never pooled. Logs nothing: the
+/// caller says what a failure means (a request's, or a health check's,
+/// whose failures are logged when they change the backend's state).
+pub async fn open(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<Target<'_>>,
+) -> Result<Stream, ConnectError> {
     let opened = tokio::time::timeout(timeout, async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -297,28 +326,8 @@ pub async fn connect(
         }
     })
     .await;
-    let stream = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(error)) => {
-            if let ConnectError::Tls { .. } = error {
-                // a certificate the proxy cannot verify is a configuration
-                // to fix, not a backend to wait out
-                tracing::warn!(%error, "cannot connect to a backend over TLS");
-            }
-            return Err(error);
-        }
-        Err(_) => {
-            return Err(ConnectError::Timeout {
-                addr,
-                after: timeout,
-            });
-        }
-    };
-    tracing::debug!(%addr, tls = stream.is_tls(), "opened a backend connection");
-    Ok(Conn {
-        backend: backend.clone(),
-        stream,
-        buf: BytesMut::new(),
-        reused: false,
-    })
+    opened.unwrap_or(Err(ConnectError::Timeout {
+        addr,
+        after: timeout,
+    }))
 }
