@@ -318,6 +318,8 @@ impl MainLoop {
                     match upgrade(relaunch, &server, admin_socket.as_ref()).await {
                         Ok(pid) => {
                             tracing::info!(pid, "upgrade: the new process serves; this one stops accepting and drains");
+                            // said by the main process too, before it exits
+                            sessionlb::server::inherit::tell_systemd(&format!("MAINPID={pid}\n"));
                             break;
                         }
                         Err(error) => tracing::error!(%error, "upgrade failed; this process serves on"),

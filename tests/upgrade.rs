@@ -125,11 +125,19 @@ fn pid_in(line: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigusr2_hands_the_sockets_to_the_new_binary_and_no_request_fails() {
     let b = Backend::start("b");
-    let mut proxy = Proxy::start(&format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\n\n\
-         [pools.web]\nbackends = [{}]\n",
-        b.entry()
-    ));
+    // as systemd's Type=notify: where the processes say they serve
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut proxy = Proxy::start_with_env(
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\n\n\
+             [pools.web]\nbackends = [{}]\n",
+            b.entry()
+        ),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
     let admin = proxy.admin_addr();
     let load = Load::start(&proxy.url("/"), mixed_clients());
     assert!(load.more(300), "the load does not run");
@@ -149,6 +157,23 @@ async fn sigusr2_hands_the_sockets_to_the_new_binary_and_no_request_fails() {
     assert!(load.more(300), "the new process does not serve");
     let failed = load.finish().await;
     assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
+
+    // systemd heard the old process serve, then the new one take over as
+    // the service's main process, from both
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    for _ in 0..3 {
+        let n = notify.recv(&mut buf).expect("fewer than 3 notifications");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(
+        heard,
+        [
+            format!("READY=1\nMAINPID={}\n", proxy.pid()),
+            format!("READY=1\nMAINPID={}\n", new.0),
+            format!("MAINPID={}\n", new.0),
+        ]
+    );
 
     // the new process has the admin listener too, and is the one alive
     let metrics = client::get(&client::h1(), &format!("http://{admin}/metrics")).await;

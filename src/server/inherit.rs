@@ -45,8 +45,6 @@ pub struct Inherited {
     /// From systemd: claimed by the address they are bound to.
     by_address: Vec<(SocketAddr, StdListener)>,
     ready: Option<OwnedFd>,
-    /// Tell systemd once serving (`NOTIFY_SOCKET`).
-    notify: Option<std::ffi::OsString>,
 }
 
 impl Inherited {
@@ -97,7 +95,6 @@ impl Inherited {
                 inherited.by_address.push((addr, socket));
             }
         }
-        inherited.notify = std::env::var_os("NOTIFY_SOCKET");
         Ok(inherited)
     }
 
@@ -123,7 +120,8 @@ impl Inherited {
 
     /// Closes the sockets no listener claimed (the new configuration
     /// dropped them), saying so, and tells whoever started this process
-    /// that it serves.
+    /// that it serves: systemd first (this process is now the service's
+    /// main one), then the process it replaces, which exits on hearing it.
     pub fn serving(mut self) {
         for (name, _) in self.named.drain(..) {
             tracing::warn!(listener = %name, "a socket handed over matches no listener now: closed");
@@ -131,14 +129,12 @@ impl Inherited {
         for (addr, _) in self.by_address.drain(..) {
             tracing::warn!(%addr, "a socket from systemd matches no listener: closed");
         }
+        tell_systemd(&format!("READY=1\nMAINPID={}\n", std::process::id()));
         if let Some(ready) = self.ready.take() {
             let mut file = std::fs::File::from(ready);
             if let Err(error) = io::Write::write_all(&mut file, b"1") {
                 tracing::warn!(%error, "cannot tell the previous process that this one serves");
             }
-        }
-        if let Some(path) = self.notify.take() {
-            notify_systemd(&path);
         }
     }
 }
@@ -187,11 +183,17 @@ fn adopt(var: &'static str, fd: RawFd) -> Result<(StdListener, SocketAddr), Inhe
     }
 }
 
-/// `READY=1` and this process as the service's main one, for a
-/// `Type=notify` unit; after an upgrade the new process is the main one.
-fn notify_systemd(path: &std::ffi::OsStr) {
+/// Sends `message` to systemd when it runs this process as a
+/// `Type=notify` service (`NOTIFY_SOCKET`); nothing otherwise. The
+/// variable stays in the environment: a new binary started by an upgrade
+/// notifies the same service.
+pub fn tell_systemd(message: &str) {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.as_os_str();
     let bytes = path.as_bytes();
     let addr = match bytes.strip_prefix(b"@") {
         Some(name) => {
@@ -200,7 +202,6 @@ fn notify_systemd(path: &std::ffi::OsStr) {
         }
         None => UnixAddr::from_pathname(path),
     };
-    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
     let sent = addr.and_then(|addr| {
         let socket = UnixDatagram::unbound()?;
         socket.send_to_addr(message.as_bytes(), &addr)
