@@ -365,6 +365,8 @@ impl Connection {
 
 /// The TLS handshake, within `request_header` of the accept (a client that
 /// opens a connection and sends nothing is the same slowloris over TLS).
+/// A stop does not cut it: the client may have sent its request already
+/// (it has [`DRAIN_IDLE_MS`] more at most).
 async fn handshake(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
@@ -374,9 +376,17 @@ async fn handshake(
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let deadline = clock::instant_at(accepted_ms + clock::millis(t.request_header));
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let accept = tokio::time::timeout_at(deadline, accept);
+    tokio::pin!(accept);
     let result = tokio::select! {
-        done = tokio::time::timeout_at(deadline, accept) => done,
-        () = shutdown.wait() => return None,
+        done = &mut accept => done,
+        () = shutdown.wait() => {
+            let drained = tokio::time::Instant::now() + Duration::from_millis(DRAIN_IDLE_MS);
+            match tokio::time::timeout_at(drained, accept).await {
+                Ok(done) => done,
+                Err(_) => return None,
+            }
+        }
     };
     let handshakes = &super::tls::HANDSHAKES;
     match result {
@@ -406,19 +416,28 @@ enum Sniffed {
 }
 
 /// Waits for the first bytes and tells HTTP/2 prior knowledge (h2c) from
-/// HTTP/1 without consuming anything.
+/// HTTP/1 without consuming anything. A stop does not close a connection
+/// just accepted at once: its request may be on its way, and closing a
+/// socket with a request unread resets it. It gets [`DRAIN_IDLE_MS`] to
+/// send one, as an idle keep-alive connection does.
 async fn sniff(
     stream: &TcpStream,
     t: &Timeouts,
     accepted_ms: u64,
     shutdown: &ShutdownSignal,
 ) -> Sniffed {
-    let deadline = clock::instant_at(accepted_ms + clock::millis(t.request_header));
+    let mut deadline = clock::instant_at(accepted_ms + clock::millis(t.request_header));
+    let mut stopped = false;
     let mut buf = [0u8; 24];
     loop {
         let peeked = tokio::select! {
             peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)) => peeked,
-            () = shutdown.wait() => return Sniffed::Gone,
+            () = shutdown.wait(), if !stopped => {
+                stopped = true;
+                let drained = tokio::time::Instant::now() + Duration::from_millis(DRAIN_IDLE_MS);
+                deadline = deadline.min(drained);
+                continue;
+            }
         };
         match peeked {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Sniffed::Gone,
