@@ -20,18 +20,22 @@ fn pool(policy: PolicyKind, n: usize) -> Pool {
         backends: (0..n)
             .map(|i| config::Backend {
                 name: format!("10.0.{}.{}:80", i / 256, i % 256),
-                addr: SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 80)),
+                addr: config::Addr::Fixed(SocketAddr::from((
+                    [10, 0, (i / 256) as u8, (i % 256) as u8],
+                    80,
+                ))),
                 weight: 1 + (i % 3) as u32,
                 drain: false,
                 tls: None,
             })
             .collect(),
         tls: config::BackendTls::default(),
+        resolve_interval: std::time::Duration::from_secs(5),
         health: config::Health::default(),
         sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
         session: None,
     };
-    Pool::build(&cfg, &Registry::default())
+    Pool::build(&cfg, &cfg.placed(&Default::default()), &Registry::default())
 }
 
 fn selection(c: &mut Criterion) {
@@ -101,7 +105,8 @@ fn compile(c: &mut Criterion) {
         b.iter(|| {
             let config = Config::parse(black_box(&text), Path::new(".")).unwrap();
             black_box(Runtime::build(
-                config,
+                std::sync::Arc::new(config),
+                &Default::default(),
                 &Registry::default(),
                 &sessionlb::session::Sessions::default(),
                 1,

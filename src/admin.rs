@@ -101,7 +101,7 @@ async fn handle(
         }
         (&Method::POST, "/admin/reload") => match reloader {
             None => text(StatusCode::CONFLICT, "no configuration file to reload\n"),
-            Some(reloader) => match reloader.reload() {
+            Some(reloader) => match reloader.reload().await {
                 Ok(generation) => text(
                     StatusCode::OK,
                     format!("reloaded: generation {generation}\n"),

@@ -22,6 +22,7 @@ pub mod health;
 pub mod histogram;
 pub mod proxy;
 pub mod reload;
+pub mod resolve;
 pub mod runtime;
 pub mod server;
 pub mod session;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sessionlb::config::Config;
+use sessionlb::config::{Addresses, Config};
 use sessionlb::reload::Reloader;
+use sessionlb::resolve::Dns;
 use sessionlb::runtime::Shared;
 use sessionlb::server::Inherited;
 use sessionlb::server::Server;
@@ -137,7 +138,12 @@ fn run_file(path: &Path, mut inherited: Inherited) -> anyhow::Result<()> {
         tracing::warn!(problem = %w, "configuration warning");
     }
     let main_loop = MainLoop::new()?;
-    let shared = Shared::new(config);
+    // backends that follow DNS have their addresses before the first request
+    let dns = Arc::new(Dns::default());
+    let addresses = main_loop
+        .rt
+        .block_on(dns.new_names(&config, &Addresses::new()));
+    let shared = Shared::new(config, addresses);
     let server = Server::start(shared.clone(), &mut inherited)?;
     let admin = match shared.load().config.server.admin_listen {
         Some(addr) => Some(main_loop.bind_admin(addr, &mut inherited)?),
@@ -147,6 +153,7 @@ fn run_file(path: &Path, mut inherited: Inherited) -> anyhow::Result<()> {
     let file = File {
         path: path.to_owned(),
         relaunch,
+        dns,
     };
     main_loop.run(server, shared, Some(file), admin)
 }
@@ -160,7 +167,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     init_tracing(&config.log.level);
     let main_loop = MainLoop::new()?;
-    let shared = Shared::new(config);
+    let shared = Shared::new(config, Addresses::new());
     let server = Server::start(shared.clone(), &mut Inherited::default())?;
     let addr = server.local_addrs()[0];
     let admin = main_loop.bind_admin(admin, &mut Inherited::default())?;
@@ -273,16 +280,21 @@ impl MainLoop {
             mut hup,
             mut usr2,
         } = self;
-        let (reloader, relaunch) = match file {
-            Some(File { path, relaunch }) => {
-                let reloader = Arc::new(Reloader {
+        let (reloader, relaunch, dns) = match file {
+            Some(File {
+                path,
+                relaunch,
+                dns,
+            }) => {
+                let reloader = Arc::new(Reloader::new(
                     path,
-                    shared: shared.clone(),
-                    listeners: server.listeners(),
-                });
-                (Some(reloader), Some(relaunch))
+                    shared.clone(),
+                    server.listeners(),
+                    dns.clone(),
+                ));
+                (Some(reloader), Some(relaunch), Some(dns))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let admin_socket = admin
             .as_ref()
@@ -300,13 +312,16 @@ impl MainLoop {
         tokio::spawn(sessionlb::admin::watch_store(shared.clone()));
         // once per process, here rather than in the workers
         tokio::spawn(sessionlb::health::run(shared.clone()));
+        if let Some(dns) = dns {
+            tokio::spawn(sessionlb::resolve::run(dns, shared.clone()));
+        }
         let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
                 _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
                 _ = hup.recv() => match &reloader {
-                    Some(reloader) => { let _ = reloader.reload(); }
+                    Some(reloader) => { let _ = reloader.reload().await; }
                     None => tracing::info!("SIGHUP: no configuration file to reload"),
                 },
                 _ = report.tick() => shared.report_draining(),
@@ -376,11 +391,12 @@ struct Admin {
     kept: std::net::TcpListener,
 }
 
-/// The configuration file a proxy runs from, and how to start its binary
-/// again.
+/// The configuration file a proxy runs from, how to start its binary
+/// again, and the resolver its backends that follow DNS use.
 struct File {
     path: PathBuf,
     relaunch: Relaunch,
+    dns: Arc<Dns>,
 }
 
 /// How often the log says what draining backends still serve.

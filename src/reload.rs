@@ -8,20 +8,41 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::{Backend, Config, Problem};
+use crate::resolve::Dns;
 use crate::runtime::Shared;
 use crate::server::Listeners;
 
-/// What a reload reads and changes: the file, the snapshot, the listeners.
+/// What a reload reads and changes: the file, the snapshot, the listeners,
+/// the names backends follow in DNS.
 pub struct Reloader {
     pub path: PathBuf,
     pub shared: Arc<Shared>,
     pub listeners: Arc<Listeners>,
+    pub dns: Arc<Dns>,
+    /// One reload at a time (SIGHUP and `POST /admin/reload` may meet).
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        shared: Arc<Shared>,
+        listeners: Arc<Listeners>,
+        dns: Arc<Dns>,
+    ) -> Self {
+        Reloader {
+            path,
+            shared,
+            listeners,
+            dns,
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Reloads the file; returns the new generation or every problem
     /// found, the old configuration still in effect then.
-    pub fn reload(&self) -> Result<u64, Vec<Problem>> {
+    pub async fn reload(&self) -> Result<u64, Vec<Problem>> {
+        let _one = self.serial.lock().await;
         let shared = &self.shared;
         let result = Config::load(&self.path)
             .map_err(|e| e.problems())
@@ -58,6 +79,10 @@ impl Reloader {
                     );
                 }
                 let changed = changes(&old, &config);
+                // names it adds are looked up first, so their backends
+                // serve from the first request
+                let found = self.dns.new_names(&config, &shared.addresses()).await;
+                shared.learn(found);
                 let generation = shared.swap(config);
                 if !listeners.is_empty() {
                     self.listeners.apply(listeners, &shared.load());

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use tokio::sync::Notify;
 
 use crate::balance::{DrainReport, Pool, PoolStats, Registry};
-use crate::config::{AccessFormat, Config, Timeouts};
+use crate::config::{AccessFormat, Addresses, Config, Placed, Timeouts};
 use crate::proxy::Router;
 use crate::proxy::upstream::PoolTls;
 use crate::session::{Mode, Sessions};
@@ -42,16 +42,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// From `config`, with the backends that follow DNS at `addresses`.
     pub fn build(
-        config: Config,
+        config: Arc<Config>,
+        addresses: &Addresses,
         registry: &Registry,
         sessions: &Sessions,
         generation: u64,
     ) -> Runtime {
+        let placed: Vec<Vec<Placed>> = config.pools.iter().map(|p| p.placed(addresses)).collect();
         let pools: Box<[Pool]> = config
             .pools
             .iter()
-            .map(|p| Pool::build(p, registry))
+            .zip(&placed)
+            .map(|(p, placed)| Pool::build(p, placed, registry))
             .collect();
         let store = sessions.store_for(&config.store);
         let modes: Box<[Option<Mode>]> = config
@@ -67,7 +71,12 @@ impl Runtime {
         let router = Router::build(&config, |name| {
             pools.iter().position(|p| &*p.name == name).unwrap_or(0)
         });
-        let upstream_tls = config.pools.iter().map(PoolTls::build).collect();
+        let upstream_tls = config
+            .pools
+            .iter()
+            .zip(&placed)
+            .map(|(p, placed)| PoolTls::build(p, placed))
+            .collect();
         Runtime {
             generation,
             upstream_tls,
@@ -79,7 +88,7 @@ impl Runtime {
             unrouted: registry.pool_stats(""),
             needs_store: modes.iter().any(Option::is_some),
             sessions: modes,
-            config: Arc::new(config),
+            config,
         }
     }
 }
@@ -105,6 +114,10 @@ pub struct Shared {
     pub last_reload_success_s: AtomicU64,
     /// What the log last said about draining backends.
     pub drain_report: Mutex<DrainReport>,
+    /// The addresses of the names backends follow in DNS, as last looked
+    /// up: every snapshot is built with them.
+    addresses: Mutex<Addresses>,
+    publishing: Mutex<()>,
     /// The generation in effect, for the workers (they close their pooled
     /// connections to removed backends at once) and the health checks to
     /// follow swaps.
@@ -112,10 +125,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
+    /// With the backends that follow DNS at `addresses` (as looked up
+    /// before start).
+    pub fn new(config: Config, addresses: Addresses) -> Arc<Shared> {
         let registry = Registry::default();
         let sessions = Sessions::default();
-        let runtime = Runtime::build(config, &registry, &sessions, 1);
+        let runtime = Runtime::build(Arc::new(config), &addresses, &registry, &sessions, 1);
         crate::balance::health::follow(None, &runtime.pools);
         Arc::new(Shared {
             current: ArcSwap::from_pointee(runtime),
@@ -129,6 +144,8 @@ impl Shared {
             reloads_failed: AtomicU64::new(0),
             last_reload_success_s: AtomicU64::new(crate::clock::unix_now()),
             drain_report: Mutex::default(),
+            addresses: Mutex::new(addresses),
+            publishing: Mutex::new(()),
             swapped: tokio::sync::watch::Sender::new(1),
         })
     }
@@ -209,7 +226,57 @@ impl Shared {
     /// Replaces the snapshot; requests in flight keep the one they loaded.
     pub fn swap(&self, config: Config) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let runtime = Runtime::build(config, &self.registry, &self.sessions, generation);
+        self.publish(Arc::new(config), generation);
+        generation
+    }
+
+    /// The addresses known now of the names backends follow.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// New addresses for names backends follow (those absent keep theirs):
+    /// the snapshot is rebuilt with them, with the same configuration and
+    /// generation, as a reload would (requests in flight finish where they
+    /// are, removed backends' idle connections close).
+    pub fn follow_dns(&self, found: Addresses) {
+        self.learn(found);
+        let current = self.load();
+        self.publish(current.config.clone(), current.generation);
+    }
+
+    /// Addresses for the next snapshot built (a reload's new names).
+    pub fn learn(&self, found: Addresses) {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(found);
+    }
+
+    /// Forgets the addresses of names no backend of `config` follows.
+    pub fn forget_names(&self, config: &Config) {
+        let wanted: std::collections::HashSet<_> =
+            config.pools.iter().flat_map(|p| p.dns_names()).collect();
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| wanted.contains(name));
+    }
+
+    fn publish(&self, config: Arc<Config>, generation: u64) {
+        // one at a time: each builds on the snapshot the last one left
+        let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let addresses = self.addresses();
+        let runtime = Runtime::build(
+            config,
+            &addresses,
+            &self.registry,
+            &self.sessions,
+            generation,
+        );
         // Backends that start draining are noted before any request can
         // see them draining, so the report counts their pinned traffic from
         // the first request.
@@ -221,6 +288,5 @@ impl Shared {
         let old = self.current.swap(runtime.clone());
         self.registry.retire(&old.pools, &runtime.pools);
         self.swapped.send_replace(generation);
-        generation
     }
 }

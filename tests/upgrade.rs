@@ -5,13 +5,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use nix::sys::signal::Signal;
-use support::client::{self, HttpClient};
-use support::{Backend, DEADLINE, Proxy, eventually};
+use support::client;
+use support::load::{Load, mixed_clients};
+use support::{Backend, DEADLINE, Proxy};
 
 /// Stops a process this test did not start itself (the new binary) when
 /// the test ends, passed or not.
@@ -22,97 +20,6 @@ impl Drop for Reaper {
         let pid = nix::unistd::Pid::from_raw(self.0);
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
     }
-}
-
-/// One request; what went wrong, if anything.
-async fn try_get(client: &HttpClient, url: &str) -> Result<(), String> {
-    let req = hyper::Request::get(url)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(DEADLINE, client.request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("{e:?}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e:?}"))?
-        .to_bytes();
-    match (status.as_u16(), &body[..]) {
-        (200, b"b") => Ok(()),
-        other => Err(format!("{other:?}")),
-    }
-}
-
-/// Clients sending requests in a loop until told to stop, counting what
-/// succeeded and keeping what failed.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(url: &str, clients: Vec<(&'static str, HttpClient)>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let tasks = clients
-            .into_iter()
-            .map(|(kind, client)| {
-                let (stop, ok, url) = (stop.clone(), ok.clone(), url.to_string());
-                tokio::spawn(async move {
-                    let mut failed = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match try_get(&client, &url).await {
-                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(e) => {
-                                failed.push(format!("{kind}: {e}"));
-                                0
-                            }
-                        };
-                    }
-                    failed
-                })
-            })
-            .collect();
-        Load { stop, ok, tasks }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` more requests have succeeded.
-    fn more(&self, n: u64) -> bool {
-        let from = self.ok();
-        eventually(DEADLINE, || self.ok() >= from + n)
-    }
-
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failed = Vec::new();
-        for t in self.tasks {
-            failed.extend(t.await.unwrap());
-        }
-        failed
-    }
-}
-
-/// New connections, keep-alive HTTP/1.1 and HTTP/2 clients, 10 in all.
-fn mixed_clients() -> Vec<(&'static str, HttpClient)> {
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        clients.push(("new connection per request", client::h1_fresh()));
-    }
-    for _ in 0..4 {
-        clients.push(("keep-alive HTTP/1.1", client::h1()));
-    }
-    for _ in 0..2 {
-        clients.push(("HTTP/2", client::h2()));
-    }
-    clients
 }
 
 fn pid_in(line: &str) -> i32 {

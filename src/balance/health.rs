@@ -254,13 +254,14 @@ mod tests {
                 .iter()
                 .map(|n| config::Backend {
                     name: n.to_string(),
-                    addr: n.parse().unwrap(),
+                    addr: config::Addr::Fixed(n.parse().unwrap()),
                     weight: 1,
                     drain: false,
                     tls: None,
                 })
                 .collect(),
             tls: config::BackendTls::default(),
+            resolve_interval: std::time::Duration::from_secs(5),
             health: config::Health {
                 check: checked.then(|| config::HealthCheck {
                     path: "/".into(),
@@ -274,7 +275,7 @@ mod tests {
             sticky: None,
             session: None,
         };
-        Pool::build(&cfg, registry)
+        Pool::build(&cfg, &cfg.placed(&Default::default()), registry)
     }
 
     #[test]

@@ -220,11 +220,11 @@ impl DrainReport {
 }
 
 impl Pool {
-    /// Builds a pool from validated config, taking each backend's live
-    /// state from the registry.
-    pub fn build(cfg: &config::Pool, registry: &Registry) -> Pool {
-        let backends: Box<[Backend]> = cfg
-            .backends
+    /// Builds a pool from validated config with its backends as `placed`
+    /// now (those that follow DNS at the addresses they have), taking each
+    /// backend's live state from the registry.
+    pub fn build(cfg: &config::Pool, placed: &[config::Placed], registry: &Registry) -> Pool {
+        let backends: Box<[Backend]> = placed
             .iter()
             .map(|b| Backend {
                 state: registry.get(&b.name),
@@ -234,7 +234,7 @@ impl Pool {
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
-        let ids: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
+        let ids: Vec<&str> = placed.iter().map(|b| b.name.as_str()).collect();
         let mut sticky = None;
         let policy: Box<dyn Policy> = match cfg.policy {
             PolicyKind::RoundRobin => Box::new(RoundRobin::new(&weights)),
@@ -311,18 +311,19 @@ pub(crate) mod test_util {
                 .enumerate()
                 .map(|(i, (id, &w))| config::Backend {
                     name: id.clone(),
-                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    addr: config::Addr::Fixed(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16))),
                     weight: w,
                     drain: false,
                     tls: None,
                 })
                 .collect(),
             tls: config::BackendTls::default(),
+            resolve_interval: std::time::Duration::from_secs(5),
             health: config::Health::default(),
             sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
             session: None,
         };
-        Pool::build(&cfg, &registry)
+        Pool::build(&cfg, &cfg.placed(&Default::default()), &registry)
     }
 
     pub fn target() -> Target {

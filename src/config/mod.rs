@@ -12,6 +12,7 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -30,9 +31,17 @@ pub struct Config {
     pub store: Store,
     pub routes: Vec<Route>,
     pub log: Log,
+    pub resolver: Resolver,
     /// What is served all the same but should be fixed (a certificate out
     /// of its dates): `check` prints them, `run` and reloads log them.
     pub warnings: Vec<Problem>,
+}
+
+/// Where the backends that follow DNS are looked up (nginx's `resolver`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolver {
+    /// Empty: the system's (`/etc/resolv.conf`, and `/etc/hosts`).
+    pub nameservers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +148,8 @@ pub struct Pool {
     pub max_body: Option<u64>,
     /// How the pool's HTTPS backends are verified.
     pub tls: BackendTls,
+    /// How often the names of backends with `resolve = true` are looked up.
+    pub resolve_interval: Duration,
     pub health: Health,
     /// Present (with defaults) whenever `policy = "cookie"`.
     pub sticky: Option<Sticky>,
@@ -151,13 +162,88 @@ pub struct Backend {
     /// Health, counters, pooled connections, `ip_hash` placement and sticky
     /// tokens follow it across reloads and across proxy instances.
     pub name: String,
-    pub addr: SocketAddr,
+    pub addr: Addr,
     pub weight: u32,
     pub drain: bool,
     /// Reached over TLS (the pool's `tls = true`, or `https://` in its
     /// address): the name it is verified as and sent as SNI, the host
     /// as written.
     pub tls: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+/// Where a backend is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// An address, or a name resolved once, when the file is loaded.
+    Fixed(SocketAddr),
+    /// A name that is resolved again and again (`resolve = true`): each
+    /// address it has is a backend.
+    Dns(DnsName),
+}
+
+/// A backend's name and port, to follow in DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsName {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// The addresses each name that backends follow has now, sorted.
+pub type Addresses = std::collections::HashMap<DnsName, Arc<[SocketAddr]>>;
+
+/// A backend at one address, as a snapshot has it: a fixed backend as the
+/// file gives it, or one of the addresses of a backend that follows DNS.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// Its identity: the backend's, and for one that follows DNS, the
+    /// address after it (`app:8080/10.0.0.5:8080`), so that the addresses
+    /// that stay keep their state, sticky tokens and `ip_hash` placement.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub drain: bool,
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl Pool {
+    /// Its backends at the addresses known now: one that follows DNS
+    /// has one entry per address of its name in `addresses` (none before
+    /// the first answer).
+    pub fn placed(&self, addresses: &Addresses) -> Vec<Placed> {
+        let mut out = Vec::with_capacity(self.backends.len());
+        for b in &self.backends {
+            let at = |name: String, addr: SocketAddr| Placed {
+                name,
+                addr,
+                weight: b.weight,
+                drain: b.drain,
+                tls: b.tls.clone(),
+            };
+            match &b.addr {
+                Addr::Fixed(addr) => out.push(at(b.name.clone(), *addr)),
+                Addr::Dns(dns) => {
+                    for &addr in addresses.get(dns).map_or(&[][..], |a| a) {
+                        out.push(at(format!("{}/{addr}", b.name), addr));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The names its backends follow in DNS.
+    pub fn dns_names(&self) -> impl Iterator<Item = &DnsName> {
+        self.backends.iter().filter_map(|b| match &b.addr {
+            Addr::Dns(name) => Some(name),
+            Addr::Fixed(_) => None,
+        })
+    }
 }
 
 /// A pool's verification of its HTTPS backends.
@@ -462,9 +548,15 @@ impl Config {
             );
             for b in &pool.backends {
                 let drain = if b.drain { ", draining" } else { "" };
-                let at = match b.name.parse::<SocketAddr>() {
-                    Ok(a) if a == b.addr => String::new(),
-                    _ => format!(" at {}", b.addr),
+                let at = match &b.addr {
+                    Addr::Fixed(addr) => match b.name.parse::<SocketAddr>() {
+                        Ok(a) if a == *addr => String::new(),
+                        _ => format!(" at {addr}"),
+                    },
+                    Addr::Dns(name) => format!(
+                        " at every address of {name}, looked up every {}",
+                        humantime::format_duration(pool.resolve_interval)
+                    ),
                 };
                 let https = match (b.tls.as_ref().map(|n| n.to_str()), &pool.tls) {
                     (None, _) => String::new(),

@@ -19,6 +19,13 @@ pub struct FileConfig {
     pub store: Option<StoreSection>,
     pub routes: Vec<RouteSection>,
     pub log: LogSection,
+    pub resolver: Option<ResolverSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolverSection {
+    pub nameservers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +78,7 @@ pub struct PoolSection {
     pub tls: Option<bool>,
     pub ca: Option<String>,
     pub insecure_skip_verify: Option<bool>,
+    pub resolve_interval: Option<String>,
     pub health: Option<HealthSection>,
     pub sticky: Option<StickySection>,
     pub session: Option<SessionSection>,
@@ -84,6 +92,8 @@ pub struct BackendSection {
     pub weight: Option<i64>,
     #[serde(default)]
     pub drain: bool,
+    #[serde(default)]
+    pub resolve: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

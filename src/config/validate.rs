@@ -174,6 +174,49 @@ pub(crate) fn without_name_lookups<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// `pools.X.resolve_interval` when not given (as the SPEC's example).
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Shorter would be a flood of queries, not fresher addresses.
+const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The name and port of a backend with `resolve = true`: looked up while
+/// running, not now, so a name that does not resolve yet (the app is not
+/// up) is no problem of the file.
+fn dns_name(p: &mut Problems, path: &str, raw: &str) -> Option<DnsName> {
+    let parsed = raw.rsplit_once(':').and_then(|(host, port)| {
+        let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            });
+        valid.then(|| DnsName {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    });
+    match parsed {
+        Some(name) if name.host.parse::<std::net::IpAddr>().is_err() => Some(name),
+        Some(_) => {
+            p.push(
+                path,
+                format!("{raw:?} is an address: resolve = true needs a host name"),
+            );
+            None
+        }
+        None => {
+            p.push(
+                path,
+                format!("invalid backend name {raw:?} for resolve = true (expected host:port, the host a DNS name)"),
+            );
+            None
+        }
+    }
+}
+
 /// A backend address: `ip:port`, or `host:port` resolved now, as nginx
 /// resolves `server` names when it loads its configuration.
 fn parse_backend_addr(p: &mut Problems, path: &str, raw: &str) -> Option<SocketAddr> {
@@ -225,6 +268,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigEr
     let store = validate_store(&mut p, file.store);
     let routes = validate_routes(&mut p, file.routes, &pools);
     let log = validate_log(&mut p, file.log);
+    let resolver = validate_resolver(&mut p, file.resolver.unwrap_or_default());
     if p.0.is_empty() {
         Ok(Config {
             server,
@@ -233,11 +277,31 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigEr
             store,
             routes,
             log,
+            resolver,
             warnings,
         })
     } else {
         Err(ConfigError::Invalid(p.0))
     }
+}
+
+/// `[resolver] nameservers`: `ip` (port 53) or `ip:port`.
+fn validate_resolver(p: &mut Problems, s: model::ResolverSection) -> Resolver {
+    let mut nameservers = Vec::new();
+    for (i, raw) in s.nameservers.iter().enumerate() {
+        let parsed = raw.parse::<SocketAddr>().or_else(|_| {
+            raw.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(addr) => nameservers.push(addr),
+            Err(_) => p.push(
+                format!("resolver.nameservers[{i}]"),
+                format!("invalid name server {raw:?} (expected ip or ip:port)"),
+            ),
+        }
+    }
+    Resolver { nameservers }
 }
 
 fn validate_server(
@@ -521,9 +585,11 @@ fn validate_pool(
             true => tls_name(p, &format!("{bpath}.addr"), host).map(Some),
             false => Some(None),
         };
-        if let (Some(addr), Some(tls)) =
-            (parse_backend_addr(p, &format!("{bpath}.addr"), host), tls)
-        {
+        let addr = match b.resolve {
+            true => dns_name(p, &format!("{bpath}.addr"), host).map(Addr::Dns),
+            false => parse_backend_addr(p, &format!("{bpath}.addr"), host).map(Addr::Fixed),
+        };
+        if let (Some(addr), Some(tls)) = (addr, tls) {
             backends.push(Backend {
                 name,
                 addr,
@@ -541,6 +607,20 @@ fn validate_pool(
         }
     });
     let health = validate_health(p, &path, s.health);
+    let resolve_interval = p.duration(
+        &format!("{path}.resolve_interval"),
+        s.resolve_interval.as_deref(),
+        DEFAULT_RESOLVE_INTERVAL,
+    );
+    if resolve_interval < MIN_RESOLVE_INTERVAL {
+        p.push(
+            format!("{path}.resolve_interval"),
+            format!(
+                "must be at least {}",
+                humantime::format_duration(MIN_RESOLVE_INTERVAL)
+            ),
+        );
+    }
     let sticky = match (policy, s.sticky) {
         (PolicyKind::Cookie, raw) => Some(validate_sticky(p, &path, raw.unwrap_or_default())),
         (_, Some(_)) => {
@@ -577,6 +657,7 @@ fn validate_pool(
         backends,
         max_body,
         tls: backend_tls,
+        resolve_interval,
         health,
         sticky,
         session,

@@ -7,6 +7,8 @@
 pub mod apps;
 pub mod backend;
 pub mod client;
+pub mod dns;
+pub mod load;
 pub mod raw;
 pub mod redis;
 pub mod tls;

@@ -36,12 +36,13 @@ pub struct Target<'a> {
 }
 
 impl PoolTls {
-    /// `None` for a pool with no backend over TLS.
-    pub fn build(pool: &config::Pool) -> Option<PoolTls> {
+    /// For `pool`'s backends as `placed` in a snapshot; `None` for a pool
+    /// with no backend over TLS.
+    pub fn build(pool: &config::Pool, placed: &[config::Placed]) -> Option<PoolTls> {
         if pool.backends.iter().all(|b| b.tls.is_none()) {
             return None;
         }
-        let names = pool.backends.iter().map(|b| b.tls.clone()).collect();
+        let names = placed.iter().map(|b| b.tls.clone()).collect();
         let config = client_config(&pool.tls);
         if let Err(error) = &config {
             tracing::error!(pool = %pool.name, %error, "cannot set up TLS to the backends");

@@ -1,0 +1,130 @@
+//! Backends that follow DNS (`resolve = true`): every address a name has
+//! is a backend, added and removed as the name's answers change, with a
+//! resolver the test controls (a DNS server on loopback).
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use support::dns::DnsServer;
+use support::load::{Load, mixed_clients};
+use support::{Backend, DEADLINE, Proxy, eventually};
+
+/// Four backends on one port, at 127.0.0.1 to 127.0.0.4, as four
+/// replicas of an app behind one name.
+fn replicas() -> (u16, Vec<Backend>) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let backends = (1..=4)
+        .map(|i| {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+            Backend::start_on(&format!("app{i}"), SocketAddr::new(ip, port))
+        })
+        .collect();
+    (port, backends)
+}
+
+fn ips(of: &[u8]) -> Vec<Ipv4Addr> {
+    of.iter().map(|&i| Ipv4Addr::new(127, 0, 0, i)).collect()
+}
+
+fn config(dns: &DnsServer, port: u16, policy: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\n\n\
+         [resolver]\nnameservers = [\"{}\"]\n\n\
+         [pools.web]\npolicy = \"{policy}\"\nresolve_interval = \"100ms\"\n\
+         backends = [{{ addr = \"app.test:{port}\", resolve = true }}]\n",
+        dns.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_scaled_from_1_to_4_to_2_replicas_under_load_loses_no_request() {
+    let dns = DnsServer::start();
+    let (port, apps) = replicas();
+    dns.set("app.test", &ips(&[1]));
+    let proxy = Proxy::start(&config(&dns, port, "round_robin"));
+    let load = Load::start(&proxy.url("/"), mixed_clients());
+    assert!(load.more(200));
+    assert_eq!(
+        load.answered_by().keys().collect::<Vec<_>>(),
+        ["app1"],
+        "one replica at start"
+    );
+
+    // scaled to 4: each replica gets traffic
+    dns.set("app.test", &ips(&[1, 2, 3, 4]));
+    let all_serve = eventually(DEADLINE, || apps.iter().all(|a| a.hits() > 0));
+    assert!(all_serve, "{:?}", load.answered_by());
+    let pools = support::client::get(
+        &support::client::h1(),
+        &format!("http://{}/admin/pools", proxy.admin_addr()),
+    )
+    .await
+    .body;
+    for i in 1..=4 {
+        let identity = format!("\"app.test:{port}/127.0.0.{i}:{port}\"");
+        assert!(pools.contains(&identity), "{identity} not in {pools}");
+    }
+
+    // scaled to 2: the replicas that go get nothing new once the proxy
+    // has followed (their requests in flight finish)
+    dns.set("app.test", &ips(&[1, 3]));
+    let followed = proxy.stderr.wait_for(DEADLINE, |l| {
+        l.contains("backends follow DNS")
+            && l.contains(&format!("removed=127.0.0.2:{port}, 127.0.0.4:{port}"))
+    });
+    assert!(followed.is_some(), "{:#?}", proxy.stderr.all());
+    assert!(load.more(100));
+    let (gone2, gone4) = (apps[1].hits(), apps[3].hits());
+    let (kept1, kept3) = (apps[0].hits(), apps[2].hits());
+    assert!(load.more(400));
+    assert_eq!((apps[1].hits(), apps[3].hits()), (gone2, gone4));
+    assert!(apps[0].hits() > kept1 && apps[2].hits() > kept3);
+
+    let failed = load.finish().await;
+    assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
+    assert!(dns.queries() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_stops_existing_takes_its_backends_and_a_silent_server_keeps_them() {
+    let dns = DnsServer::start();
+    let (port, apps) = replicas();
+    dns.set("app.test", &ips(&[1, 2]));
+    let proxy = Proxy::start(&config(&dns, port, "round_robin"));
+    let client = support::client::h1();
+    let url = proxy.url("/");
+    for _ in 0..10 {
+        assert_eq!(support::client::get(&client, &url).await.status, 200);
+    }
+    assert!(apps[0].hits() > 0 && apps[1].hits() > 0);
+
+    // NXDOMAIN: the name has no address now, so the pool has no backend
+    dns.remove("app.test");
+    let gone = proxy.stderr.wait_for(DEADLINE, |l| {
+        l.contains("backends follow DNS") && l.contains("now=none")
+    });
+    assert!(gone.is_some(), "{:#?}", proxy.stderr.all());
+    let r = support::client::get(&client, &url).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+
+    // it comes back, then its server stops answering: its backends stay
+    dns.set("app.test", &ips(&[3]));
+    let back = proxy.stderr.wait_for(DEADLINE, |l| {
+        l.contains("backends follow DNS") && l.contains(&format!("now=127.0.0.3:{port}"))
+    });
+    assert!(back.is_some(), "{:#?}", proxy.stderr.all());
+    drop(dns);
+    let silent = proxy.stderr.wait_for(DEADLINE, |l| {
+        l.contains("cannot look up a backend name; its backends stay as they were")
+    });
+    assert!(silent.is_some(), "{:#?}", proxy.stderr.all());
+    for _ in 0..5 {
+        let r = support::client::get(&client, &url).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "app3"));
+    }
+}
