@@ -248,7 +248,7 @@ async fn check_once(shared: &Shared, name: &str, check: &HealthCheck) -> bool {
     let pool = &rt.pools[p];
     let backend = &pool.backends[b];
     let tls = rt.upstream_tls[p].as_ref().and_then(|t| t.target(b));
-    let host = host_header(backend.addr, rt.config.pools[p].backends[b].tls.as_ref());
+    let host = host_header(backend.addr, tls.as_ref().map(|t| t.name()));
     let result = match probe(backend.addr, tls, &host, &check.path, check.timeout).await {
         Ok(code) if (200..400).contains(&code) => Ok(format!("status {code}")),
         Ok(code) => Err(CheckError::Status(code).to_string()),
@@ -281,7 +281,7 @@ async fn check_once(shared: &Shared, name: &str, check: &HealthCheck) -> bool {
 
 /// The `Host` a check sends: the name an HTTPS backend is verified as
 /// (with its port unless 443), else the address.
-fn host_header(addr: SocketAddr, tls: Option<&ServerName<'static>>) -> String {
+fn host_header(addr: SocketAddr, tls: Option<&ServerName<'_>>) -> String {
     match tls {
         Some(ServerName::DnsName(name)) if addr.port() == 443 => name.as_ref().to_string(),
         Some(ServerName::DnsName(name)) => format!("{}:{}", name.as_ref(), addr.port()),
