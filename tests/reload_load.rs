@@ -134,18 +134,27 @@ enum Change {
     Undrain,
 }
 
-/// The good reloads cycle through these: the policy changes every fourth
-/// good reload, so each policy stays in effect across a few other changes.
-const CHANGES: [Change; 8] = [
+/// The changes other than the policy, in turn.
+const CHANGES: [Change; 5] = [
     Change::Add,
-    Change::Policy,
     Change::Weights,
     Change::Drain,
     Change::Remove,
-    Change::Policy,
-    Change::Weights,
     Change::Undrain,
 ];
+
+/// The change of the `k`th good reload: every fourth switches the policy,
+/// the three between take the next of [`CHANGES`]. Five changes over three
+/// places: each time a policy comes back it sees another mix. Under
+/// `cookie`: a backend added, weights, a backend draining; then draining,
+/// an extra backend (with clients pinned to it) removed, undrained; then
+/// undrained, added, weights.
+fn change(k: usize) -> Change {
+    match k % 4 {
+        3 => Change::Policy,
+        _ => CHANGES[(k - k / 4) % CHANGES.len()],
+    }
+}
 
 /// `prev` with one change made; `k` counts the good reloads.
 fn changed(prev: &Plan, change: Change, k: usize) -> Plan {
@@ -178,7 +187,7 @@ fn changed(prev: &Plan, change: Change, k: usize) -> Plan {
         }
         // a core backend, in turn: one that cookie clients are pinned to
         Change::Drain => {
-            let b = (k / CHANGES.len()) % CORE;
+            let b = (k / 4) % CORE;
             p.backends
                 .iter_mut()
                 .find(|e| e.backend == b)
@@ -258,6 +267,10 @@ struct Tally {
     pinned_hits: AtomicU64,
     /// Pins that held across a period under another policy.
     kept_across_policies: AtomicU64,
+    /// Of the pinned answers, those from a backend draining.
+    drained_hits: AtomicU64,
+    /// Clients re-pinned because their backend left the file.
+    repinned: AtomicU64,
     /// Problems, with what was seen, for the report.
     problems: Mutex<Vec<String>>,
     violations: Mutex<Vec<String>>,
@@ -361,6 +374,7 @@ fn check_placement(
                         NAMES[pinned]
                     ));
                 }
+                tally.repinned.fetch_add(1, Ordering::Relaxed);
             }
             pin.token = Some(token);
             pin.backend = Some(answered);
@@ -373,6 +387,12 @@ fn check_placement(
                     violation(format!("lost its pin to {}", NAMES[pinned]));
                 } else {
                     tally.pinned_hits.fetch_add(1, Ordering::Relaxed);
+                    if plans
+                        .iter()
+                        .all(|p| p.entry(pinned).is_some_and(|e| e.drain))
+                    {
+                        tally.drained_hits.fetch_add(1, Ordering::Relaxed);
+                    }
                     if std::mem::take(&mut pin.away) {
                         tally.kept_across_policies.fetch_add(1, Ordering::Relaxed);
                     }
@@ -638,8 +658,7 @@ async fn reloads_under_load_lose_no_request_connection_or_pin() {
             std::fs::write(&proxy.config_path, broken(&plan, &addrs, bad as usize)).unwrap();
             bad += 1;
         } else {
-            let change = CHANGES[good as usize % CHANGES.len()];
-            plan = changed(&plan, change, good as usize);
+            plan = changed(&plan, change(good as usize), good as usize);
             let mut t = timeline.lock().unwrap();
             t.plans.push(plan.clone());
             t.pending = Some(t.plans.len() - 1);
@@ -698,7 +717,8 @@ async fn reloads_under_load_lose_no_request_connection_or_pin() {
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let summary = format!(
         "{} requests ({} HTTP/1.1, {} h2c) on {} connections, {} reloads ({good} applied, {bad} refused) in {:?}; \
-         {} answers checked against their pin, {} pins kept across another policy",
+         {} answers checked against their pin ({} from a draining backend), {} pins kept across another policy, \
+         {} clients re-pinned as their backend left",
         count(&tally.requests),
         count(&tally.h1),
         count(&tally.h2),
@@ -706,7 +726,9 @@ async fn reloads_under_load_lose_no_request_connection_or_pin() {
         good + bad,
         started.elapsed(),
         count(&tally.pinned_hits),
+        count(&tally.drained_hits),
         count(&tally.kept_across_policies),
+        count(&tally.repinned),
     );
     eprintln!("{summary}");
     let log = || proxy.stderr.all().join("\n");
@@ -727,13 +749,17 @@ async fn reloads_under_load_lose_no_request_connection_or_pin() {
     assert!(count(&tally.h1) >= MIN_REQUESTS / 4, "{summary}");
     assert!(count(&tally.h2) >= MIN_REQUESTS / 4, "{summary}");
     assert!(good + bad >= 50 && bad == (RELOADS / 5) as u64);
-    // the pins were put to the test: many answers, and clients that came
-    // back to their backend after round_robin, least_conn and ip_hash
+    // the pins were put to the test: many answers, some from a draining
+    // backend, clients that came back to their backend after round_robin,
+    // least_conn and ip_hash, and some whose backend was removed under
+    // the cookie policy
     assert!(count(&tally.pinned_hits) >= 1000, "{summary}");
+    assert!(count(&tally.drained_hits) > 0, "{summary}");
     assert!(
         count(&tally.kept_across_policies) >= (H1_CLIENTS + H2_CLIENTS) as u64,
         "{summary}"
     );
+    assert!(count(&tally.repinned) > 0, "{summary}");
     // every reload counted, as what it was
     assert_eq!(sample(&text, SUCCESSES), good as f64, "{text}");
     assert_eq!(sample(&text, FAILURES), bad as f64, "{text}");
