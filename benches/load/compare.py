@@ -28,6 +28,16 @@ the same port with the same number of worker threads, and drives it with wrk
                                 connections mix clients: no request finds the
                                 session its connection opened last, and each
                                 opens (decrypts) its session anew
+  slb_rr_reloading              slb_rr while its configuration is reloaded
+                                every 100 ms (SIGHUP): the file is rewritten
+                                in turn with a weight changed, back, a
+                                backend draining, back, so that the three
+                                backends stay in use; the row tells the
+                                reloads applied during the run (from the
+                                admin listener's sessionlb_config_generation)
+                                and is reported beside slb_rr of the same
+                                repetition (its only other difference: that
+                                admin listener, idle)
   nginx_tls, slb_tls            TLS termination, round robin, HTTP/1.1 over
                                 TLS 1.3 keep-alive (wrk, https://)
   nginx_tls_handshake,          the same proxies, a new connection per
@@ -128,6 +138,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -470,7 +481,7 @@ backend be
             p = start([tool("haproxy"), "-db", "-f", str(conf)], d / "out.log", role="proxy")
         else:
             policy = policy.removesuffix("_mixed")
-            pol = {"rr": "round_robin", "iphash": "ip_hash", "cookie": "cookie",
+            pol = {"rr": "round_robin", "rr_reloading": "round_robin", "iphash": "ip_hash", "cookie": "cookie",
                    "store_memory": "round_robin", "store_redis": "round_robin",
                    "tls": "round_robin", "tls_handshake": "round_robin", "tls_resumed": "round_robin"}[policy]
             sticky = '[pools.web.sticky]\ncookie = "slb_route"\nsecret = "bench"\n' if pol == "cookie" else ""
@@ -483,12 +494,16 @@ backend be
             listen = (f'admin_listen = "{HOST}:{self.port + 30}"\n[[server.tls]]\nlisten = "{HOST}:{self.port}"\n'
                       f'certificates = [ {{ cert = "{self.cert}", key = "{self.key}" }} ]\n'
                       if tls else "")
+            # the reloading row: an admin listener tells the reloads applied
+            reloading = policy == "rr_reloading"
+            if reloading:
+                listen = f'admin_listen = "{HOST}:{self.port + 30}"\n'
             conf = d / "sessionlb.toml"
             conf.write_text(f"""[server]
 {"" if tls else f'listen = ["{HOST}:{self.port}"]{chr(10)}'}workers = {w}
 {listen}[pools.web]
 policy = "{pol}"
-backends = [{{ addr = "{HOST}:{be[0]}" }}, {{ addr = "{HOST}:{be[1]}" }}, {{ addr = "{HOST}:{be[2]}" }}]
+{slb_backends(be)}
 {sticky}[log]
 access_log = {str(self.args.access_log).lower()}
 """)
@@ -496,6 +511,9 @@ access_log = {str(self.args.access_log).lower()}
                       env=dict(os.environ, RUST_LOG="warn"))
             if tls:
                 p.admin = self.port + 30
+            if reloading:
+                p.reload_admin = self.port + 30
+            p.conf = conf
         if not wait_http(self.port, tls=self.tls_ctx if tls else None):
             stop(p)
             sys.exit(f"{name} did not start; see {d}")
@@ -604,8 +622,32 @@ access_log = {str(self.args.access_log).lower()}
         return r
 
     def measure(self, name, p, cookies, seconds):
-        """One wrk run against the proxy `p`."""
-        return self.measure_all([(name, p, cookies, self.port)], seconds)[0]
+        """One wrk run against the proxy `p` (reloaded every 100 ms while
+        wrk runs, for slb_rr_reloading)."""
+        if name != "slb_rr_reloading":
+            return self.measure_all([(name, p, cookies, self.port)], seconds)[0]
+        before = self.reload_counts(p)
+        with Reloader(p, self.backends) as reloader:
+            r = self.measure_all([(name, p, cookies, self.port)], seconds)[0]
+        after = self.reload_counts(p)
+        r["reloads_sent"] = reloader.sent
+        r["reloads"] = int(after[0] - before[0])
+        r["reloads_failed"] = int(after[1] - before[1])
+        return r
+
+    def reload_counts(self, p):
+        """sessionlb's configuration generation and refused reloads, from
+        its admin /metrics."""
+        text = urllib.request.urlopen(f"http://{HOST}:{p.reload_admin}/metrics", timeout=5).read().decode()
+
+        def sample(name):
+            m = re.search(rf"^{re.escape(name)}\s+(\S+)", text, re.M)
+            if not m:
+                sys.exit(f"no {name} in sessionlb's metrics")
+            return float(m.group(1))
+
+        return (sample("sessionlb_config_generation"),
+                sample('sessionlb_config_reloads_total{result="failure"}'))
 
     def paired(self, name, rounds):
         """`name` and its reference (slb_rr; for a TLS row nginx's row of
@@ -798,6 +840,60 @@ def ratio(a, b):
     return a / b if b else float("nan")
 
 
+def slb_backends(be, weight=1, drain=False):
+    """sessionlb's `backends = [...]` line over the three backends: the
+    first with `weight`, the last draining with `drain`."""
+    first = f', weight = {weight}' if weight != 1 else ""
+    last = ", drain = true" if drain else ""
+    return (f'backends = [{{ addr = "{HOST}:{be[0]}"{first} }}, {{ addr = "{HOST}:{be[1]}" }}, '
+            f'{{ addr = "{HOST}:{be[2]}"{last} }}]')
+
+
+class Reloader:
+    """While in its `with`, a thread rewrites sessionlb's configuration file
+    and sends it SIGHUP every 100 ms, in turn: the first backend's weight
+    to 2, back to 1, the last backend draining, back. Every real backend
+    stays in the file and gets requests. The file is replaced whole
+    (rename), so a reload never reads half of one."""
+
+    EVERY = 0.1
+
+    def __init__(self, p, backends):
+        self.p, self.backends = p, backends
+        self.text = Path(p.conf).read_text()
+        self.line = slb_backends(backends)
+        if self.line not in self.text:
+            sys.exit(f"slb_rr_reloading: no backends line in\n{self.text}")
+        self.sent = 0
+        self.done = threading.Event()
+
+    def run(self):
+        variants = [slb_backends(self.backends, weight=2), self.line,
+                    slb_backends(self.backends, drain=True), self.line]
+        conf = Path(self.p.conf)
+        tmp = conf.with_suffix(".tmp")
+        next_at = time.monotonic()
+        while True:
+            next_at += self.EVERY
+            if self.done.wait(max(0.0, next_at - time.monotonic())):
+                return
+            tmp.write_text(self.text.replace(self.line, variants[self.sent % len(variants)]))
+            os.replace(tmp, conf)
+            os.kill(self.p.pid, signal.SIGHUP)
+            self.sent += 1
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        # the file as it was, for the next run of the row
+        Path(self.p.conf).write_text(self.text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessionlb", default=str(ROOT / "target/release/sessionlb"))
@@ -865,6 +961,9 @@ def main():
                         redis += f" (sessionlb counted full {r['server_full']} resumed {r['server_resumed']})"
                     if "negotiated" in r:
                         redis += f" [{r['negotiated']}]"
+                    if "reloads" in r:
+                        redis += (f" reloads {r['reloads']} applied ({r['reloads_sent']} SIGHUP sent, "
+                                  f"{r['reloads_failed']} refused)")
                     log(f"rep {rep} {name}: {r['rps']:.0f} req/s p50 {r['p50_us']}us p99 {r['p99_us']}us "
                         f"cpu {r['cpu_us_per_req']:.1f}us/req{redis} steal {r['steal_pct']:.1f}% "
                         f"other {r['other_pct']:.1f}% errors {r['errors']}")
@@ -940,6 +1039,36 @@ def store_report(by_rep, args):
         tgt = "none" if target is None else f">= {target:g}x" + (f" (goal {goal:g}x)" if goal is not None else "")
         print(f"| {name} | {tgt} | {len(pairs)} | {all_med:.3f} | {verdict(all_med)} | {len(clean)} | "
               f"{clean_med:.3f} | {verdict(clean_med)} | {cpu:.1f} | {rcpu} |")
+
+
+def reload_report(by_rep, args):
+    """slb_rr_reloading beside slb_rr of the same repetition: what reloading
+    every 100 ms under load costs the requests."""
+    pairs = [(rep, rows["slb_rr_reloading"], rows["slb_rr"]) for rep, rows in sorted(by_rep.items())
+             if "slb_rr_reloading" in rows and "slb_rr" in rows]
+    if not pairs:
+        return
+    print("\nReload under load: sessionlb round robin with its configuration reloaded every 100 ms "
+          "(SIGHUP; a weight changed, back, a backend draining, back) beside slb_rr of the same "
+          "repetition:\n")
+    print("| rep | slb_rr req/s | slb_rr_reloading req/s | req/s ratio | slb_rr p99 ms | "
+          "slb_rr_reloading p99 ms | p99 ratio | reloads applied (SIGHUP sent) | refused | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for rep, r, rr in pairs:
+        print(f"| {rep} | {rr['rps']:,.0f} | {r['rps']:,.0f} | {ratio(r['rps'], rr['rps']):.3f} | "
+              f"{rr['p99_us'] / 1000:.3f} | {r['p99_us'] / 1000:.3f} | {ratio(r['p99_us'], rr['p99_us']):.2f} | "
+              f"{r['reloads']} ({r['reloads_sent']}) | {r['reloads_failed']} | {r['errors'] + rr['errors']} |")
+    clean = [(r, rr) for _, r, rr in pairs if not noisy(r, args) and not noisy(rr, args)]
+    for label, ps in (("all", [(r, rr) for _, r, rr in pairs]), ("clean", clean)):
+        if not ps:
+            continue
+        med = statistics.median
+        print(f"\nmedian ({label}, {len(ps)} repetitions): slb_rr {med(rr['rps'] for _, rr in ps):,.0f} req/s "
+              f"p99 {med(rr['p99_us'] for _, rr in ps) / 1000:.3f} ms; slb_rr_reloading "
+              f"{med(r['rps'] for r, _ in ps):,.0f} req/s p99 {med(r['p99_us'] for r, _ in ps) / 1000:.3f} ms, "
+              f"{med(r['reloads'] for r, _ in ps):.0f} reloads per run; req/s ratio "
+              f"{med(r['rps'] / rr['rps'] for r, rr in ps):.3f}, p99 ratio "
+              f"{med(r['p99_us'] / rr['p99_us'] for r, rr in ps):.2f}")
 
 
 def tls_report(by_rep, args):
@@ -1085,6 +1214,7 @@ def report(results, idle, args):
                 rel = statistics.median(a["rps"] / b["rps"] for a, b in pairs)
                 print(f"\n{n} vs slb_rr, same repetition ({label}, {len(pairs)}): {rel:.3f}")
     store_report(by_rep, args)
+    reload_report(by_rep, args)
     tls_report(by_rep, args)
     if idle:
         print("\n| proxy | idle conns | RSS before KiB | RSS with conns KiB | KiB per conn |")
