@@ -2,6 +2,7 @@
 //! state, and reload. It runs on the main thread, away from the workers.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -27,8 +28,48 @@ use crate::server::Acceptor;
 use crate::session::Stats;
 use crate::session::stats::{Op, OpResult};
 
+/// The admin listener in use: the address the file asked for, another
+/// descriptor of its socket (to hand it to a new binary), and the task
+/// that serves it, stopped when this is dropped.
+pub struct AdminListener {
+    pub written: SocketAddr,
+    pub socket: std::net::TcpListener,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminListener {
+    /// Serves `socket`, bound for `written`, on the current runtime.
+    pub fn start(
+        written: SocketAddr,
+        socket: std::net::TcpListener,
+        shared: Arc<Shared>,
+        reloader: Option<Arc<reload::Reloader>>,
+    ) -> std::io::Result<AdminListener> {
+        socket.set_nonblocking(true)?;
+        let kept = socket.try_clone()?;
+        let listener = TcpListener::from_std(socket)?;
+        tracing::info!(admin_addr = %listener.local_addr()?, "admin listening");
+        Ok(AdminListener {
+            written,
+            socket: kept,
+            task: tokio::spawn(serve(listener, shared, reloader)),
+        })
+    }
+
+    /// Its name among the sockets handed to a new binary.
+    pub fn handover_name(written: SocketAddr) -> String {
+        format!("admin/{written}/0")
+    }
+}
+
+impl Drop for AdminListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Serves admin requests until the task is dropped.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     reloader: Option<Arc<reload::Reloader>>,
@@ -48,7 +89,7 @@ pub async fn serve(
                 let registry = registry.clone();
                 let reloader = reloader.clone();
                 async move {
-                    Ok::<_, Infallible>(handle(&req, &shared, &registry, reloader.as_deref()).await)
+                    Ok::<_, Infallible>(handle(&req, &shared, &registry, reloader.as_ref()).await)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -72,7 +113,7 @@ async fn handle(
     req: &Request<Incoming>,
     shared: &Shared,
     registry: &Registry,
-    reloader: Option<&reload::Reloader>,
+    reloader: Option<&Arc<reload::Reloader>>,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {

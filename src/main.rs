@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sessionlb::admin::AdminListener;
 use sessionlb::config::{Addresses, Config};
 use sessionlb::reload::Reloader;
 use sessionlb::resolve::Dns;
@@ -171,7 +172,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let server = Server::start(shared.clone(), &mut Inherited::default())?;
     let addr = server.local_addrs()[0];
     let admin = main_loop.bind_admin(admin, &mut Inherited::default())?;
-    let admin_addr = admin.listener.local_addr()?;
+    let admin_addr = admin.socket.local_addr()?;
     println!(
         "sessionlb demo: proxy on http://{addr}/ in front of 3 backends, round robin, in-memory session store"
     );
@@ -237,35 +238,26 @@ impl MainLoop {
         })
     }
 
-    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and serving the
-    /// admin listener; then shuts down gracefully within
-    /// `server.shutdown_timeout`.
-    /// Binds the admin listener (or takes it from those `inherited`), on
-    /// this loop's runtime.
+    /// Binds the admin listener (or takes it from those `inherited`).
     fn bind_admin(&self, addr: SocketAddr, inherited: &mut Inherited) -> anyhow::Result<Admin> {
-        let _entered = self.rt.enter();
         let given = inherited
-            .take(&admin_socket_name(addr), addr)
+            .take(&AdminListener::handover_name(addr), addr)
             .into_iter()
             .next();
-        let listener = match given {
-            Some(socket) => Ok(socket),
-            None => std::net::TcpListener::bind(addr),
+        let socket = match given {
+            Some(socket) => socket,
+            None => std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?,
         };
-        let admin = listener
-            .and_then(|l| {
-                l.set_nonblocking(true)?;
-                let kept = l.try_clone()?;
-                Ok(Admin {
-                    listener: tokio::net::TcpListener::from_std(l)?,
-                    addr,
-                    kept,
-                })
-            })
-            .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
-        Ok(admin)
+        Ok(Admin {
+            written: addr,
+            socket,
+        })
     }
 
+    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP, upgrading on
+    /// SIGUSR2 and serving the admin listener; then shuts down gracefully
+    /// within `server.shutdown_timeout`.
     fn run(
         self,
         server: Server,
@@ -296,18 +288,15 @@ impl MainLoop {
             }
             None => (None, None, None),
         };
-        let admin_socket = admin
-            .as_ref()
-            .and_then(|a| Some((admin_socket_name(a.addr), a.kept.try_clone().ok()?)));
         rt.block_on(async {
-        if let Some(Admin { listener, .. }) = admin {
-            let admin_addr = listener.local_addr()?;
-            tracing::info!(%admin_addr, "admin listening");
-            tokio::spawn(sessionlb::admin::serve(
-                listener,
-                shared.clone(),
-                reloader.clone(),
-            ));
+        // the reloader keeps the admin listener (a reload may move it);
+        // the demo, which has none, keeps it here
+        let mut _demo_admin = None;
+        if let Some(Admin { written, socket }) = admin {
+            match &reloader {
+                Some(reloader) => reloader.start_admin(written, socket)?,
+                None => _demo_admin = Some(AdminListener::start(written, socket, shared.clone(), None)?),
+            }
         }
         tokio::spawn(sessionlb::admin::watch_store(shared.clone()));
         // once per process, here rather than in the workers
@@ -330,7 +319,8 @@ impl MainLoop {
                         tracing::info!("SIGUSR2: the demo cannot be upgraded");
                         continue;
                     };
-                    match upgrade(relaunch, &server, admin_socket.as_ref()).await {
+                    let Some(reloader) = &reloader else { continue };
+                    match upgrade(relaunch, &server, reloader).await {
                         Ok(pid) => {
                             tracing::info!(pid, "upgrade: the new process serves; this one stops accepting and drains");
                             // said by the main process too, before it exits
@@ -363,32 +353,20 @@ impl MainLoop {
 async fn upgrade(
     relaunch: &Relaunch,
     server: &Server,
-    admin: Option<&(String, std::net::TcpListener)>,
+    reloader: &Reloader,
 ) -> Result<u32, UpgradeError> {
     let mut sockets = server
         .listeners()
         .handover()
         .map_err(UpgradeError::Sockets)?;
-    if let Some((name, socket)) = admin {
-        sockets.push((
-            name.clone(),
-            socket.try_clone().map_err(UpgradeError::Sockets)?,
-        ));
-    }
+    sockets.extend(reloader.admin_handover().map_err(UpgradeError::Sockets)?);
     relaunch.run(sockets).await
 }
 
-/// What the admin listener's socket is called when handed over.
-fn admin_socket_name(addr: SocketAddr) -> String {
-    format!("admin/{addr}/0")
-}
-
-/// The admin listener, with another descriptor of its socket to hand over.
+/// The admin listener's socket, bound for the address the file writes.
 struct Admin {
-    listener: tokio::net::TcpListener,
-    /// Its address as the file writes it.
-    addr: SocketAddr,
-    kept: std::net::TcpListener,
+    written: SocketAddr,
+    socket: std::net::TcpListener,
 }
 
 /// The configuration file a proxy runs from, how to start its binary

@@ -3,10 +3,12 @@
 //! success swap the snapshot whole. Requests in flight finish on the
 //! snapshot they started with.
 
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
+use crate::admin::AdminListener;
 use crate::config::{Backend, Config, Problem};
 use crate::resolve::Dns;
 use crate::runtime::Shared;
@@ -21,6 +23,8 @@ pub struct Reloader {
     pub dns: Arc<Dns>,
     /// One reload at a time (SIGHUP and `POST /admin/reload` may meet).
     serial: tokio::sync::Mutex<()>,
+    /// The admin listener in use, which a reload moves.
+    admin: Mutex<Option<AdminListener>>,
 }
 
 impl Reloader {
@@ -36,12 +40,39 @@ impl Reloader {
             listeners,
             dns,
             serial: tokio::sync::Mutex::new(()),
+            admin: Mutex::new(None),
         }
+    }
+
+    /// Serves the admin listener bound at start, `socket` for `written`.
+    pub fn start_admin(
+        self: &Arc<Self>,
+        written: SocketAddr,
+        socket: StdListener,
+    ) -> std::io::Result<()> {
+        let admin = AdminListener::start(written, socket, self.shared.clone(), Some(self.clone()))?;
+        *self.admin() = Some(admin);
+        Ok(())
+    }
+
+    /// The admin listener's socket, named, for a new binary.
+    pub fn admin_handover(&self) -> std::io::Result<Option<(String, StdListener)>> {
+        match self.admin().as_ref() {
+            None => Ok(None),
+            Some(a) => Ok(Some((
+                AdminListener::handover_name(a.written),
+                a.socket.try_clone()?,
+            ))),
+        }
+    }
+
+    fn admin(&self) -> std::sync::MutexGuard<'_, Option<AdminListener>> {
+        self.admin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reloads the file; returns the new generation or every problem
     /// found, the old configuration still in effect then.
-    pub async fn reload(&self) -> Result<u64, Vec<Problem>> {
+    pub async fn reload(self: &Arc<Self>) -> Result<u64, Vec<Problem>> {
         let _one = self.serial.lock().await;
         let shared = &self.shared;
         let result = Config::load(&self.path)
@@ -55,9 +86,12 @@ impl Reloader {
                 }
             })
             // the new listeners' sockets, bound before anything changes
-            .and_then(|config| Ok((self.listeners.prepare(&config)?, config)));
+            .and_then(|config| {
+                let admin = self.prepare_admin(&config)?;
+                Ok((self.listeners.prepare(&config)?, admin, config))
+            });
         match result {
-            Ok((listeners, config)) => {
+            Ok((listeners, admin, config)) => {
                 for w in &config.warnings {
                     tracing::warn!(problem = %w, "configuration warning");
                 }
@@ -87,6 +121,9 @@ impl Reloader {
                 if !listeners.is_empty() {
                     self.listeners.apply(listeners, &shared.load());
                 }
+                if let Some(admin) = admin {
+                    self.move_admin(admin);
+                }
                 shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 shared.note_reload_success();
                 tracing::info!(generation, changes = %changed, "configuration reloaded");
@@ -99,6 +136,44 @@ impl Reloader {
                 }
                 Err(problems)
             }
+        }
+    }
+}
+
+/// A move of the admin listener a reload asks for: where to, bound.
+struct AdminMove(Option<(SocketAddr, StdListener)>);
+
+impl Reloader {
+    /// The admin listener `config` asks for when it is not the one in use,
+    /// bound now: an address in use refuses the reload.
+    fn prepare_admin(&self, config: &Config) -> Result<Option<AdminMove>, Vec<Problem>> {
+        let wanted = config.server.admin_listen;
+        let current = self.admin().as_ref().map(|a| a.written);
+        if wanted == current {
+            return Ok(None);
+        }
+        let Some(addr) = wanted else {
+            return Ok(Some(AdminMove(None)));
+        };
+        match StdListener::bind(addr) {
+            Ok(socket) => Ok(Some(AdminMove(Some((addr, socket))))),
+            Err(error) => Err(vec![Problem {
+                path: "server.admin_listen".into(),
+                message: format!("cannot listen on {addr}: {error}"),
+            }]),
+        }
+    }
+
+    /// Closes the admin listener in use (its requests in progress finish)
+    /// and serves the new one, if any.
+    fn move_admin(self: &Arc<Self>, to: AdminMove) {
+        if let Some(old) = self.admin().take() {
+            tracing::info!(addr = %old.written, "admin listener closed by the reload");
+        }
+        if let Some((written, socket)) = to.0
+            && let Err(error) = self.start_admin(written, socket)
+        {
+            tracing::error!(%error, "cannot serve the admin listener");
         }
     }
 }

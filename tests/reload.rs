@@ -273,3 +273,36 @@ async fn an_address_in_use_refuses_the_reload_and_workers_wait_for_a_restart() {
     assert!(said, "{:#?}", proxy.stderr.all());
     drop(taken);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_admin_listener() {
+    let b = Backend::start("b");
+    let listen = ["127.0.0.1:0".to_string()];
+    let proxy = Proxy::start(&config(&[&b], &listen));
+    let old = proxy.admin_addr();
+    let moved = free_addr();
+    reload(
+        &proxy,
+        &config(&[&b], &listen).replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"{moved}\""),
+        ),
+    )
+    .await;
+    let health = get(&client::h1_fresh(), &format!("http://{moved}/healthz")).await;
+    assert_eq!(health.status, 200);
+    assert!(
+        eventually(DEADLINE, || std::net::TcpStream::connect(old).is_err()),
+        "the old admin address {old} still accepts connections"
+    );
+    // and the moved one reloads too
+    std::fs::write(&proxy.config_path, "[server]\nlisten = [\"nowhere\"]\n").unwrap();
+    let refused = client::send(
+        &client::h1_fresh(),
+        http::Request::post(format!("http://{moved}/admin/reload"))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+}
