@@ -1176,6 +1176,96 @@ mod tests {
     "#;
 
     #[test]
+    fn a_backend_that_follows_dns_needs_a_name_and_is_placed_at_each_address() {
+        let config = Config::parse(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [resolver]
+            nameservers = ["10.0.0.2", "127.0.0.1:5353"]
+            [pools.web]
+            resolve_interval = "2s"
+            backends = [
+              { addr = "App.Internal:8080", resolve = true, weight = 3 },
+              { addr = "127.0.0.1:9001" },
+            ]
+            "#,
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            config.resolver.nameservers,
+            [
+                "10.0.0.2:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ] as [SocketAddr; 2]
+        );
+        let pool = &config.pools[0];
+        assert_eq!(pool.resolve_interval, Duration::from_secs(2));
+        let name = DnsName {
+            host: "app.internal".into(),
+            port: 8080,
+        };
+        assert_eq!(pool.backends[0].addr, Addr::Dns(name.clone()));
+        assert_eq!(pool.dns_names().collect::<Vec<_>>(), [&name]);
+        // before an answer, only the fixed backend; then one per address
+        let none = pool.placed(&Addresses::new());
+        assert_eq!(
+            none.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+            ["127.0.0.1:9001"]
+        );
+        let answers = Addresses::from([(
+            name,
+            vec![
+                "10.0.0.5:8080".parse().unwrap(),
+                "10.0.0.6:8080".parse().unwrap(),
+            ]
+            .into(),
+        )]);
+        let placed = pool.placed(&answers);
+        let names: Vec<_> = placed.iter().map(|b| (b.name.as_str(), b.weight)).collect();
+        assert_eq!(
+            names,
+            [
+                ("App.Internal:8080/10.0.0.5:8080", 3),
+                ("App.Internal:8080/10.0.0.6:8080", 3),
+                ("127.0.0.1:9001", 1)
+            ]
+        );
+        assert!(
+            config
+                .summary()
+                .contains("at every address of app.internal:8080, looked up every 2s")
+        );
+
+        let got = problems(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [resolver]
+            nameservers = ["dns.example"]
+            [pools.web]
+            resolve_interval = "10ms"
+            backends = [
+              { addr = "10.0.0.5:8080", resolve = true },
+              { addr = "bad name:80", resolve = true },
+              { addr = "app:0", resolve = true },
+            ]
+            "#,
+        );
+        assert_eq!(
+            got,
+            [
+                "pools.web.backends[0].addr: \"10.0.0.5:8080\" is an address: resolve = true needs a host name",
+                "pools.web.backends[1].addr: invalid backend name \"bad name:80\" for resolve = true (expected host:port, the host a DNS name)",
+                "pools.web.backends[2].addr: invalid backend name \"app:0\" for resolve = true (expected host:port, the host a DNS name)",
+                "pools.web.resolve_interval: must be at least 100ms",
+                "resolver.nameservers[0]: invalid name server \"dns.example\" (expected ip or ip:port)",
+            ]
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
         assert_eq!(c.timeouts.connect, Duration::from_secs(3));
