@@ -25,17 +25,21 @@ fn config(backends: &[&Backend], listen: &[String]) -> String {
     )
 }
 
-/// Writes `config` and reloads it by `POST /admin/reload`; panics when the
-/// reload is refused.
-async fn reload(proxy: &Proxy, config: &str) {
+/// Writes `config` and asks the admin listener at `admin` to reload it.
+async fn try_reload(proxy: &Proxy, admin: SocketAddr, config: &str) -> client::Resp {
     std::fs::write(&proxy.config_path, config).unwrap();
-    let answer = client::send(
+    client::send(
         &client::h1_fresh(),
-        http::Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
+        http::Request::post(format!("http://{admin}/admin/reload"))
             .body(Default::default())
             .unwrap(),
     )
-    .await;
+    .await
+}
+
+/// As [`try_reload`]; panics when the reload is refused.
+async fn reload(proxy: &Proxy, config: &str) {
+    let answer = try_reload(proxy, proxy.admin_addr(), config).await;
     assert_eq!(answer.status, 200, "reload refused: {}", answer.body);
 }
 
@@ -234,18 +238,8 @@ async fn an_address_in_use_refuses_the_reload_and_workers_wait_for_a_restart() {
     let taken_addr = taken.local_addr().unwrap();
 
     // the listener cannot be had: nothing of the file is applied
-    std::fs::write(
-        &proxy.config_path,
-        config(&[&c], &[first.clone(), taken_addr.to_string()]),
-    )
-    .unwrap();
-    let answer = client::send(
-        &client::h1_fresh(),
-        http::Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let taking = config(&[&c], &[first.clone(), taken_addr.to_string()]);
+    let answer = try_reload(&proxy, proxy.admin_addr(), &taking).await;
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert!(
         answer
@@ -296,13 +290,6 @@ async fn a_reload_moves_the_admin_listener() {
         "the old admin address {old} still accepts connections"
     );
     // and the moved one reloads too
-    std::fs::write(&proxy.config_path, "[server]\nlisten = [\"nowhere\"]\n").unwrap();
-    let refused = client::send(
-        &client::h1_fresh(),
-        http::Request::post(format!("http://{moved}/admin/reload"))
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let refused = try_reload(&proxy, moved, "[server]\nlisten = [\"nowhere\"]\n").await;
     assert_eq!(refused.status, 400, "{}", refused.body);
 }
