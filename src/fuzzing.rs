@@ -1730,6 +1730,34 @@ fn check_session_take(fields: &[HeaderValue], now: u64) {
     );
 }
 
+/// The health check's status line reader (`health::status_of`): what it
+/// decides on a prefix of the line (a status code, or an error) it decides
+/// on the whole, so it neither fails early on a line still arriving nor
+/// changes its mind; a code it reads is the three digits after
+/// `HTTP/1.x `, on a line shorter than `MAX_STATUS_LINE`.
+pub fn health_status(data: &[u8]) {
+    use crate::health::{MAX_STATUS_LINE, status_of};
+    let whole = status_of(data);
+    let line_end = memchr::memchr(b'\n', data);
+    let decided_by = line_end.map_or(data.len(), |i| i + 1);
+    for cut in 0..=decided_by {
+        match status_of(&data[..cut]) {
+            Ok(None) => {}
+            part => assert_eq!(part, whole, "{cut} bytes decided otherwise"),
+        }
+    }
+    if let Ok(Some(code)) = whole {
+        let line_end = line_end.expect("a status line read has its end");
+        assert!(line_end < MAX_STATUS_LINE);
+        assert!(data.starts_with(b"HTTP/1.") && data[7].is_ascii_digit() && data[8] == b' ');
+        assert_eq!(&data[9..12], code.to_string().as_bytes());
+        assert!((100..=999).contains(&code));
+    }
+    if whole == Ok(None) {
+        assert!(line_end.is_none() && data.len() < MAX_STATUS_LINE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,3 +67,8 @@ fn config() {
 fn session() {
     replay("session", sessionlb::fuzzing::session);
 }
+
+#[test]
+fn health_status() {
+    replay("health_status", sessionlb::fuzzing::health_status);
+}
