@@ -186,6 +186,26 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Checks once every backend still waiting for its first check, all at
+/// once, and returns when each is decided (within its `timeout`). Called
+/// before the proxy accepts: a new process, an upgrade's above all,
+/// would otherwise answer 503 until the first checks come back.
+pub async fn first_round(shared: Arc<Shared>) {
+    let rt = shared.load();
+    let mut checks = tokio::task::JoinSet::new();
+    for (name, check) in checked(&rt) {
+        let pending = locate(&rt, &name).is_some_and(|(p, b)| {
+            rt.pools[p].backends[b].state.check_state().status == CheckStatus::Pending
+        });
+        if pending {
+            let shared = shared.clone();
+            checks.spawn(async move { check_once(&shared, &name, &check).await });
+        }
+    }
+    drop(rt);
+    while checks.join_next().await.is_some() {}
+}
+
 /// The backends to check, by identity, with the settings of the first
 /// pool with checks that lists each.
 fn checked(rt: &Runtime) -> HashMap<Arc<str>, HealthCheck> {

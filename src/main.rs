@@ -145,6 +145,10 @@ fn run_file(path: &Path, mut inherited: Inherited) -> anyhow::Result<()> {
         .rt
         .block_on(dns.new_names(&config, &Addresses::new()));
     let shared = Shared::new(config, addresses);
+    // and backends with health checks are checked once before it accepts
+    main_loop
+        .rt
+        .block_on(sessionlb::health::first_round(shared.clone()));
     let server = Server::start(shared.clone(), &mut inherited)?;
     let admin = match shared.load().config.server.admin_listen {
         Some(addr) => Some(main_loop.bind_admin(addr, &mut inherited)?),

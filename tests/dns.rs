@@ -128,3 +128,36 @@ async fn a_name_that_stops_existing_takes_its_backends_and_a_silent_server_keeps
         assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "app3"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_new_by_dns_gets_traffic_only_once_its_health_check_passed() {
+    let dns = DnsServer::start();
+    let (port, apps) = replicas();
+    // the second replica is still starting: its health check fails
+    apps[1].set_health(503);
+    dns.set("app.test", &ips(&[1]));
+    let checked = config(&dns, port, "round_robin").replace(
+        "backends = [",
+        "health = { check = { path = \"/healthz\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 3 } }\nbackends = [",
+    );
+    let proxy = Proxy::start(&checked);
+    let load = Load::start(&proxy.url("/"), mixed_clients());
+    assert!(load.more(100));
+
+    dns.set("app.test", &ips(&[1, 2]));
+    let followed = proxy.stderr.wait_for(DEADLINE, |l| {
+        l.contains("backends follow DNS") && l.contains(&format!("added=127.0.0.2:{port}"))
+    });
+    assert!(followed.is_some(), "{:#?}", proxy.stderr.all());
+    // checked and failing: held out while the load goes on
+    assert!(eventually(DEADLINE, || apps[1].health_checks() >= 3));
+    assert!(load.more(300));
+    assert_eq!(apps[1].hits(), 0, "app2 got client requests");
+
+    // ready: it gets traffic after its first pass, not before
+    apps[1].set_health(200);
+    assert!(eventually(DEADLINE, || apps[1].hits() > 0));
+    assert!(apps[1].passes_before_first_hit().is_some_and(|n| n >= 1));
+    let failed = load.finish().await;
+    assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
+}
