@@ -96,19 +96,11 @@ impl Reloader {
                     tracing::warn!(problem = %w, "configuration warning");
                 }
                 let old = shared.load().config.clone();
-                let restart_needed = [
-                    (
-                        "server.workers",
-                        old.server.workers != config.server.workers,
-                    ),
-                    (
-                        "server.admin_listen",
-                        old.server.admin_listen != config.server.admin_listen,
-                    ),
-                ];
-                for (what, _) in restart_needed.iter().filter(|(_, changed)| *changed) {
+                // the one setting a reload cannot apply: workers own their
+                // threads and sockets
+                if old.server.workers != config.server.workers {
                     tracing::warn!(
-                        setting = what,
+                        setting = "server.workers",
                         "this change takes effect at the next restart; the rest of the reload does now"
                     );
                 }

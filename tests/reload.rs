@@ -285,6 +285,15 @@ async fn a_reload_moves_the_admin_listener() {
     .await;
     let health = get(&client::h1_fresh(), &format!("http://{moved}/healthz")).await;
     assert_eq!(health.status, 200);
+    let restart = proxy
+        .stderr
+        .all()
+        .into_iter()
+        .find(|l| l.contains("takes effect at the next restart"));
+    assert_eq!(
+        restart, None,
+        "the move was applied, not left for a restart"
+    );
     assert!(
         eventually(DEADLINE, || std::net::TcpStream::connect(old).is_err()),
         "the old admin address {old} still accepts connections"
