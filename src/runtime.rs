@@ -281,12 +281,13 @@ impl Shared {
         // see them draining, so the report counts their pinned traffic from
         // the first request.
         self.report_draining_of(&runtime.pools);
+        // (no other publish can come between this load and the store)
+        let old = self.load();
         // checks start and stop before any request can see the new
         // backends: a new one is held out until it passes
-        crate::balance::health::follow(Some(&self.load().pools), &runtime.pools);
-        let runtime = Arc::new(runtime);
-        let old = self.current.swap(runtime.clone());
+        crate::balance::health::follow(Some(&old.pools), &runtime.pools);
         self.registry.retire(&old.pools, &runtime.pools);
+        self.current.store(Arc::new(runtime));
         self.swapped.send_replace(generation);
     }
 }
