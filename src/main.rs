@@ -276,28 +276,24 @@ impl MainLoop {
             mut hup,
             mut usr2,
         } = self;
-        let (reloader, relaunch, dns) = match file {
-            Some(File {
-                path,
-                relaunch,
-                dns,
-            }) => {
-                let reloader = Arc::new(Reloader::new(
-                    path,
-                    shared.clone(),
-                    server.listeners(),
-                    dns.clone(),
-                ));
-                (Some(reloader), Some(relaunch), Some(dns))
-            }
-            None => (None, None, None),
-        };
+        // the demo has no file: nothing to reload, upgrade or look up
+        let file = file.map(
+            |File {
+                 path,
+                 relaunch,
+                 dns,
+             }| {
+                let reloader = Reloader::new(path, shared.clone(), server.listeners(), dns);
+                (Arc::new(reloader), relaunch)
+            },
+        );
+        let reloader = file.as_ref().map(|(reloader, _)| reloader);
         rt.block_on(async {
         // the reloader keeps the admin listener (a reload may move it);
         // the demo, which has none, keeps it here
         let mut _demo_admin = None;
         if let Some(Admin { written, socket }) = admin {
-            match &reloader {
+            match reloader {
                 Some(reloader) => reloader.start_admin(written, socket)?,
                 None => _demo_admin = Some(AdminListener::start(written, socket, shared.clone(), None)?),
             }
@@ -305,25 +301,24 @@ impl MainLoop {
         tokio::spawn(sessionlb::admin::watch_store(shared.clone()));
         // once per process, here rather than in the workers
         tokio::spawn(sessionlb::health::run(shared.clone()));
-        if let Some(dns) = dns {
-            tokio::spawn(sessionlb::resolve::run(dns, shared.clone()));
+        if let Some(reloader) = reloader {
+            tokio::spawn(sessionlb::resolve::run(reloader.dns.clone(), shared.clone()));
         }
         let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
                 _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
-                _ = hup.recv() => match &reloader {
+                _ = hup.recv() => match reloader {
                     Some(reloader) => { let _ = reloader.reload().await; }
                     None => tracing::info!("SIGHUP: no configuration file to reload"),
                 },
                 _ = report.tick() => shared.report_draining(),
                 _ = usr2.recv() => {
-                    let Some(relaunch) = &relaunch else {
+                    let Some((reloader, relaunch)) = &file else {
                         tracing::info!("SIGUSR2: the demo cannot be upgraded");
                         continue;
                     };
-                    let Some(reloader) = &reloader else { continue };
                     match upgrade(relaunch, &server, reloader).await {
                         Ok(pid) => {
                             tracing::info!(pid, "upgrade: the new process serves; this one stops accepting and drains");
