@@ -194,10 +194,7 @@ pub async fn first_round(shared: Arc<Shared>) {
     let rt = shared.load();
     let mut checks = tokio::task::JoinSet::new();
     for (name, check) in checked(&rt) {
-        let pending = locate(&rt, &name).is_some_and(|(p, b)| {
-            rt.pools[p].backends[b].state.check_state().status == CheckStatus::Pending
-        });
-        if pending {
+        if is_pending(&rt, &name) {
             let shared = shared.clone();
             checks.spawn(async move { check_once(&shared, &name, &check).await });
         }
@@ -232,6 +229,13 @@ fn locate(rt: &Runtime, name: &str) -> Option<(usize, usize)> {
     })
 }
 
+/// Whether backend `name` of `rt` waits for its first check.
+fn is_pending(rt: &Runtime, name: &str) -> bool {
+    locate(rt, name).is_some_and(|(p, b)| {
+        rt.pools[p].backends[b].state.check_state().status == CheckStatus::Pending
+    })
+}
+
 /// Checks one backend every `interval` (each wait drawn from 90 % to
 /// 110 % of it, so that checks spread out rather than beat together)
 /// until it is no longer to be checked. A backend the checks hold out
@@ -239,12 +243,7 @@ fn locate(rt: &Runtime, name: &str) -> Option<(usize, usize)> {
 /// random point of the first interval.
 async fn check_every(shared: Arc<Shared>, name: Arc<str>, check: HealthCheck) {
     let now = Instant::now();
-    let rt = shared.load();
-    let pending = locate(&rt, &name).is_some_and(|(p, b)| {
-        rt.pools[p].backends[b].state.check_state().status == CheckStatus::Pending
-    });
-    drop(rt);
-    let mut next = match pending {
+    let mut next = match is_pending(&shared.load(), &name) {
         true => now,
         false => now + check.interval.mul_f64(fastrand::f64()),
     };
