@@ -2,9 +2,6 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::Request;
 use support::client::{self, get};
 use support::{Backend, Proxy, config};
 
@@ -80,12 +77,7 @@ async fn metrics_health_pools_and_reload() {
 
     // POST /admin/reload: a bad file is refused with its problems, a good one swaps
     std::fs::write(&proxy.config_path, "[pools.web]\nbackends = []\n").unwrap();
-    let reload = || {
-        Request::post(format!("{admin}/admin/reload"))
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let r = client::send(&c, reload()).await;
+    let r = support::admin_reload(proxy.admin_addr()).await;
     assert_eq!(r.status, 400);
     assert!(
         r.body
@@ -98,7 +90,7 @@ async fn metrics_health_pools_and_reload() {
         cfg.replace(&format!("{{ addr = \"{ia}\" }},\n"), ""),
     )
     .unwrap();
-    let r = client::send(&c, reload()).await;
+    let r = support::admin_reload(proxy.admin_addr()).await;
     assert_eq!(
         (r.status.as_u16(), r.body.as_str()),
         (200, "reloaded: generation 2\n")

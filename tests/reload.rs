@@ -25,21 +25,10 @@ fn config(backends: &[&Backend], listen: &[String]) -> String {
     )
 }
 
-/// Writes `config` and asks the admin listener at `admin` to reload it.
-async fn try_reload(proxy: &Proxy, admin: SocketAddr, config: &str) -> client::Resp {
-    std::fs::write(&proxy.config_path, config).unwrap();
-    client::send(
-        &client::h1_fresh(),
-        http::Request::post(format!("http://{admin}/admin/reload"))
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await
-}
-
-/// As [`try_reload`]; panics when the reload is refused.
+/// Writes `config` and reloads it by `POST /admin/reload`; panics when the
+/// reload is refused.
 async fn reload(proxy: &Proxy, config: &str) {
-    let answer = try_reload(proxy, proxy.admin_addr(), config).await;
+    let answer = proxy.reload_with(config).await;
     assert_eq!(answer.status, 200, "reload refused: {}", answer.body);
 }
 
@@ -239,7 +228,7 @@ async fn an_address_in_use_refuses_the_reload_and_workers_wait_for_a_restart() {
 
     // the listener cannot be had: nothing of the file is applied
     let taking = config(&[&c], &[first.clone(), taken_addr.to_string()]);
-    let answer = try_reload(&proxy, proxy.admin_addr(), &taking).await;
+    let answer = proxy.reload_with(&taking).await;
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert!(
         answer
@@ -299,6 +288,7 @@ async fn a_reload_moves_the_admin_listener() {
         "the old admin address {old} still accepts connections"
     );
     // and the moved one reloads too
-    let refused = try_reload(&proxy, moved, "[server]\nlisten = [\"nowhere\"]\n").await;
+    std::fs::write(&proxy.config_path, "[server]\nlisten = [\"nowhere\"]\n").unwrap();
+    let refused = support::admin_reload(moved).await;
     assert_eq!(refused.status, 400, "{}", refused.body);
 }

@@ -642,12 +642,6 @@ async fn reloads_under_load_lose_no_request_connection_or_pin() {
         }
     };
 
-    let reload_request = || {
-        Request::post(format!("http://{admin}/admin/reload"))
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let admin_client = client::h1();
     let (mut good, mut bad) = (0u64, 0u64);
     let mut plan = first;
     for r in 0..RELOADS {
@@ -681,7 +675,7 @@ async fn reloads_under_load_lose_no_request_connection_or_pin() {
                 "reload {r} by SIGHUP: {metric} never reached {want}"
             );
         } else {
-            let answer = client::send(&admin_client, reload_request()).await;
+            let answer = support::admin_reload(admin).await;
             match is_broken {
                 true => assert!(
                     answer.status == 400 && answer.body.starts_with("reload refused:"),

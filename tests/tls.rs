@@ -546,19 +546,12 @@ async fn a_reload_renews_certificates_and_established_connections_keep_working()
     // other files named in the configuration, then POST /admin/reload
     let third = ca.leaf(&["localhost"]);
     third.write(proxy.dir(), "next");
-    std::fs::write(
-        &proxy.config_path,
-        cfg.replace("site.pem", "next.pem")
-            .replace("site.key", "next.key"),
-    )
-    .unwrap();
-    let r = client::send(
-        &client::h1(),
-        Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let r = proxy
+        .reload_with(
+            &cfg.replace("site.pem", "next.pem")
+                .replace("site.key", "next.key"),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let s = tls::connect(addr, "localhost", &config).await;
     assert!(tls::peer_leaf(&s) == third.der, "the admin reload did not");
@@ -592,14 +585,9 @@ async fn a_reload_with_a_bad_certificate_is_refused_and_the_old_one_keeps_servin
     still_first().await;
 
     // a key file that does not exist, by POST /admin/reload
-    std::fs::write(&proxy.config_path, cfg.replace("site.key", "gone.key")).unwrap();
-    let r = client::send(
-        &client::h1(),
-        Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let r = proxy
+        .reload_with(&cfg.replace("site.key", "gone.key"))
+        .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
         r.body.contains("server.tls[0].certificates[0].key: ") && r.body.contains("gone.key"),
@@ -1482,20 +1470,7 @@ async fn a_tls_listener_a_reload_adds_serves_its_certificate_and_one_it_removes_
         "listen = \"127.0.0.1:0\"\ncertificates",
         &format!("listen = \"{added}\"\ncertificates"),
     );
-    let reload = |cfg: String| {
-        let proxy = &proxy;
-        async move {
-            std::fs::write(&proxy.config_path, cfg).unwrap();
-            client::send(
-                &client::h1(),
-                Request::post(format!("http://{}/admin/reload", proxy.admin_addr()))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-        }
-    };
-    let r = reload(with_listener).await;
+    let r = proxy.reload_with(&with_listener).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let trusting = Arc::new(client_config(Some(&ca), &["h2"], &[]));
     let s = tls::connect(added, "localhost", &trusting).await;
@@ -1505,7 +1480,7 @@ async fn a_tls_listener_a_reload_adds_serves_its_certificate_and_one_it_removes_
     assert_eq!(kept.get("/").await.body, "b");
 
     // removed again: no new connection, and the open one is told GOAWAY
-    let r = reload(plain.clone()).await;
+    let r = proxy.reload_with(&plain).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let refused = eventually_async(DEADLINE, || async {
         tokio::net::TcpStream::connect(added).await.is_err()

@@ -269,6 +269,13 @@ impl Proxy {
             .expect("admin address")
     }
 
+    /// Writes `config` as the proxy's file and reloads it by
+    /// `POST /admin/reload`: the answer, 200 or 400 with every problem.
+    pub async fn reload_with(&self, config: &str) -> client::Resp {
+        std::fs::write(&self.config_path, config).unwrap();
+        admin_reload(self.admin_addr()).await
+    }
+
     /// The value of one metric sample, e.g.
     /// `sessionlb_sticky_total{pool="web",outcome="redispatch"}`; 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {
@@ -535,6 +542,15 @@ impl Scripted {
     pub fn accepted(&self) -> u64 {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// `POST /admin/reload` to the admin listener at `admin`: the answer, 200
+/// or 400 with every problem.
+pub async fn admin_reload(admin: SocketAddr) -> client::Resp {
+    let request = hyper::Request::post(format!("http://{admin}/admin/reload"))
+        .body(Default::default())
+        .unwrap();
+    client::send(&client::h1_fresh(), request).await
 }
 
 /// A minimal config: one pool over `backends`, listening on port 0,
