@@ -101,15 +101,11 @@ impl Inherited {
     /// The sockets given for the listener `name` (a previous sessionlb's
     /// name for it), or else the one systemd bound to `addr`.
     pub fn take(&mut self, name: &str, addr: SocketAddr) -> Vec<StdListener> {
-        let mut taken = Vec::new();
-        let mut i = 0;
-        while i < self.named.len() {
-            if self.named[i].0 == name {
-                taken.push(self.named.remove(i).1);
-            } else {
-                i += 1;
-            }
-        }
+        let (named, others) = std::mem::take(&mut self.named)
+            .into_iter()
+            .partition(|(n, _)| n == name);
+        self.named = others;
+        let mut taken: Vec<StdListener> = named.into_iter().map(|(_, s)| s).collect();
         if taken.is_empty()
             && let Some(i) = self.by_address.iter().position(|(a, _)| *a == addr)
         {
