@@ -316,7 +316,22 @@ impl Default for Sticky {
 pub struct Session {
     pub carrier: Carrier,
     pub cookie: String,
+    /// The `Path` of the app's cookies that are the session; the app's
+    /// cookies of the same names on other paths pass through untouched.
+    pub path: String,
     pub idle_timeout: Duration,
+    /// How long a session used only once lives: most are a visitor's
+    /// first request, or a flood's, and never come back.
+    pub first_idle_timeout: Duration,
+    /// How long a ticket replaced by a change still reads the session as
+    /// it was before the change (requests already in flight with it).
+    pub rotation_grace: Duration,
+    /// New sessions stored per client address and minute; beyond it the
+    /// request is answered with none stored.
+    pub max_new_sessions_per_client: Option<u32>,
+    /// What a sealed session is bound to: pools of one scope read each
+    /// other's sessions, no other pool does. The pool's name unless set.
+    pub scope: String,
     pub absolute_timeout: Duration,
     pub on_store_error: OnStoreError,
     pub encrypt: bool,
@@ -351,12 +366,17 @@ pub struct MemoryStore {
     /// Bytes of sessions (ids and values) kept before the least used are
     /// evicted.
     pub max_size: u64,
+    /// Keys the store keys of sessions kept plain; a random key per
+    /// process when not set (the sessions live no longer than it).
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisStore {
     pub url: String,
     pub key_prefix: String,
+    /// Keys the store keys of sessions kept plain (`encrypt = false`).
+    pub secret: Option<String>,
     /// Connecting, and each command: a store slower than this counts as
     /// down for the request.
     pub timeout: Duration,

@@ -266,6 +266,20 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigEr
         p.push("pools", "at least one pool is required, e.g. [pools.web] with backends = [{ addr = \"127.0.0.1:9001\" }]");
     }
     let store = validate_store(&mut p, file.store);
+    if let Store::Redis(redis) = &store
+        && redis.secret.is_none()
+        && let Some(plain) = pools
+            .iter()
+            .find(|pool| pool.session.as_ref().is_some_and(|s| !s.encrypt))
+    {
+        p.push(
+            "store.secret",
+            format!(
+                "pool {:?} keeps its sessions plain (encrypt = false) in Redis: set store.secret, the same on every instance, so that a reader of Redis cannot tell the tickets from the keys",
+                plain.name
+            ),
+        );
+    }
     let routes = validate_routes(&mut p, file.routes, &pools);
     let log = validate_log(&mut p, file.log);
     let resolver = validate_resolver(&mut p, file.resolver.unwrap_or_default());
@@ -910,6 +924,17 @@ fn validate_session(p: &mut Problems, pool: &str, s: model::SessionSection) -> S
         s.idle_timeout.as_deref(),
         Duration::from_secs(30 * 60),
     );
+    let first_idle_timeout = p.duration(
+        &format!("{path}.first_idle_timeout"),
+        s.first_idle_timeout.as_deref(),
+        FIRST_IDLE_DEFAULT.min(idle_timeout),
+    );
+    if first_idle_timeout > idle_timeout {
+        p.push(
+            format!("{path}.first_idle_timeout"),
+            "must not be longer than idle_timeout",
+        );
+    }
     let absolute_timeout = p.duration(
         &format!("{path}.absolute_timeout"),
         s.absolute_timeout.as_deref(),
@@ -919,6 +944,57 @@ fn validate_session(p: &mut Problems, pool: &str, s: model::SessionSection) -> S
         p.push(
             format!("{path}.absolute_timeout"),
             "must not be shorter than idle_timeout",
+        );
+    }
+    let rotation_grace = p.duration(
+        &format!("{path}.rotation_grace"),
+        s.rotation_grace.as_deref(),
+        Duration::from_secs(30),
+    );
+    if rotation_grace > MAX_ROTATION_GRACE {
+        p.push(
+            format!("{path}.rotation_grace"),
+            format!(
+                "must be at most {}: a replaced ticket reads the old session that long",
+                humantime::format_duration(MAX_ROTATION_GRACE)
+            ),
+        );
+    }
+    let max_new_sessions_per_client = s.max_new_sessions_per_client.map(|n| {
+        p.count(
+            &format!("{path}.max_new_sessions_per_client"),
+            Some(n),
+            1,
+            1,
+            1_000_000,
+        )
+    });
+    let cookie_path = s.path.unwrap_or_else(|| "/".to_string());
+    if !cookie_path.starts_with('/')
+        || cookie_path
+            .bytes()
+            .any(|b| b <= b' ' || b == b';' || b >= 0x7f)
+    {
+        p.push(
+            format!("{path}.path"),
+            format!("invalid cookie path {cookie_path:?} (a path starting with /)"),
+        );
+    }
+    if cookie.starts_with("__Host-") && cookie_path != "/" {
+        // the ticket is always set with Path=/, and the app's cookies on
+        // other paths are not the session
+        p.push(
+            format!("{path}.path"),
+            "a __Host- ticket cookie has Path=/: the session's path must be \"/\" too",
+        );
+    }
+    let scope = s
+        .scope
+        .unwrap_or_else(|| pool.trim_start_matches("pools.").to_string());
+    if scope.is_empty() || scope.len() > 128 || scope.bytes().any(|b| !b.is_ascii_graphic()) {
+        p.push(
+            format!("{path}.scope"),
+            format!("invalid scope {scope:?} (1 to 128 visible ASCII characters)"),
         );
     }
     let on_store_error = match s.on_store_error.as_deref().unwrap_or("fail_closed") {
@@ -946,13 +1022,25 @@ fn validate_session(p: &mut Problems, pool: &str, s: model::SessionSection) -> S
     Session {
         carrier,
         cookie,
+        path: cookie_path,
         idle_timeout,
+        first_idle_timeout,
+        rotation_grace,
+        max_new_sessions_per_client,
+        scope,
         absolute_timeout,
         on_store_error,
         encrypt: s.encrypt.unwrap_or(true),
         max_blob_bytes,
     }
 }
+
+/// How long a session used once lives, unless idle_timeout is shorter.
+const FIRST_IDLE_DEFAULT: Duration = Duration::from_secs(5 * 60);
+
+/// A replaced ticket is a credential the client no longer holds; reading
+/// the old session is for requests already in flight.
+const MAX_ROTATION_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// 256 MiB of sessions: some 100,000 of Flask's typical 2 KiB ones.
 const MEMORY_STORE_DEFAULT: u64 = 256 * 1024 * 1024;
@@ -961,8 +1049,15 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
     let Some(s) = raw else {
         return Store::Memory(MemoryStore {
             max_size: MEMORY_STORE_DEFAULT,
+            secret: None,
         });
     };
+    if s.secret.as_deref().is_some_and(|k| k.len() < 16) {
+        p.push(
+            "store.secret",
+            "must be at least 16 characters: it keys the names of sessions stored plain",
+        );
+    }
     match s.kind.as_deref().unwrap_or("memory") {
         "memory" => {
             for (field, set) in [
@@ -984,7 +1079,10 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
                     MEMORY_STORE_DEFAULT
                 }
             };
-            Store::Memory(MemoryStore { max_size })
+            Store::Memory(MemoryStore {
+                max_size,
+                secret: s.secret,
+            })
         }
         "redis" => {
             if s.max_size.is_some() {
@@ -1050,6 +1148,7 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
             Store::Redis(RedisStore {
                 url,
                 key_prefix: s.key_prefix.unwrap_or_else(|| "sessionlb:".to_string()),
+                secret: s.secret,
                 timeout,
                 topology,
             })
@@ -1061,6 +1160,7 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
             );
             Store::Memory(MemoryStore {
                 max_size: MEMORY_STORE_DEFAULT,
+                secret: None,
             })
         }
     }

@@ -67,6 +67,7 @@ impl Sessions {
                 Store::build(
                     &config::Store::Memory(config::MemoryStore {
                         max_size: 256 << 20,
+                        secret: None,
                     }),
                     self.stats.clone(),
                 )
@@ -518,8 +519,8 @@ impl Mode {
                     Ok(current) => current,
                     Err(error) => return self.store_failed(error, "update"),
                 };
-                match current.and_then(|b| Opened::open(b, &ticket).ok()) {
-                    Some(opened) => (ticket, Put::Existing, opened.to_record()),
+                match current.and_then(|b| Some((Opened::open(b.clone(), &ticket).ok()?, b))) {
+                    Some((opened, was)) => (ticket, Put::Replace(was), opened.to_record()),
                     None => {
                         // revoked, or logged out, while this request ran
                         tracing::info!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended during the request: change not stored");
@@ -546,7 +547,7 @@ impl Mode {
         }
         record.entries.retain(|e| e.expires.is_none_or(|t| t > now));
         if record.entries.is_empty() {
-            if put == Put::Existing {
+            if put != Put::New {
                 match self.store.delete(&ticket.id).await {
                     Ok(true) => {
                         self.stats().count_deleted();
@@ -577,8 +578,10 @@ impl Mode {
         let value = record.encode(&ticket)?;
         let ttl = Ttl {
             idle: self.settings.idle_timeout,
+            first_idle: self.settings.first_idle_timeout,
             until,
         };
+        let new = put == Put::New;
         match self.store.put(&ticket.id, value.into(), ttl, put).await {
             Ok(true) => {}
             Ok(false) => {
@@ -589,12 +592,12 @@ impl Mode {
             }
             Err(error) => return self.store_failed(error, "store"),
         }
-        if put == Put::New {
+        if new {
             self.stats().count_created();
             tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session created");
         }
         // a new ticket, or the app renewed its cookie's lifetime
-        if (put == Put::New || attrs.expires.is_some())
+        if (new || attrs.expires.is_some())
             && let Some(v) = cookies::ticket_cookie(
                 &self.settings.cookie,
                 &ticket.value(),

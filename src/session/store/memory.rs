@@ -165,9 +165,9 @@ impl MemoryStore {
         let result = self
             .cache
             .entry(*id)
-            .and_compute_with(|current| match (current, put) {
+            .and_compute_with(|current| match (current, &put) {
                 (None, Put::New) => Op::Put(held),
-                (Some(current), Put::Existing) => {
+                (Some(current), Put::Replace(expected)) if current.value().value == expected => {
                     // connections holding it read it again at once
                     current.value().leave();
                     Op::Put(held)
@@ -248,12 +248,16 @@ mod tests {
     #[test]
     fn a_kept_entry_is_read_again_only_while_it_is_the_session() {
         let store = MemoryStore::new(
-            &crate::config::MemoryStore { max_size: 1 << 20 },
+            &crate::config::MemoryStore {
+                max_size: 1 << 20,
+                secret: None,
+            },
             Arc::new(Stats::default()),
         );
         let id = SessionId::parse(b"AAAAAAAAAAAAAAAAAAAAAA").unwrap();
         let ttl = Ttl {
             idle: Duration::from_secs(1800),
+            first_idle: Duration::from_secs(300),
             until: crate::clock::unix_now() + 3600,
         };
         assert!(store.put(&id, Bytes::from_static(b"one"), ttl, Put::New));
@@ -265,7 +269,14 @@ mod tests {
 
         // replaced: the kept entry is gone at once
         let second = store.load(&id).unwrap();
-        assert!(store.put(&id, Bytes::from_static(b"two"), ttl, Put::Existing));
+        let stale = Put::Replace(Bytes::from_static(b"zero"));
+        assert!(!store.put(&id, Bytes::from_static(b"two"), ttl, stale));
+        assert!(
+            MemoryStore::still(&second, now),
+            "a write that did not land"
+        );
+        let put = Put::Replace(Bytes::from_static(b"one"));
+        assert!(store.put(&id, Bytes::from_static(b"two"), ttl, put));
         assert!(!MemoryStore::still(&second, now));
         let third = store.load(&id).unwrap();
         assert_eq!(third.value, "two");

@@ -23,31 +23,34 @@ use super::stats::{Op, OpResult, Stats};
 use super::ticket::SessionId;
 use crate::config;
 
-/// How long a stored session lives from now: `idle` at most, and never past
-/// `until` (unix seconds, the absolute timeout).
+/// How long a stored session lives from now: `idle` at most (`first_idle`
+/// while it is new: written by [`Put::New`] and not loaded since), and
+/// never past `until` (unix seconds, the absolute timeout).
 #[derive(Debug, Clone, Copy)]
 pub struct Ttl {
     pub idle: Duration,
+    pub first_idle: Duration,
     pub until: u64,
 }
 
 impl Ttl {
-    /// Seconds to keep the key from `now`, at least 1 (a store takes no 0).
-    pub fn seconds(&self, now: u64) -> u64 {
-        self.idle
-            .as_secs()
-            .min(self.until.saturating_sub(now))
-            .max(1)
+    /// Seconds to keep the key from `now`, at least 1 (a store takes no
+    /// 0): `first_idle` for a new session, `idle` for one in use.
+    pub fn seconds(&self, now: u64, new: bool) -> u64 {
+        let idle = if new { self.first_idle } else { self.idle };
+        idle.as_secs().min(self.until.saturating_sub(now)).max(1)
     }
 }
 
-/// A write's condition: a new session is made only where none is, and an
-/// update lands only on a session that still exists, so that a session
-/// revoked (or logged out) while a request was in flight stays gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A write's condition. A new session is made only where none is; a change
+/// lands only on the value it was made from, so that a session revoked
+/// (or logged out) while a request was in flight stays gone, and two
+/// requests that change one session at once never both think they won.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {
     New,
-    Existing,
+    /// Only while the stored value is still this one.
+    Replace(Bytes),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,20 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// Compare-and-set: the new value (with its TTL) only while the key still
+/// holds the value the change was made from. One key, so one slot.
+const REPLACE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return false";
+
+/// [`REPLACE`]'s SHA-1, which `EVALSHA` names it by.
+static REPLACE_SHA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        REPLACE.as_bytes(),
+    );
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+});
+
 static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
@@ -124,9 +138,20 @@ impl RedisStore {
         let error = match cmd.query_async::<T>(&mut conn).await {
             Ok(value) => return Ok(value),
             Err(error) if error.is_connection_dropped() => error,
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // a Redis restarted (or new) since the script was loaded
+                let load = redis::cmd("SCRIPT").arg("LOAD").arg(REPLACE).clone();
+                let _: String = load
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|error| self.failed(error))?;
+                error
+            }
             Err(error) => return Err(self.failed(error)),
         };
-        tracing::debug!(%error, "Redis connection dropped: reconnecting");
+        tracing::debug!(%error, "Redis command sent again");
         cmd.query_async::<T>(&mut conn)
             .await
             .map_err(|error| self.failed(error))
@@ -164,17 +189,34 @@ impl RedisStore {
         ttl: Ttl,
         put: Put,
     ) -> Result<bool, StoreError> {
-        let mut cmd = self.on_key("SET", id, 4, value.len() + 32);
-        cmd.arg(&value[..])
-            .arg("EX")
-            .arg(ttl.seconds(crate::clock::unix_now()))
-            .arg(match put {
-                Put::New => "NX",
-                Put::Existing => "XX",
-            });
-        // SET answers OK, or nil when its condition did not hold
-        let done: Option<String> = self.run(&cmd).await?;
-        Ok(done.is_some())
+        let now = crate::clock::unix_now();
+        let cmd = match put {
+            Put::New => {
+                let mut cmd = self.on_key("SET", id, 4, value.len() + 32);
+                cmd.arg(&value[..])
+                    .arg("EX")
+                    .arg(ttl.seconds(now, true))
+                    .arg("NX");
+                cmd
+            }
+            Put::Replace(expected) => {
+                // EVALSHA of the compare-and-set script; loaded on the
+                // connection's first NOSCRIPT answer (see `run`)
+                let mut cmd = redis::Cmd::with_capacity(
+                    6,
+                    64 + self.prefix.len() + 64 + expected.len() + value.len(),
+                );
+                cmd.arg("EVALSHA").arg(REPLACE_SHA.as_str()).arg(1);
+                cmd.arg([self.prefix.as_bytes(), id.as_str().as_bytes()].concat());
+                cmd.arg(&expected[..])
+                    .arg(&value[..])
+                    .arg(ttl.seconds(now, false));
+                cmd
+            }
+        };
+        // SET answers OK, the script 1; nil when the condition did not hold
+        let done: Option<redis::Value> = self.run(&cmd).await?;
+        Ok(done.is_some_and(|v| !matches!(v, redis::Value::Nil)))
     }
 
     pub(super) async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
