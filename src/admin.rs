@@ -509,10 +509,42 @@ fn session_metrics(e: &mut DescriptorEncoder, stats: &Stats) -> Result<(), std::
             "Responses refused (502) because the app's session was over max_blob_bytes.",
             &stats.too_large,
         ),
+        (
+            "sessionlb_sessions_rotated",
+            "Changes of a session that gave the client a new ticket (the one before reads the old state for rotation_grace).",
+            &stats.rotated,
+        ),
+        (
+            "sessionlb_sessions_forked",
+            "Changes made with a ticket another change had replaced, stored as a new session of the client that made them.",
+            &stats.forked,
+        ),
+        (
+            "sessionlb_sessions_limited",
+            "New sessions not stored because the client address was over max_new_sessions_per_client.",
+            &stats.limited,
+        ),
+        (
+            "sessionlb_session_ticket_cookies_dropped",
+            "Set-Cookie fields for a ticket cookie that a backend sent, dropped (only the proxy issues tickets).",
+            &stats.ticket_cookies_dropped,
+        ),
+        (
+            "sessionlb_session_deletes_deferred",
+            "Logouts the store could not do at once: the browser's ticket was cleared, the session deleted when the store answered again.",
+            &stats.deletes_deferred,
+        ),
     ] {
         let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
         ConstCounter::new(value.load(Ordering::Relaxed)).encode(m)?;
     }
+    let m = e.encode_descriptor(
+        "sessionlb_session_deletes_pending",
+        "Logouts waiting for the store to answer again, to delete their session.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(stats.deletes_pending.load(Ordering::Relaxed) as i64).encode(m)?;
     Ok(())
 }
 

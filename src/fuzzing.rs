@@ -1269,12 +1269,15 @@ const SESSION_COOKIE: &str = "slb_sid";
 const SESSION_APP: [&str; 2] = ["s", "s.sig"];
 /// The clocks `parse_set_cookie` and `take_set_cookies` read.
 const SESSION_NOW: [u64; 4] = [0, 1_000_000, 1_764_600_000, u64::MAX];
-/// The unsealed ticket `Record::decode` reads the input with (a canonical
-/// id: the last character's four unused bits are zero).
-const SESSION_ID: &[u8] = b"c2Vzc2lvbmxiLWZ1enotaQ";
-/// A sealed ticket, for reading the input as a sealed record (which the
-/// fuzzer cannot forge: it only must not panic).
-const SESSION_SEALED: &[u8] = b"c2Vzc2lvbmxiLWZ1enotaQ.dGhlIHNlc3Npb25sYiBmdXp6IHRhcmdldCBrZXkgMzI";
+/// The ticket `Record::decode` reads the input with, plain and sealed (a
+/// canonical id: the last character's four unused bits are zero). The
+/// fuzzer cannot forge a version under it: the input must only never
+/// panic, and never open.
+const SESSION_TICKET: &[u8] = b"c2Vzc2lvbmxiLWZ1enotaQ.dGhlIHNlc3Npb25sYiBmdXp6IHRhcmdldCBrZXkgMzI";
+/// The scope and ticket cookie the target's versions are bound to.
+fn session_binding() -> crate::session::record::Binding {
+    crate::session::record::Binding::new("web", SESSION_COOKIE)
+}
 
 /// The shared-store mode's parsers (`session::ticket`, `session::record`,
 /// `session::cookies`): tickets have one spelling; a stored record that
@@ -1347,27 +1350,22 @@ fn reference_base64url(text: &[u8], bytes: usize) -> bool {
             .is_some_and(|v| v & ((1 << unused) - 1) == 0)
 }
 
-/// `Ticket::parse`, both ways: it takes exactly the one spelling
-/// `Ticket::value` writes (`<id>` unsealed, `<id>.<secret>` sealed) and
-/// nothing with a byte outside base64url and `.`.
+/// `Ticket::parse`, plain and sealed: it takes exactly the one spelling
+/// `Ticket::value` writes (`<id>.<secret>`) and nothing with a byte
+/// outside base64url and `.`.
 fn check_session_ticket(value: &[u8]) {
     use crate::session::ticket::{ID_BYTES, SECRET_BYTES, SessionId, Ticket};
     let alphabet = value.iter().all(|&b| base64url(b).is_some() || b == b'.');
     let id_len = (ID_BYTES * 8).div_ceil(6);
-    let expected = |sealed: bool| match sealed {
-        false => reference_base64url(value, ID_BYTES),
-        true => {
-            value.len() > id_len
-                && reference_base64url(&value[..id_len], ID_BYTES)
-                && value[id_len] == b'.'
-                && reference_base64url(&value[id_len + 1..], SECRET_BYTES)
-        }
-    };
+    let expected = value.len() > id_len
+        && reference_base64url(&value[..id_len], ID_BYTES)
+        && value[id_len] == b'.'
+        && reference_base64url(&value[id_len + 1..], SECRET_BYTES);
     for sealed in [false, true] {
         let ticket = Ticket::parse(value, sealed);
         assert_eq!(
             ticket.is_some(),
-            expected(sealed),
+            expected,
             "Ticket::parse({:?}, {sealed})",
             value.escape_ascii().to_string()
         );
@@ -1385,118 +1383,166 @@ fn check_session_ticket(value: &[u8]) {
     }
 }
 
-/// `Record::decode` of any bytes with an unsealed ticket: what it reads
-/// agrees with `Record::head`, and encodes back to itself, plain and
-/// sealed (see [`check_session_round_trip`]); with a sealed ticket it
-/// does not panic.
+/// `Record::decode` of any bytes, plain and sealed, at any time: never a
+/// panic, and `Record::head` reads the first line as the format gives it.
+/// What opens under the target's ticket (only a version made with it: a
+/// test's, or a corpus entry from one) round trips, and a plain one is its
+/// record's one encoding. Then the input's lines, as the entries a reading
+/// of them gives, round trip (see [`check_session_round_trip`]).
 fn check_session_record(stored: &[u8]) {
-    use crate::session::record::{Record, Unreadable};
+    use crate::session::record::{Entry, Record, Version};
     use crate::session::ticket::Ticket;
-    let plain = Ticket::parse(SESSION_ID, false).expect("a ticket");
     let head = Record::head(stored);
-    let decoded = Record::decode(stored, &plain);
-    match &decoded {
-        Ok(record) => {
-            assert_eq!(head, Some((false, record.created)), "head and decode");
-            // one entry per line that is not empty
-            let body = &stored[memchr::memchr(b'\n', stored).expect("a first line") + 1..];
-            let lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
-            assert_eq!(record.entries.len(), lines.count(), "entries");
-            for e in &record.entries {
-                assert!(!e.name.contains(['=', '\n']), "name {:?}", e.name);
-                assert!(!e.value.contains(&b'\n'));
+    let first = stored.split(|&b| b == b'\n').next().unwrap_or_default();
+    let reference_head = first.strip_prefix(b"slb2 ").and_then(|rest| {
+        let (sealed, digits) = match rest.strip_prefix(b"sealed ") {
+            Some(d) => (true, d),
+            None => (false, rest.strip_prefix(b"plain ")?),
+        };
+        let ok = !digits.is_empty() && digits.len() <= 20 && digits.iter().all(u8::is_ascii_digit);
+        let created = std::str::from_utf8(digits).ok()?.parse::<u64>().ok();
+        Some((sealed, created.filter(|_| ok)?))
+    });
+    assert_eq!(head, reference_head.filter(|_| stored.len() > first.len()));
+    for sealed in [false, true] {
+        let ticket = Ticket::parse(SESSION_TICKET, sealed).expect("a ticket");
+        for now in [0, u64::MAX] {
+            let Ok((record, version)) = Record::decode(stored, &ticket, &session_binding(), now)
+            else {
+                continue;
+            };
+            assert_eq!(head, Some((sealed, record.created)), "head and decode");
+            if !sealed && version == Version::Current {
+                // the current version comes first, in its one encoding
+                let again = record.encode(&ticket, &session_binding()).expect("encoded");
+                assert!(stored.starts_with(&again), "a second encoding");
             }
-            check_session_round_trip(record);
-        }
-        // an unsealed ticket opens anything unsealed: only a sealed
-        // record is no session for it
-        Err(Unreadable::Secret) => {
-            assert!(
-                stored.starts_with(b"slb1 sealed "),
-                "a plain record's secret"
-            );
-            assert!(matches!(head, None | Some((true, _))));
-        }
-        Err(Unreadable::Format) => assert!(matches!(head, None | Some((false, _)))),
-    }
-    let sealed = Ticket::parse(SESSION_SEALED, true).expect("a ticket");
-    match Record::decode(stored, &sealed) {
-        Ok(record) => {
-            assert_eq!(head, Some((true, record.created)), "head and decode");
             check_session_round_trip(&record);
         }
-        Err(Unreadable::Secret) => assert!(stored.starts_with(b"slb1 ")),
-        Err(Unreadable::Format) => assert!(head.is_none_or(|(s, _)| s)),
     }
+    // the input as lines of cookies, read as a plain reading reads them
+    let mut record = Record::new(head.map_or(0, |(_, c)| c));
+    for line in stored.split(|&b| b == b'\n') {
+        let (expires, rest) = match line.strip_prefix(b"@").and_then(|l| {
+            let sp = memchr::memchr(b' ', l)?;
+            let t = std::str::from_utf8(&l[..sp]).ok()?.parse::<u64>().ok()?;
+            Some((Some(t), &l[sp + 1..]))
+        }) {
+            Some(found) => found,
+            None => (None, line),
+        };
+        let Some(eq) = memchr::memchr(b'=', rest) else {
+            continue;
+        };
+        let Ok(name) = std::str::from_utf8(&rest[..eq]) else {
+            continue;
+        };
+        if name.starts_with('@') {
+            continue;
+        }
+        record.entries.push(Entry {
+            name: name.to_string(),
+            value: rest[eq + 1..].to_vec(),
+            expires,
+        });
+    }
+    check_session_round_trip(&record);
 }
 
-/// A record encodes and decodes back to itself, plain and sealed; the
-/// plain encoding is the record's one encoding; a sealed one opens with
-/// its own ticket only, and not once moved to another id, made younger or
-/// cut.
+/// A record encodes and decodes back to itself, plain and sealed, and its
+/// plain encoding is its one encoding; a version opens with its own ticket
+/// only, in its own scope only, and not once moved to another id, made
+/// younger or cut; after a change the old ticket reads the old record
+/// during the grace, nothing after it, and never the new one.
 fn check_session_round_trip(record: &crate::session::record::Record) {
-    use crate::session::record::{Record, Unreadable};
+    use crate::session::record::{Binding, Record, Unreadable, Version};
     use crate::session::ticket::Ticket;
-    let plain = Ticket::parse(SESSION_ID, false).expect("a ticket");
-    let bytes = record.encode(&plain).expect("encoded");
-    assert_eq!(Record::head(&bytes), Some((false, record.created)));
-    let back = Record::decode(&bytes, &plain).expect("a plain record decodes back");
-    assert_eq!(&back, record, "plain round trip");
-    assert_eq!(
-        back.encode(&plain).expect("encoded"),
-        bytes,
-        "two encodings"
-    );
-    if record.entries.iter().all(|e| e.expires.is_none()) {
-        let head_len = memchr::memchr(b'\n', &bytes).expect("a first line") + 1;
-        assert_eq!(record.plain_len(), bytes.len() - head_len, "plain_len");
-    }
+    let binding = session_binding();
+    for sealed in [false, true] {
+        let ticket = Ticket::mint(sealed).expect("a ticket");
+        let bytes = record.encode(&ticket, &binding).expect("encoded");
+        let kind = if sealed { "sealed" } else { "plain" };
+        let head = format!("slb2 {kind} {}\n", record.created);
+        assert!(
+            bytes.starts_with(head.as_bytes()),
+            "the readable first line"
+        );
+        assert_eq!(Record::head(&bytes), Some((sealed, record.created)));
+        let opened = |bytes: &[u8], t: &Ticket, now: u64| Record::decode(bytes, t, &binding, now);
+        assert_eq!(
+            opened(&bytes, &ticket, 0),
+            Ok((record.clone(), Version::Current)),
+            "{kind} round trip"
+        );
+        if !sealed {
+            let back = opened(&bytes, &ticket, 0).expect("decoded").0;
+            assert_eq!(
+                back.encode(&ticket, &binding).expect("encoded"),
+                bytes,
+                "two encodings"
+            );
+        }
+        let other = Ticket::mint(sealed).expect("a ticket");
+        assert_eq!(opened(&bytes, &other, 0), Err(Unreadable::Secret));
+        assert_eq!(
+            Record::decode(&bytes, &ticket, &Binding::new("other", SESSION_COOKIE), 0),
+            Err(Unreadable::Secret),
+            "another scope"
+        );
+        let as_other = Ticket::parse(ticket.value().as_bytes(), !sealed).expect("a ticket");
+        assert_eq!(
+            opened(&bytes, &as_other, 0),
+            Err(Unreadable::Secret),
+            "encrypt switched"
+        );
+        // the same secret under another id
+        let value = ticket.value();
+        let moved = [other.id.as_str(), &value[value.len() - 44..]].concat();
+        let moved = Ticket::parse(moved.as_bytes(), sealed).expect("a ticket");
+        assert_eq!(opened(&bytes, &moved, 0), Err(Unreadable::Secret), "moved");
+        // made older or younger
+        let created = match record.created {
+            0 => 1,
+            c => c - 1,
+        };
+        let changed = [
+            format!("slb2 {kind} {created}\n").as_bytes(),
+            &bytes[head.len()..],
+        ]
+        .concat();
+        assert_eq!(
+            opened(&changed, &ticket, 0),
+            Err(Unreadable::Secret),
+            "aged"
+        );
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(opened(cut, &ticket, 0).is_err(), "cut");
 
-    let ticket = Ticket::mint(true).expect("a ticket");
-    let sealed = record.encode(&ticket).expect("sealed");
-    let head = format!("slb1 sealed {}\n", record.created);
-    assert!(
-        sealed.starts_with(head.as_bytes()),
-        "the readable first line"
-    );
-    assert_eq!(Record::head(&sealed), Some((true, record.created)));
-    assert_eq!(
-        Record::decode(&sealed, &ticket).as_ref(),
-        Ok(record),
-        "sealed round trip"
-    );
-    let other = Ticket::mint(true).expect("a ticket");
-    assert_eq!(Record::decode(&sealed, &other), Err(Unreadable::Secret));
-    assert_eq!(
-        Record::decode(&sealed, &Ticket::unsealed(ticket.id)),
-        Err(Unreadable::Secret)
-    );
-    // the same secret under another id
-    let value = ticket.value();
-    let moved = [other.id.as_str(), &value[value.len() - 44..]].concat();
-    let moved = Ticket::parse(moved.as_bytes(), true).expect("a ticket");
-    assert_eq!(
-        Record::decode(&sealed, &moved),
-        Err(Unreadable::Secret),
-        "moved"
-    );
-    // made older or younger
-    let created = match record.created {
-        0 => 1,
-        c => c - 1,
-    };
-    let changed = [
-        format!("slb1 sealed {created}\n").as_bytes(),
-        &sealed[head.len()..],
-    ]
-    .concat();
-    assert_eq!(
-        Record::decode(&changed, &ticket),
-        Err(Unreadable::Secret),
-        "aged"
-    );
-    let cut = &sealed[..sealed.len() - 1];
-    assert_eq!(Record::decode(cut, &ticket), Err(Unreadable::Secret), "cut");
+        // changed: the old ticket reads the record as it was, in grace
+        let next = ticket.rotate().expect("a ticket");
+        let mut later = record.clone();
+        later.entries.push(crate::session::record::Entry {
+            name: "after".into(),
+            value: b"1".to_vec(),
+            expires: None,
+        });
+        let after = later
+            .encode_after(&next, &binding, &bytes, 100)
+            .expect("encoded");
+        assert_eq!(
+            opened(&after, &next, 99),
+            Ok((later.clone(), Version::Current))
+        );
+        assert_eq!(
+            opened(&after, &ticket, 99),
+            Ok((record.clone(), Version::Previous))
+        );
+        assert_eq!(
+            opened(&after, &ticket, 100),
+            Err(Unreadable::Secret),
+            "grace over"
+        );
+    }
 }
 
 /// `parse_set_cookie`: `Some` exactly when the field starts with a name
@@ -1681,17 +1727,21 @@ fn check_session_take(fields: &[HeaderValue], now: u64) {
     for f in fields {
         headers.append(SET_COOKIE, f.clone());
     }
-    let taken = cookies::take_set_cookies(&mut headers, &app, now);
+    let taken = cookies::take_set_cookies(&mut headers, &app, "/", true, now);
+    // an app cookie for the session's path: `/`, or a path that is none
     let is_app = |field: &HeaderValue| {
         let first = field
             .as_bytes()
             .split(|&b| b == b';')
             .next()
             .unwrap_or_default();
-        memchr::memchr(b'=', first).is_some_and(|eq| {
+        let named = memchr::memchr(b'=', first).is_some_and(|eq| {
             let name = trim(&first[..eq]);
             SESSION_APP.iter().any(|a| a.as_bytes() == name)
-        })
+        });
+        named
+            && cookies::parse_set_cookie(field.as_bytes(), now)
+                .is_none_or(|c| c.attrs.path.is_none_or(|p| p == "/" || !p.starts_with('/')))
     };
     let kept: Vec<&[u8]> = fields
         .iter()
@@ -1803,9 +1853,9 @@ mod tests {
     /// `fuzz/regressions/session/record-time-of-twenty-digits`.
     #[test]
     fn session_record_times_of_twenty_digits_read_back() {
-        use crate::session::record::{Entry, Record};
+        use crate::session::record::{Entry, Record, Version};
         use crate::session::ticket::Ticket;
-        let plain = Ticket::parse(SESSION_ID, false).unwrap();
+        let plain = Ticket::parse(SESSION_TICKET, false).unwrap();
         const TWENTY: u64 = 10_000_000_000_000_000_000;
         for (created, expires) in [
             (TWENTY, None),
@@ -1820,10 +1870,10 @@ mod tests {
                     expires,
                 }],
             };
-            let bytes = record.encode(&plain).unwrap();
+            let bytes = record.encode(&plain, &session_binding()).unwrap();
             assert_eq!(
-                Record::decode(&bytes, &plain),
-                Ok(record),
+                Record::decode(&bytes, &plain, &session_binding(), 0),
+                Ok((record, Version::Current)),
                 "{:?}",
                 String::from_utf8_lossy(&bytes)
             );
@@ -2049,10 +2099,13 @@ mod tests {
                     .collect(),
             };
             check_session_round_trip(&record);
-            let plain = Ticket::parse(SESSION_ID, false).unwrap();
+            let plain = Ticket::parse(SESSION_TICKET, false).unwrap();
             let mut data = vec![1];
-            data.extend_from_slice(&record.encode(&plain).unwrap());
-            prop_assert_eq!(Record::decode(&data[1..], &plain), Ok(record));
+            data.extend_from_slice(&record.encode(&plain, &session_binding()).unwrap());
+            prop_assert_eq!(
+                Record::decode(&data[1..], &plain, &session_binding(), 0),
+                Ok((record, crate::session::record::Version::Current))
+            );
             session(&data);
         }
 

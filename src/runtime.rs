@@ -36,6 +36,10 @@ pub struct Runtime {
     pub sessions: Box<[Option<Mode>]>,
     /// Whether `/readyz` waits on the store: some pool uses it.
     pub needs_store: bool,
+    /// Every ticket cookie name of the configuration: no request to any
+    /// backend carries one, and no backend's `Set-Cookie` for one reaches
+    /// a client. Empty without shared-store mode, which costs nothing.
+    pub ticket_cookies: Box<[String]>,
     /// Each pool's TLS to its backends, by pool index; `None` for a pool
     /// whose backends all speak plain HTTP.
     pub upstream_tls: Box<[Option<PoolTls>]>,
@@ -58,14 +62,27 @@ impl Runtime {
             .map(|(p, placed)| Pool::build(p, placed, registry))
             .collect();
         let store = sessions.store_for(&config.store);
+        let mut ticket_cookies: Vec<String> = config
+            .pools
+            .iter()
+            .filter_map(|p| Some(p.session.as_ref()?.cookie.clone()))
+            .collect();
+        ticket_cookies.sort();
+        ticket_cookies.dedup();
         let modes: Box<[Option<Mode>]> = config
             .pools
             .iter()
             .zip(pools.iter())
             .map(|(p, built)| {
-                p.session
-                    .clone()
-                    .map(|s| Mode::new(built.name.clone(), s, store.clone()))
+                p.session.clone().map(|s| {
+                    Mode::new(
+                        built.name.clone(),
+                        s,
+                        store.clone(),
+                        sessions,
+                        &ticket_cookies,
+                    )
+                })
             })
             .collect();
         let router = Router::build(&config, |name| {
@@ -88,6 +105,7 @@ impl Runtime {
             unrouted: registry.pool_stats(""),
             needs_store: modes.iter().any(Option::is_some),
             sessions: modes,
+            ticket_cookies: ticket_cookies.into(),
             config,
         }
     }

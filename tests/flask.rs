@@ -241,6 +241,8 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
     let ticket = jar.ticket().expect("a ticket at login");
     assert_ticket_shape(&ticket);
 
+    let id = ticket.split_once('.').unwrap().0.to_string();
+    let mut last = ticket.clone();
     let b_addr = b.addr().to_string();
     let mut b = Some(b);
     let mut d = None;
@@ -283,11 +285,15 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
             after_reload.insert(instance.clone());
         }
         instances.insert(instance);
+        // every count changes the session: a new ticket of the same session
+        let now = jar.ticket().expect("a ticket");
+        assert_ne!(now, last, "count {i}: the ticket did not change");
         assert_eq!(
-            jar.ticket().as_deref(),
-            Some(&*ticket),
-            "count {i}: ticket changed"
+            now.split_once('.').unwrap().0,
+            id,
+            "count {i}: another session"
         );
+        last = now;
         jar.assert_only_tickets();
     }
     assert!(instances.len() >= 3, "served by {instances:?}");
@@ -304,14 +310,17 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
     });
     assert!(met.is_some(), "{}", proxy.stderr.all().join("\n"));
 
-    // one session, made once, in the store
+    // one session, made once, in the store, changed 100 times
     assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 1.0);
-    let id = ticket.split_once('.').unwrap().0;
+    assert_eq!(
+        proxy.metric("sessionlb_sessions_rotated_total").await,
+        100.0
+    );
     let key = format!("sessionlb:sessions:{id}");
     if let Some(redis) = redis {
         assert_eq!(redis.keys("sessionlb:*"), std::slice::from_ref(&key));
         let stored = redis.cmd(&["GET", &key]);
-        assert!(stored.starts_with("slb1 sealed "), "{stored:?}");
+        assert!(stored.starts_with("slb2 sealed "), "{stored:?}");
         assert!(!stored.contains("alice"), "{stored:?}");
         let ttl: i64 = redis.cmd(&["TTL", &key]).parse().unwrap();
         // idle_timeout (30 minutes by default)
@@ -334,10 +343,11 @@ async fn flask_counter_through_instance_churn(store: &str, redis: Option<&Redis>
         assert_eq!(redis.cmd(&["EXISTS", &key]), "0");
     }
 
-    // the old ticket, replayed, is no session: not on any instance, and not
-    // even on the one that answered the logout
+    // the last ticket, replayed, is no session: not on any instance, and
+    // not even on the one that answered the logout (and no ticket of the
+    // session before it: the logout ended every version)
     let raw = client::h1_fresh();
-    let old = format!("{TICKET}={ticket}");
+    let old = format!("{TICKET}={last}");
     for _ in 0..3 {
         let who = call(&raw, Method::GET, &proxy.url("/whoami"), Some(&old)).await;
         assert_eq!(who.status, 200, "{who:?}");
@@ -382,6 +392,7 @@ async fn two_cookie_session(proxy: &Proxy, client: HttpClient, name: &str) {
     assert_ticket_shape(&ticket);
 
     let mut instances = BTreeSet::new();
+    let mut last = ticket.clone();
     for i in 1..=6u64 {
         let r = jar.call(Method::POST, "/count").await;
         // 401 would be the app refusing a session without its signature
@@ -391,6 +402,9 @@ async fn two_cookie_session(proxy: &Proxy, client: HttpClient, name: &str) {
         assert_eq!(body["n"], i, "{r:?}");
         instances.insert(body["instance"].as_str().unwrap().to_string());
         jar.assert_only_tickets();
+        let now = jar.ticket().expect("a ticket");
+        assert_ne!(now, last, "count {i}: a change gives a new ticket");
+        last = now;
     }
     assert_eq!(instances.len(), 2, "{instances:?}");
     let who = jar.call(Method::GET, "/whoami").await;
@@ -398,7 +412,12 @@ async fn two_cookie_session(proxy: &Proxy, client: HttpClient, name: &str) {
         (user(&who), json(&who)["n"].clone()),
         (Value::from(name), Value::from(6))
     );
-    assert_eq!(jar.ticket().as_deref(), Some(&*ticket));
+    assert_eq!(
+        jar.ticket().as_deref(),
+        Some(&*last),
+        "no change, no ticket"
+    );
+    let ticket = last;
 
     let logout = jar.call(Method::POST, "/logout").await;
     assert_eq!(logout.status, 200, "{logout:?}");
@@ -423,15 +442,13 @@ async fn all_at_once(client: &HttpClient, method: Method, url: &str, cookie: &st
     join_all((0..20).map(|_| call(client, method.clone(), url, Some(cookie)))).await
 }
 
-/// Every response is alice's, 200, and gives no other ticket nor the app's
-/// cookie.
-fn assert_alices(responses: &[Resp], ticket: &str) {
+/// Every response is alice's, 200, and gives no cookie but a ticket.
+fn assert_alices(responses: &[Resp]) {
     for r in responses {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(user(r), "alice", "{r:?}");
         for c in r.set_cookies() {
             assert_eq!(cookie_name(&c), TICKET, "{r:?}");
-            assert_eq!(cookie_value(&c), ticket, "a second ticket minted: {r:?}");
         }
     }
 }
@@ -441,6 +458,72 @@ fn counts(responses: &[Resp]) -> Vec<u64> {
         .iter()
         .map(|r| json(r)["n"].as_u64().unwrap())
         .collect()
+}
+
+fn id_of(ticket: &str) -> &str {
+    ticket.split_once('.').unwrap().0
+}
+
+/// What `/whoami` says with `ticket`: (user, n).
+async fn whoami_with(client: &HttpClient, proxy: &Proxy, ticket: &str) -> (Value, Value) {
+    let cookie = format!("{TICKET}={ticket}");
+    let r = call(client, Method::GET, &proxy.url("/whoami"), Some(&cookie)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    (user(&r), json(&r)["n"].clone())
+}
+
+/// The requests of one page, sent at once with one ticket, as a browser
+/// sends them (20 h2c streams of one connection, or 20 HTTP/1.1
+/// connections). Reads all read the session. Changes all read the session
+/// as their ticket has it, and each gets a ticket of its own, as each
+/// would have got a cookie of its own from the app without the proxy (the
+/// browser keeps the last): one is the session's next version, the others
+/// sessions of their own, each with what its request wrote. None is
+/// logged out, and the ticket they replaced never reads what they wrote.
+async fn one_page_at_once(proxy: &Proxy, client: &HttpClient, ticket: &str, n: u64) -> Vec<String> {
+    let cookie = format!("{TICKET}={ticket}");
+    let who = all_at_once(client, Method::GET, &proxy.url("/whoami"), &cookie).await;
+    assert_alices(&who);
+    assert!(counts(&who).iter().all(|&c| c == n), "{:?}", counts(&who));
+    assert!(
+        who.iter().all(|r| r.set_cookies().is_empty()),
+        "no change, no ticket"
+    );
+
+    let counted = all_at_once(client, Method::POST, &proxy.url("/count"), &cookie).await;
+    assert_alices(&counted);
+    assert!(
+        counts(&counted).iter().all(|&c| c == n + 1),
+        "each read n = {n}: {:?}",
+        counts(&counted)
+    );
+    let tickets: Vec<String> = counted
+        .iter()
+        .map(|r| ticket_given(r).unwrap_or_else(|| panic!("a change without a ticket: {r:?}")))
+        .collect();
+    let distinct: HashSet<&String> = tickets.iter().collect();
+    assert_eq!(distinct.len(), 20, "{tickets:?}");
+    let next: Vec<&String> = tickets
+        .iter()
+        .filter(|t| id_of(t) == id_of(ticket))
+        .collect();
+    assert_eq!(
+        next.len(),
+        1,
+        "one is the session's next version: {tickets:?}"
+    );
+    for t in &tickets {
+        assert_eq!(
+            whoami_with(client, proxy, t).await,
+            (Value::from("alice"), Value::from(n + 1))
+        );
+    }
+    // the replaced ticket still reads the session as it was (rotation_grace)
+    assert_eq!(
+        whoami_with(client, proxy, ticket).await,
+        (Value::from("alice"), Value::from(n))
+    );
+    tickets
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,64 +539,20 @@ async fn concurrent_requests_of_one_session() {
     let login = jar.call(Method::POST, "/login?user=alice").await;
     assert_eq!(login.status, 200, "{login:?}");
     let ticket = jar.ticket().unwrap();
-    let cookie = format!("{TICKET}={ticket}");
-    let whoami = proxy.url("/whoami");
-    let count = proxy.url("/count");
-    let whoami_now = || async {
-        let r = call(&client::h1(), Method::GET, &whoami, Some(&cookie)).await;
-        assert_alices(std::slice::from_ref(&r), &ticket);
-        json(&r)["n"].as_u64().unwrap()
-    };
 
-    // One h2c connection (opened first, so that the 20 streams share it).
+    // one h2c connection (one stream first, so that the 20 share it)
     let h2 = client::h2();
-    assert_alices(
-        &[call(&h2, Method::GET, &whoami, Some(&cookie)).await],
-        &ticket,
-    );
-    let who = all_at_once(&h2, Method::GET, &whoami, &cookie).await;
-    assert_alices(&who, &ticket);
-    assert!(counts(&who).iter().all(|&n| n == 0), "{:?}", counts(&who));
-    let counted = all_at_once(&h2, Method::POST, &count, &cookie).await;
-    assert_alices(&counted, &ticket);
-    // Each request reads the session as it is when it comes, and the
-    // proxy stores what the app answers: concurrent updates of one cookie
-    // are last-write-wins, so 20 counts at once leave n anywhere from 1
-    // (all read 0) to 20 (each read the one before). Never 0, never more.
-    let n1 = whoami_now().await;
-    assert!((1..=20).contains(&n1), "n = {n1}");
-    assert!(
-        counts(&counted).iter().all(|n| (1..=20).contains(n)),
-        "{:?}",
-        counts(&counted)
-    );
-
-    // The same over 20 HTTP/1.1 connections.
+    assert_eq!(whoami_with(&h2, &proxy, &ticket).await.0, "alice");
+    let tickets = one_page_at_once(&proxy, &h2, &ticket, 0).await;
+    assert_eq!(proxy.metric("sessionlb_sessions_rotated_total").await, 1.0);
+    assert_eq!(proxy.metric("sessionlb_sessions_forked_total").await, 19.0);
+    // the same over 20 HTTP/1.1 connections, with the session's next ticket
+    let next = tickets.iter().find(|t| id_of(t) == id_of(&ticket)).unwrap();
     let h1 = client::h1_fresh();
-    let who = all_at_once(&h1, Method::GET, &whoami, &cookie).await;
-    assert_alices(&who, &ticket);
-    assert!(counts(&who).iter().all(|&n| n == n1), "{:?}", counts(&who));
-    let counted = all_at_once(&h1, Method::POST, &count, &cookie).await;
-    assert_alices(&counted, &ticket);
-    let n2 = whoami_now().await;
-    assert!((n1 + 1..=n1 + 20).contains(&n2), "n = {n2} after {n1}");
-    assert!(
-        counts(&counted)
-            .iter()
-            .all(|n| (n1 + 1..=n1 + 20).contains(n)),
-        "{:?} after {n1}",
-        counts(&counted)
-    );
-
-    // Still one session, and it goes on as before.
-    let r = jar.call(Method::POST, "/count").await;
-    assert_eq!(
-        (user(&r), json(&r)["n"].clone()),
-        (Value::from("alice"), Value::from(n2 + 1))
-    );
-    assert_eq!(jar.ticket().as_deref(), Some(&*ticket));
-    jar.assert_only_tickets();
-    assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 1.0);
+    one_page_at_once(&proxy, &h1, next, 1).await;
+    assert_eq!(proxy.metric("sessionlb_sessions_rotated_total").await, 2.0);
+    assert_eq!(proxy.metric("sessionlb_sessions_forked_total").await, 38.0);
+    assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 39.0);
 
     // Concurrent first requests of new clients: 10 logins at once over 10
     // connections and 10 on one h2c connection, none with a ticket. Each
@@ -536,6 +575,7 @@ async fn concurrent_requests_of_one_session() {
     }
     let distinct: HashSet<&String> = tickets.iter().chain([&ticket]).collect();
     assert_eq!(distinct.len(), 21, "{tickets:?}");
+    let whoami = proxy.url("/whoami");
     let who = join_all(tickets.iter().map(|t| {
         let (h1, whoami) = (h1.clone(), whoami.clone());
         let cookie = format!("{TICKET}={t}");
@@ -547,8 +587,111 @@ async fn concurrent_requests_of_one_session() {
         assert_eq!(user(r), format!("u{i}"), "{r:?}");
         assert!(r.set_cookies().is_empty(), "{r:?}");
     }
-    assert_eq!(whoami_now().await, n2 + 1);
-    assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 21.0);
+    assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 59.0);
+}
+
+#[tokio::test]
+async fn fixation_by_a_planted_ticket_memory_store() {
+    fixation_by_a_planted_ticket(MEMORY).await;
+}
+
+#[tokio::test]
+async fn fixation_by_a_planted_ticket_redis_store() {
+    let redis = Redis::start();
+    fixation_by_a_planted_ticket(&redis_store(&redis)).await;
+}
+
+/// Session fixation (OWASP), with a careful app (Flask's login clears the
+/// session first): the attacker gets a real ticket (any page that starts a
+/// session), plants it in the victim's browser, and the victim logs in
+/// with it. The login gives the victim a new ticket; the planted one reads
+/// the session as it was before the login for `rotation_grace`, then
+/// nothing: never the victim's login. A change the attacker makes with it
+/// meanwhile is a session of the attacker's own.
+async fn fixation_by_a_planted_ticket(store: &str) {
+    let a = App::start("flask_counter.py", "a");
+    let b = App::start("flask_counter.py", "b");
+    let session = "app_cookie = \"session\"\nrotation_grace = \"2s\"";
+    let proxy = Proxy::start(&session_config(&[a.entry(), b.entry()], session, store));
+    let attacker = client::h1_fresh();
+    let victim = client::h1_fresh();
+
+    let hello = call(&attacker, Method::GET, &proxy.url("/hello"), None).await;
+    assert_eq!(json(&hello)["visits"], 1, "{hello:?}");
+    let planted = ticket_given(&hello).expect("an anonymous session's ticket");
+    let planted_cookie = format!("{TICKET}={planted}");
+
+    let login = call(
+        &victim,
+        Method::POST,
+        &proxy.url("/login?user=alice"),
+        Some(&planted_cookie),
+    )
+    .await;
+    assert_eq!(
+        (login.status.as_u16(), user(&login)),
+        (200, Value::from("alice"))
+    );
+    let victims = ticket_given(&login).unwrap_or_else(|| planted.clone());
+    assert_ne!(victims, planted, "the login kept the planted ticket");
+    assert_eq!(whoami_with(&victim, &proxy, &victims).await.0, "alice");
+
+    // the planted ticket: the session before the login, never after it
+    let seen = |r: &Resp| (user(r), json(r)["visits"].clone());
+    let with_planted = async |path: &str| {
+        call(
+            &attacker,
+            Method::GET,
+            &proxy.url(path),
+            Some(&planted_cookie),
+        )
+        .await
+    };
+    let before = with_planted("/whoami").await;
+    assert_eq!(
+        user(&before),
+        Value::Null,
+        "the attacker reads the victim's login: {before:?}"
+    );
+    assert!(before.set_cookies().is_empty(), "{before:?}");
+    // a change made with it: the attacker's own session, not the victim's
+    let again = with_planted("/hello").await;
+    assert_eq!(seen(&again), (Value::Null, Value::from(2)), "{again:?}");
+    let own = ticket_given(&again).expect("a ticket of its own");
+    assert_ne!(id_of(&own), id_of(&planted));
+    assert_eq!(whoami_with(&attacker, &proxy, &own).await.0, Value::Null);
+    assert_eq!(whoami_with(&victim, &proxy, &victims).await.0, "alice");
+
+    // after the grace the planted ticket is no session at all
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let r = with_planted("/whoami").await;
+        assert_eq!(
+            user(&r),
+            Value::Null,
+            "the attacker reads the victim's login: {r:?}"
+        );
+        if r.set_cookies()
+            .iter()
+            .any(|c| cookie_name(c) == TICKET && clears(c))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the planted ticket outlived its grace"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let count = call(
+        &attacker,
+        Method::POST,
+        &proxy.url("/count"),
+        Some(&planted_cookie),
+    )
+    .await;
+    assert_eq!(count.status, 401, "{count:?}");
+    assert_eq!(whoami_with(&victim, &proxy, &victims).await.0, "alice");
 }
 
 /// Session fixation: a ticket the proxy did not mint, however well formed,

@@ -85,6 +85,22 @@ fn redis_store(redis: &Redis) -> String {
     format!("kind = \"redis\"\nurl = \"{}\"\n", redis.url())
 }
 
+/// `[store]` lines for `redis` with a `secret`, which sessions stored
+/// plain need.
+fn redis_store_with_secret(redis: &Redis) -> String {
+    format!(
+        "{}secret = \"a-secret-for-plain-store-keys\"\n",
+        redis_store(redis)
+    )
+}
+
+/// The one session key in `redis` under `prefix`.
+fn only_key(redis: &Redis, prefix: &str) -> String {
+    let keys = redis.keys(&format!("{prefix}sessions:*"));
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].clone()
+}
+
 fn empty() -> Full<Bytes> {
     Full::new(Bytes::new())
 }
@@ -316,14 +332,14 @@ async fn a_session_redis_still_has_after_an_outage_works_again() {
     let proxy = Proxy::start(&store_config(
         &backend,
         "encrypt = false",
-        &redis_store(&redis),
+        &redis_store_with_secret(&redis),
     ));
     let c = client::h1();
 
     let t = login(&c, &proxy, "kept").await;
-    let key = format!("sessionlb:sessions:{}", id(&t));
+    let key = only_key(&redis, "sessionlb:");
     let value = redis.cmd(&["GET", &key]);
-    assert!(value.starts_with("slb1 plain "), "{value:?}");
+    assert!(value.starts_with("slb2 plain "), "{value:?}");
 
     redis.stop();
     let r = with_ticket(&c, &proxy, &t).await;
@@ -354,7 +370,7 @@ async fn a_redis_that_hangs_costs_a_request_the_store_timeout() {
     let proxy = Proxy::start(&store_config(
         &backend,
         "encrypt = false",
-        &format!("{}timeout = \"300ms\"\n", redis_store(&redis)),
+        &format!("{}timeout = \"300ms\"\n", redis_store_with_secret(&redis)),
     ));
     let c = client::h1();
     let t = login(&c, &proxy, "patient").await;
@@ -508,15 +524,24 @@ async fn two_proxies_share_sessions_through_one_redis() {
     assert_eq!(last.header("cookie").as_deref(), Some("session=made-on-a"));
     assert!(r.set_cookies().is_empty(), "{r:?}");
 
-    // and the other way: the app changes the session behind B, A sees it
+    // and the other way: the app changes the session behind B, which
+    // gives a new ticket; A reads the change with it, and the state before
+    // it with the replaced one
     let cookie = format!("slb_sid={t}");
     let r = post(&c, &b.url("/login?v=changed-on-b"), Some(&cookie)).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.set_cookies().is_empty(), "the ticket is unchanged: {r:?}");
-    let r = with_ticket(&c, &a, &t).await;
+    let next = ticket(&r).expect("a new ticket");
+    assert_eq!(id(&next), id(&t), "the same session");
+    let r = with_ticket(&c, &a, &next).await;
     assert_eq!(app_session(&r).as_deref(), Some("changed-on-b"), "{r:?}");
+    let r = with_ticket(&c, &a, &t).await;
+    assert_eq!(app_session(&r).as_deref(), Some("made-on-a"), "{r:?}");
 }
 
+/// What a reader of Redis gets. Plain (`encrypt = false`): the app's
+/// cookies, readable, under a key that is a keyed hash of the id (not the
+/// id, not the ticket), and no secret: neither the key nor the id signs
+/// anyone in. Sealed: the age alone, under the id.
 #[tokio::test]
 async fn what_redis_holds_plain_and_sealed_under_a_key_prefix() {
     let redis = Redis::start();
@@ -524,29 +549,53 @@ async fn what_redis_holds_plain_and_sealed_under_a_key_prefix() {
     let plain = Proxy::start(&store_config(
         &backend,
         "encrypt = false\nidle_timeout = \"10m\"",
-        &format!("{}key_prefix = \"app1:\"\n", redis_store(&redis)),
+        &format!(
+            "{}key_prefix = \"app1:\"\n",
+            redis_store_with_secret(&redis)
+        ),
     ));
     let c = client::h1();
 
     let before = unix_now();
     let t = login(&c, &plain, "readable-value-1").await;
-    assert_eq!(t.len(), 22, "a plain ticket is the id alone: {t}");
-    let key = format!("app1:sessions:{t}");
-    assert_eq!(redis.keys("*"), std::slice::from_ref(&key));
+    let (sid, secret) = t.split_once('.').expect("<id>.<secret>");
+    let key = only_key(&redis, "app1:");
+    let hashed = key.strip_prefix("app1:sessions:").unwrap();
+    assert_eq!(hashed.len(), 22, "{key}");
+    assert_ne!(hashed, sid, "the key is the id");
     let value = redis.cmd(&["GET", &key]);
     let head = value
-        .strip_prefix("slb1 plain ")
+        .strip_prefix("slb2 plain ")
         .unwrap_or_else(|| panic!("{value:?}"));
     let created: u64 = head.split('\n').next().unwrap().parse().unwrap();
     assert!(
         (before..=unix_now()).contains(&created),
         "created {created}, {value:?}"
     );
-    assert!(value.contains("session=readable-value-1\n"), "{value:?}");
+    assert!(value.contains("\nsession=readable-value-1\n"), "{value:?}");
+    assert!(!value.contains(sid) && !value.contains(secret), "{value:?}");
     let ttl: i64 = redis.cmd(&["TTL", &key]).parse().unwrap();
     assert!((1..=600).contains(&ttl), "TTL {ttl}");
     let r = with_ticket(&c, &plain, &t).await;
     assert_eq!(app_session(&r).as_deref(), Some("readable-value-1"));
+    // what a reader of Redis could try: the key as an id, with a secret
+    // of its own or none; the id alone
+    let zeros = "A".repeat(43);
+    for forged in [
+        format!("{hashed}.{zeros}"),
+        hashed.to_string(),
+        sid.to_string(),
+        format!("{sid}.{zeros}"),
+    ] {
+        let r = with_ticket(&c, &plain, &forged).await;
+        assert_eq!(app_session(&r), None, "{forged}: {r:?}");
+        assert!(cleared(&r), "{forged}: {r:?}");
+    }
+    // the operator revokes by the id, as the ticket gives it
+    let admin = format!("http://{}/admin/sessions/{sid}", plain.admin_addr());
+    let deleted = client::send(&c, Request::delete(&admin).body(empty()).unwrap()).await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    assert_eq!(redis.keys("app1:*"), Vec::<String>::new());
 
     let sealed = Proxy::start(&store_config(
         &backend,
@@ -559,7 +608,7 @@ async fn what_redis_holds_plain_and_sealed_under_a_key_prefix() {
     let key = format!("app2:sessions:{sid}");
     assert_eq!(redis.keys("app2:*"), std::slice::from_ref(&key));
     let value = redis.cmd(&["GET", &key]);
-    assert!(value.starts_with("slb1 sealed "), "{value:?}");
+    assert!(value.starts_with("slb2 sealed "), "{value:?}");
     assert!(
         !value.contains(SECRET),
         "the app's cookie readable in Redis"

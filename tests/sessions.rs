@@ -151,10 +151,15 @@ async fn cookie_carrier(h2: bool) {
         "a=1; sess=VALUE1; sess.sig=SIG1; b=\"q\""
     );
 
-    // one app cookie updated alone; a client's own `sess` is dropped
+    // one app cookie updated alone: the session's next version, under a
+    // new ticket of the same session; a client's own `sess` is dropped
     let r = request(&c, "GET", &proxy.url("/sig"), &[&cookie]).await;
     assert_eq!(r.status, 200);
-    assert!(ticket(&r).is_none(), "the same session keeps its ticket");
+    let next = ticket(&r).expect("a change gives a new ticket");
+    assert_ne!(next, t);
+    assert_eq!(next.split_once('.').unwrap().0, id, "the same session");
+    let old_cookie = cookie;
+    let cookie = format!("slb_sid={next}");
     let r = request(
         &c,
         "GET",
@@ -163,6 +168,10 @@ async fn cookie_carrier(h2: bool) {
     )
     .await;
     assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG2|-");
+    // the replaced ticket reads the session as it was before the change
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&old_cookie]).await;
+    assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG1|-");
+    assert!(r.set_cookies().is_empty(), "{r:?}");
 
     // too large: 502, and the session before it stays
     let r = request(&c, "GET", &proxy.url("/big"), &[&cookie]).await;
@@ -187,13 +196,13 @@ async fn cookie_carrier(h2: bool) {
     assert!(clears_ticket(&r), "a stale ticket is cleared");
     assert_eq!(proxy.metric("sessionlb_sessions_created_total").await, 1.0);
     assert_eq!(proxy.metric("sessionlb_sessions_deleted_total").await, 1.0);
-    // one load per request with a ticket: six found, the last one gone
+    // one load per request with a ticket: seven found, the last one gone
     let ops = "sessionlb_session_store_ops_total";
     assert_eq!(
         proxy
             .metric(&format!("{ops}{{op=\"load\",result=\"ok\"}}"))
             .await,
-        6.0
+        7.0
     );
     assert_eq!(
         proxy
@@ -215,7 +224,8 @@ async fn cookie_carrier(h2: bool) {
         1.0
     );
     let timed = "sessionlb_session_store_duration_seconds_count{op=\"load\"}";
-    assert_eq!(proxy.metric(timed).await, 7.0);
+    assert_eq!(proxy.metric(timed).await, 8.0);
+    assert_eq!(proxy.metric("sessionlb_sessions_rotated_total").await, 1.0);
     assert_eq!(proxy.metric("sessionlb_session_store_up").await, 1.0);
 }
 
@@ -390,43 +400,61 @@ async fn a_connection_forwards_the_session_as_it_is_now() {
         t.split_once('.').unwrap().0
     );
     let addr = proxy.addrs[0];
-    let ticket = t.clone();
+    let first = t.clone();
     let bodies = tokio::task::spawn_blocking(move || {
         let mut conn = raw::Sequential::connect(addr, DEADLINE);
-        let mut get = |path: &str, theme: &str| {
-            let head = conn.request(&format!(
+        let mut get = |path: &str, theme: &str, ticket: &str| {
+            conn.request(&format!(
                 "GET {path} HTTP/1.1\r\nHost: a\r\nCookie: theme={theme}; slb_sid={ticket}\r\n\r\n"
-            ));
-            head.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+            ))
         };
+        let body = |head: String| head.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         let mut bodies = vec![
-            get("/echo", "dark"),
-            get("/echo", "dark"),
-            get("/echo", "light"),
+            body(get("/echo", "dark", &first)),
+            body(get("/echo", "dark", &first)),
+            body(get("/echo", "light", &first)),
         ];
-        // the app changes the session: the same field brings the new one
-        get("/sig", "light");
-        bodies.push(get("/echo", "light"));
-        bodies.push(get("/echo", "light"));
-        (bodies, conn)
+        // the app changes the session: the old field still brings the
+        // session as it was (the grace of a replaced ticket), the new
+        // ticket the new one
+        let changed = get("/sig", "light", &first);
+        bodies.push(body(get("/echo", "light", &first)));
+        let next = changed
+            .split("\r\n")
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: slb_sid="))
+            .map(|l| {
+                l["set-cookie: slb_sid=".len()..]
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .expect("a new ticket");
+        bodies.push(body(get("/echo", "light", &next)));
+        bodies.push(body(get("/echo", "light", &next)));
+        (bodies, conn, next)
     })
     .await
     .unwrap();
-    let (bodies, mut conn) = bodies;
+    let (bodies, mut conn, t) = bodies;
     assert_eq!(
         bodies,
         [
             "theme=dark; sess=VALUE1; sess.sig=SIG1|-",
             "theme=dark; sess=VALUE1; sess.sig=SIG1|-",
             "theme=light; sess=VALUE1; sess.sig=SIG1|-",
+            "theme=light; sess=VALUE1; sess.sig=SIG1|-",
             "theme=light; sess=VALUE1; sess.sig=SIG2|-",
             "theme=light; sess=VALUE1; sess.sig=SIG2|-",
         ]
     );
-    // changed through another connection: seen on this one at once
+    // changed through another connection: seen on this one at once (the
+    // ticket the other connection got in exchange is its own)
     let cookie = format!("slb_sid={t}");
     let rotated = request(&c, "GET", &proxy.url("/rotate"), &[&cookie]).await;
     assert_eq!(rotated.status.as_u16(), 200);
+    let t = ticket(&rotated).expect("a new ticket");
+    let cookie = format!("slb_sid={t}");
     let field = format!("GET /echo HTTP/1.1\r\nHost: a\r\nCookie: theme=light; {cookie}\r\n\r\n");
     let (changed, mut conn) = tokio::task::spawn_blocking(move || (conn.request(&field), conn))
         .await
@@ -457,17 +485,21 @@ async fn a_connection_forwards_the_session_as_it_is_now() {
     );
 }
 
-/// `encrypt = false`: the ticket is the bare id, the blob stored plain.
+/// `encrypt = false`: the blob is stored plain, and the ticket still has a
+/// secret, of which the store keeps only a MAC: the id alone is no ticket.
 #[tokio::test]
-async fn unsealed_tickets_are_bare_ids() {
+async fn unsealed_tickets_have_a_secret_too() {
     let (_app, proxy) = cookie_app_proxy("encrypt = false\n");
     let c = client::h1();
     let login = request(&c, "POST", &proxy.url("/login"), &[]).await;
     let t = ticket(&login).unwrap();
-    assert_eq!(t.len(), 22, "{t}");
-    assert!(!t.contains('.'));
+    let (id, secret) = t.split_once('.').expect("<id>.<secret>");
+    assert_eq!((id.len(), secret.len()), (22, 43), "{t}");
     let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={t}")]).await;
     assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG1|-");
+    let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={id}")]).await;
+    assert_eq!(r.body, "-|-", "the id alone");
+    assert!(clears_ticket(&r));
 }
 
 /// A response that deletes one app cookie before it sets another: the new

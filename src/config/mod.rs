@@ -371,6 +371,11 @@ pub struct MemoryStore {
     pub secret: Option<String>,
 }
 
+impl MemoryStore {
+    /// 256 MiB of sessions: some 100,000 of Flask's typical 2 KiB ones.
+    pub const DEFAULT_SIZE: u64 = 256 * 1024 * 1024;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisStore {
     pub url: String,

@@ -1042,13 +1042,10 @@ const FIRST_IDLE_DEFAULT: Duration = Duration::from_secs(5 * 60);
 /// the old session is for requests already in flight.
 const MAX_ROTATION_GRACE: Duration = Duration::from_secs(10 * 60);
 
-/// 256 MiB of sessions: some 100,000 of Flask's typical 2 KiB ones.
-const MEMORY_STORE_DEFAULT: u64 = 256 * 1024 * 1024;
-
 fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
     let Some(s) = raw else {
         return Store::Memory(MemoryStore {
-            max_size: MEMORY_STORE_DEFAULT,
+            max_size: MemoryStore::DEFAULT_SIZE,
             secret: None,
         });
     };
@@ -1072,11 +1069,11 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
                 }
             }
             let max_size = match s.max_size.as_deref().map(parse_size) {
-                None => MEMORY_STORE_DEFAULT,
+                None => MemoryStore::DEFAULT_SIZE,
                 Some(Ok(n)) => n,
                 Some(Err(message)) => {
                     p.push("store.max_size", message);
-                    MEMORY_STORE_DEFAULT
+                    MemoryStore::DEFAULT_SIZE
                 }
             };
             Store::Memory(MemoryStore {
@@ -1159,7 +1156,7 @@ fn validate_store(p: &mut Problems, raw: Option<model::StoreSection>) -> Store {
                 format!("unknown store kind {other:?} (expected memory or redis)"),
             );
             Store::Memory(MemoryStore {
-                max_size: MEMORY_STORE_DEFAULT,
+                max_size: MemoryStore::DEFAULT_SIZE,
                 secret: None,
             })
         }

@@ -95,7 +95,9 @@ impl Reject {
                 StatusCode::BAD_GATEWAY
             }
             Reject::Session(SessionError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Reject::Session(SessionError::Random(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::Session(SessionError::Random(_) | SessionError::Encode(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -153,7 +155,7 @@ impl Reject {
             Reject::Session(SessionError::TooLarge { .. }) => {
                 "502 Bad Gateway: the application's session is larger than the proxy stores (max_blob_bytes)\n"
             }
-            Reject::Session(SessionError::Random(_)) => {
+            Reject::Session(SessionError::Random(_) | SessionError::Encode(_)) => {
                 "500 Internal Server Error: no session could be created\n"
             }
         }

@@ -123,6 +123,16 @@ impl Seen {
     }
 
     /// The request has the fields of an upgrade: a cheap first look, the
+    /// Whether a request came over HTTPS to the proxy in front, as its
+    /// `X-Forwarded-Proto` says, believed only from a trusted `peer`.
+    pub fn forwarded_https(&self, headers: &HeaderMap, peer_trusted: bool) -> bool {
+        peer_trusted
+            && self.forwarding & FWD_PROTO != 0
+            && headers
+                .get("x-forwarded-proto")
+                .is_some_and(|p| p.as_bytes().trim_ascii().eq_ignore_ascii_case(b"https"))
+    }
+
     /// rest is [`Seen::upgrade`]'s.
     #[inline]
     pub fn may_upgrade(&self) -> bool {

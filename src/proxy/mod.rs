@@ -29,7 +29,7 @@ pub use route::Router;
 
 use crate::balance::{Outcome, Pool, Target, Tried};
 use crate::server::Connection;
-use crate::session::{Load, Loaded};
+use crate::session::{Load, Loaded, Origin};
 use body::{Finish, LogInfo};
 use headers::{Forwarded, RequestId, Seen};
 use upstream::{ClientBody, Exchange, Head, Outgoing, RequestHead};
@@ -74,22 +74,30 @@ pub fn handle(
     };
     let step = match admit(req, &seen, &mut finish) {
         Err(reject) => Err(reject),
-        Ok(admitted) => match &finish.rt.sessions[admitted.pool] {
-            None => Ok(Step::Ready(compose(
-                admitted,
-                &seen,
-                &finish,
-                client,
-                &request_id,
-            ))),
+        Ok(mut admitted) => match &finish.rt.sessions[admitted.pool] {
+            None => {
+                if !finish.rt.ticket_cookies.is_empty() {
+                    crate::session::cookies::strip(
+                        &mut admitted.parts.headers,
+                        &finish.rt.ticket_cookies,
+                    );
+                }
+                Ok(Step::Ready(compose(
+                    admitted,
+                    &seen,
+                    &finish,
+                    client,
+                    &request_id,
+                )))
+            }
             Some(mode) => {
                 let recall = &finish.conn.recall;
                 match mode.load_now(mode.presented(&admitted.parts.headers, recall), recall) {
                     // the memory store answers at once: nothing to wait for
-                    Load::Done(Ok(loaded)) => Ok(Step::Loaded(
+                    Load::Done(Ok(mut loaded)) => Ok(Step::Loaded(
                         with_session_cookies(
                             mode,
-                            &loaded,
+                            &mut loaded,
                             admitted,
                             seen,
                             &finish,
@@ -137,6 +145,11 @@ pub fn handle(
             Ok(mut prepared) => exchange(&mut prepared, &mut finish).await,
             Err(reject) => Err(reject),
         };
+        if !finish.rt.ticket_cookies.is_empty()
+            && let Ok(answer) = &mut result
+        {
+            drop_tickets(answer, &finish);
+        }
         if let Some(loaded) = loaded
             && let Ok(answer) = &mut result
             && let Err(reject) = store_session(answer, loaded, &finish).await
@@ -177,7 +190,7 @@ async fn load_session(
     let Some(mode) = rt.sessions[waiting.admitted.pool].as_ref() else {
         return Err(Reject::NoRoute);
     };
-    let loaded = mode.load(waiting.claim, &finish.conn.recall).await?;
+    let mut loaded = mode.load(waiting.claim, &finish.conn.recall).await?;
     let Waiting {
         admitted,
         seen,
@@ -185,7 +198,15 @@ async fn load_session(
         ..
     } = *waiting;
     Ok((
-        with_session_cookies(mode, &loaded, admitted, seen, finish, client, request_id),
+        with_session_cookies(
+            mode,
+            &mut loaded,
+            admitted,
+            seen,
+            finish,
+            client,
+            request_id,
+        ),
         loaded,
     ))
 }
@@ -195,16 +216,57 @@ async fn load_session(
 #[inline]
 fn with_session_cookies(
     mode: &crate::session::Mode,
-    loaded: &Loaded,
+    loaded: &mut Loaded,
     mut admitted: Admitted,
     mut seen: Seen,
     finish: &Finish,
     client: IpAddr,
     request_id: &RequestId,
 ) -> Prepared {
-    let rewritten = mode.to_backend(&mut admitted.parts.headers, loaded, &finish.conn.recall);
+    let conn = &finish.conn;
+    let headers = &admitted.parts.headers;
+    loaded.came_from(Origin {
+        client,
+        https: conn.tls
+            || seen.forwarded_https(
+                headers,
+                headers::is_trusted(conn.peer.ip(), &finish.rt.trusted_proxies),
+            ),
+        default_path_is_session: crate::session::cookies::default_path(admitted.parts.uri.path())
+            == mode.settings.path,
+    });
+    let rewritten = mode.to_backend(&mut admitted.parts.headers, loaded, &conn.recall);
     seen.session_rewrote(rewritten.cookies, rewritten.added);
     compose(admitted, &seen, finish, client, request_id)
+}
+
+/// Drops a backend's `Set-Cookie` fields for a ticket cookie: only the
+/// proxy issues tickets (see `session::cookies::drop_tickets`).
+fn drop_tickets(answer: &mut Answer, finish: &Finish) {
+    let rt = &finish.rt;
+    let dropped =
+        crate::session::cookies::drop_tickets(&mut answer.head.headers, &rt.ticket_cookies);
+    if dropped == 0 {
+        return;
+    }
+    let pool = finish.pool.and_then(|p| rt.pools.get(p));
+    let backend = pool
+        .zip(finish.backend)
+        .and_then(|(p, b)| p.backends.get(b));
+    tracing::warn!(
+        pool = pool.map_or("", |p| &*p.name),
+        backend = backend.map_or("", |b| &*b.state.name),
+        dropped,
+        "a backend set a session ticket cookie: dropped (only the proxy issues tickets)"
+    );
+    for _ in 0..dropped {
+        finish
+            .conn
+            .shared
+            .sessions
+            .stats
+            .count_ticket_cookie_dropped();
+    }
 }
 
 /// Takes the session's changes out of the response and stores them before
@@ -215,12 +277,7 @@ async fn store_session(answer: &mut Answer, loaded: Loaded, finish: &Finish) -> 
         return Ok(());
     };
     let stored = mode
-        .from_backend(
-            &mut answer.head.headers,
-            loaded,
-            finish.conn.tls,
-            &finish.conn.recall,
-        )
+        .from_backend(&mut answer.head.headers, loaded, &finish.conn.recall)
         .await;
     if let Err(error) = stored {
         if let Some(exchange) = answer.body.take() {

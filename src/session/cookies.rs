@@ -77,6 +77,15 @@ pub fn rewrite(headers: &mut HeaderMap, ticket: &str, app: &[String], replacemen
     }
 }
 
+/// Takes every cookie named in `names` out of a request (a pool without
+/// shared-store mode gets no ticket of another pool's).
+pub fn strip(headers: &mut HeaderMap, names: &[String]) {
+    if let Some(first) = names.first() {
+        // the first name's place takes nothing: it goes like the others
+        rewrite(headers, first, names, b"");
+    }
+}
+
 /// One `Cookie` field rewritten, or `None` when it holds nothing of the
 /// session and stays as it is.
 fn rewrite_field(
@@ -207,9 +216,20 @@ fn http_date(text: &str) -> Option<u64> {
     Some(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
-/// Takes the app's `Set-Cookie` fields out of a response, in order; the
-/// others stay in theirs.
-pub fn take_set_cookies(headers: &mut HeaderMap, app: &[String], now: u64) -> Vec<SetCookie> {
+/// Takes the app's `Set-Cookie` fields for the session's `path` out of a
+/// response, in order; the others stay in theirs. An app cookie set for
+/// another path is another cookie in the browser (a `/legacy` one, say),
+/// not the session: it passes through untouched. One set with no `Path`
+/// (or one that is not a path) is the request's default path's, which
+/// `default_path_is_session` says is the session's or not, as a browser
+/// would place it (RFC 6265 5.2.4).
+pub fn take_set_cookies(
+    headers: &mut HeaderMap,
+    app: &[String],
+    path: &str,
+    default_path_is_session: bool,
+    now: u64,
+) -> Vec<SetCookie> {
     let is_app = |field: &HeaderValue| {
         parse_name(field.as_bytes()).is_some_and(|n| app.iter().any(|a| a.as_bytes() == n))
     };
@@ -219,10 +239,11 @@ pub fn take_set_cookies(headers: &mut HeaderMap, app: &[String], now: u64) -> Ve
     let mut taken = Vec::new();
     let mut kept = Vec::new();
     for field in headers.get_all(SET_COOKIE) {
-        match is_app(field).then(|| parse_set_cookie(field.as_bytes(), now)) {
-            Some(Some(c)) => taken.push(c),
+        let parsed = is_app(field).then(|| parse_set_cookie(field.as_bytes(), now));
+        match parsed {
+            Some(Some(c)) if for_path(&c.attrs, path, default_path_is_session) => taken.push(c),
             Some(None) => {}
-            None => kept.push(field.clone()),
+            _ => kept.push(field.clone()),
         }
     }
     headers.remove(SET_COOKIE);
@@ -232,13 +253,59 @@ pub fn take_set_cookies(headers: &mut HeaderMap, app: &[String], now: u64) -> Ve
     taken
 }
 
+/// Whether a cookie with `attrs` is placed at the session's `path`.
+fn for_path(attrs: &Attrs, path: &str, default_path_is_session: bool) -> bool {
+    match attrs.path.as_deref().filter(|p| p.starts_with('/')) {
+        Some(p) => p == path,
+        None => default_path_is_session,
+    }
+}
+
+/// The default path of a request's cookies (RFC 6265 5.1.4): its path up
+/// to the last `/`, or `/`.
+pub fn default_path(request_path: &str) -> &str {
+    match request_path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) if request_path.starts_with('/') => &request_path[..i],
+        Some(_) => "/",
+    }
+}
+
+/// Drops a backend's `Set-Cookie` fields for any of `tickets` (every
+/// ticket cookie the configuration defines): only the proxy issues
+/// tickets, and a backend on the same host that could set one could plant
+/// a ticket in a victim's browser. The name is compared as a browser
+/// reads it (spaces and tabs around it trimmed), without regard to case.
+/// Returns how many were dropped.
+pub fn drop_tickets(headers: &mut HeaderMap, tickets: &[String]) -> usize {
+    let is_ticket = |field: &HeaderValue| {
+        let field = field.as_bytes();
+        let end = memchr::memchr2(b'=', b';', field).unwrap_or(field.len());
+        let name = field[..end].trim_ascii();
+        tickets
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
+    };
+    let all = headers.get_all(SET_COOKIE);
+    let dropped = all.iter().filter(|f| is_ticket(f)).count();
+    if dropped == 0 {
+        return 0;
+    }
+    let kept: Vec<HeaderValue> = all.iter().filter(|f| !is_ticket(f)).cloned().collect();
+    headers.remove(SET_COOKIE);
+    for f in kept {
+        headers.append(SET_COOKIE, f);
+    }
+    dropped
+}
+
 fn parse_name(field: &[u8]) -> Option<&[u8]> {
     let end = memchr::memchr2(b'=', b';', field)?;
     (field[end] == b'=').then(|| field[..end].trim_ascii())
 }
 
 /// The ticket's `Set-Cookie`: the app's attributes, `HttpOnly` always,
-/// `Secure` over TLS, and a lifetime no longer than what is left of the
+/// `Secure` over HTTPS, and a lifetime no longer than what is left of the
 /// session's absolute timeout.
 pub fn ticket_cookie(
     name: &str,
@@ -246,13 +313,13 @@ pub fn ticket_cookie(
     attrs: &Attrs,
     until: u64,
     now: u64,
-    tls: bool,
+    https: bool,
 ) -> Option<HeaderValue> {
     let mut s = String::with_capacity(name.len() + value.len() + 96);
     s.push_str(name);
     s.push('=');
     s.push_str(value);
-    push_attrs(&mut s, attrs, tls);
+    push_attrs(&mut s, name, attrs, https);
     if let Some(expires) = attrs.expires {
         let age = expires.min(until).saturating_sub(now);
         s.push_str("; Max-Age=");
@@ -266,23 +333,30 @@ pub fn ticket_cookie(
 }
 
 /// Clears the browser's ticket (the session is gone).
-pub fn clear_cookie(name: &str, attrs: &Attrs, tls: bool) -> Option<HeaderValue> {
+pub fn clear_cookie(name: &str, attrs: &Attrs, https: bool) -> Option<HeaderValue> {
     let mut s = String::with_capacity(name.len() + 96);
     s.push_str(name);
     s.push('=');
-    push_attrs(&mut s, attrs, tls);
+    push_attrs(&mut s, name, attrs, https);
     s.push_str("; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
     HeaderValue::try_from(s).ok()
 }
 
-fn push_attrs(s: &mut String, attrs: &Attrs, tls: bool) {
+/// The ticket cookie's attributes. A `__Host-` name is `Secure`, on `/`,
+/// with no `Domain`, whatever the app's cookie had (browsers refuse it
+/// otherwise); a `__Secure-` one is `Secure`.
+fn push_attrs(s: &mut String, name: &str, attrs: &Attrs, https: bool) {
+    let host_only = name.starts_with("__Host-");
     s.push_str("; Path=");
-    s.push_str(attrs.path.as_deref().unwrap_or("/"));
-    if let Some(domain) = &attrs.domain {
+    s.push_str(match host_only {
+        true => "/",
+        false => attrs.path.as_deref().unwrap_or("/"),
+    });
+    if let Some(domain) = attrs.domain.as_ref().filter(|_| !host_only) {
         s.push_str("; Domain=");
         s.push_str(domain);
     }
-    if attrs.secure || tls {
+    if attrs.secure || https || host_only || name.starts_with("__Secure-") {
         s.push_str("; Secure");
     }
     s.push_str("; HttpOnly");
@@ -374,11 +448,65 @@ mod tests {
             h.append(SET_COOKIE, HeaderValue::from_static(v));
         }
         let app = vec!["session".to_string(), "session.sig".to_string()];
-        let taken = take_set_cookies(&mut h, &app, 0);
+        let taken = take_set_cookies(&mut h, &app, "/", true, 0);
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[1].name, "session.sig");
         let left: Vec<_> = h.get_all(SET_COOKIE).iter().collect();
         assert_eq!(left, ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn app_cookies_on_other_paths_are_other_cookies() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "session=; Path=/legacy; Max-Age=0",
+            "session=X; Path=/",
+            "session=Y",
+            "session=Z; Path=relative",
+        ] {
+            h.append(SET_COOKIE, HeaderValue::from_static(v));
+        }
+        let app = vec!["session".to_string()];
+        let taken = take_set_cookies(&mut h.clone(), &app, "/", true, 0);
+        let values: Vec<_> = taken.iter().map(|c| c.value.as_slice()).collect();
+        assert_eq!(values, [&b"X"[..], b"Y", b"Z"]);
+        // a request under /app: a cookie with no Path is /app's
+        let taken = take_set_cookies(&mut h, &app, "/", false, 0);
+        assert_eq!(taken.len(), 1);
+        let left: Vec<_> = h.get_all(SET_COOKIE).iter().collect();
+        assert_eq!(
+            left,
+            [
+                "session=; Path=/legacy; Max-Age=0",
+                "session=Y",
+                "session=Z; Path=relative"
+            ]
+        );
+        assert_eq!(default_path("/"), "/");
+        assert_eq!(default_path("/login"), "/");
+        assert_eq!(default_path("/app/login"), "/app");
+        assert_eq!(default_path("/app/"), "/app");
+        assert_eq!(default_path(""), "/");
+        assert_eq!(default_path("*"), "/");
+    }
+
+    #[test]
+    fn backends_cannot_set_a_ticket() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "a=1",
+            "slb_sid=planted; Path=/",
+            " SLB_SID =x",
+            "other_sid=y",
+            "slb_sidx=z",
+        ] {
+            h.append(SET_COOKIE, HeaderValue::from_static(v));
+        }
+        let tickets = vec!["slb_sid".to_string(), "other_sid".to_string()];
+        assert_eq!(drop_tickets(&mut h, &tickets), 3);
+        let left: Vec<_> = h.get_all(SET_COOKIE).iter().collect();
+        assert_eq!(left, ["a=1", "slb_sidx=z"]);
+        assert_eq!(drop_tickets(&mut h, &tickets), 0);
     }
 
     #[test]
@@ -397,5 +525,20 @@ mod tests {
         );
         let v = ticket_cookie("slb_sid", "ID", &Attrs::default(), 2_000, 1_000, false).unwrap();
         assert_eq!(v.to_str().unwrap(), "slb_sid=ID; Path=/; HttpOnly");
+        // __Host-: Secure, on /, no Domain, whatever the app's had
+        let app = Attrs {
+            path: Some("/app".into()),
+            ..attrs.clone()
+        };
+        let v = ticket_cookie("__Host-sid", "ID", &app, 2_000, 1_000, false).unwrap();
+        assert_eq!(
+            v.to_str().unwrap(),
+            "__Host-sid=ID; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=1000; Expires=Thu, 01 Jan 1970 00:33:20 GMT"
+        );
+        let v = clear_cookie("__Secure-sid", &Attrs::default(), false).unwrap();
+        assert_eq!(
+            v.to_str().unwrap(),
+            "__Secure-sid=; Path=/; Secure; HttpOnly; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+        );
     }
 }

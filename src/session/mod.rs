@@ -6,27 +6,33 @@
 //! before the request head is written; the app's cookies (or blob header)
 //! take the ticket's place. The response's new session is taken out of it
 //! and stored before its head goes to the client, so that the client's next
-//! request finds it. Only the proxy mints tickets: one it did not make, or
-//! whose session is gone, is no session.
+//! request finds it ([`change`]). Only the proxy mints tickets: one it did
+//! not make, or whose session is gone, is no session; and every change of
+//! a session gives the client that made it a new ticket.
 
+mod change;
 pub mod cookies;
+mod limit;
 pub mod recall;
 pub mod record;
 pub mod stats;
 pub mod store;
 pub mod ticket;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::header::{COOKIE, SET_COOKIE};
+use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::{self, Carrier, OnStoreError};
+use limit::NewSessions;
 pub use recall::{Claim, Recall};
-use record::{Entry, Opened, Record};
+use record::{Binding, EncodeError, Opened, Version};
 pub use stats::Stats;
-use store::{Found, Put, Ttl};
+use store::Found;
 pub use store::{Store, StoreError};
 pub use ticket::{RandomError, SessionId, Ticket};
 
@@ -39,15 +45,19 @@ pub enum SessionError {
     TooLarge { size: usize, limit: usize },
     #[error(transparent)]
     Random(#[from] RandomError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 /// The process's sessions: the store (kept across reloads that leave
-/// `[store]` as it was, so the embedded store keeps its sessions) and the
-/// counters (kept across every reload).
+/// `[store]` as it was, so the embedded store keeps its sessions), the
+/// counters (kept across every reload), and each pool's budget of new
+/// sessions per client (kept across reloads that keep the pool's limit).
 #[derive(Debug, Default)]
 pub struct Sessions {
     pub stats: Arc<Stats>,
     current: Mutex<Option<(config::Store, Arc<Store>)>>,
+    limits: Mutex<HashMap<(String, u32), Arc<NewSessions>>>,
 }
 
 impl Sessions {
@@ -64,14 +74,11 @@ impl Sessions {
             Err(error) => {
                 // the URL was checked when the file was validated
                 tracing::error!(%error, "session store cannot be built; using the memory store");
-                Store::build(
-                    &config::Store::Memory(config::MemoryStore {
-                        max_size: 256 << 20,
-                        secret: None,
-                    }),
-                    self.stats.clone(),
-                )
-                .unwrap_or_else(|_| unreachable!("the memory store builds"))
+                let memory = config::MemoryStore {
+                    max_size: config::MemoryStore::DEFAULT_SIZE,
+                    secret: None,
+                };
+                Store::memory(&memory, self.stats.clone())
             }
         };
         let store = Arc::new(store);
@@ -87,24 +94,51 @@ impl Sessions {
             .map(|(_, s)| s.clone())
     }
 
+    /// The budget of new sessions per client of `pool`, when it has one.
+    fn limit_for(&self, pool: &str, per_minute: Option<u32>) -> Option<Arc<NewSessions>> {
+        let per_minute = per_minute?;
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits.retain(|(p, _), l| p != pool || Arc::strong_count(l) > 1);
+        Some(
+            limits
+                .entry((pool.to_string(), per_minute))
+                .or_insert_with(|| Arc::new(NewSessions::new(per_minute)))
+                .clone(),
+        )
+    }
+
+    /// The keys a session named by `id` (or by a whole ticket) may be
+    /// stored under: its id when sealed, a keyed hash of it when plain.
+    fn keys(&self, id: &str) -> Option<(Arc<Store>, [SessionId; 2])> {
+        let id = id.split_once('.').map_or(id, |(id, _)| id);
+        let (store, id) = (self.current()?, SessionId::parse(id.as_bytes())?);
+        let plain = store.plain_key(&id);
+        Some((store, [id, plain]))
+    }
+
     /// `DELETE /admin/sessions/{id}`: `Ok(false)` for an id that names no
-    /// session (or is not one the proxy could have made).
+    /// session (or is not one the proxy could have made). Every version of
+    /// the session ends at once.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        let (Some(store), Some(id)) = (self.current(), SessionId::parse(id.as_bytes())) else {
+        let Some((store, keys)) = self.keys(id) else {
             return Ok(false);
         };
-        let found = store.delete(&id).await?;
+        let mut found = false;
+        for key in &keys {
+            found |= store.delete(key).await?;
+        }
         if found {
             self.stats.count_deleted();
-            tracing::info!(session = %id.redacted(), "session revoked");
+            tracing::info!(session = %keys[0].redacted(), "session revoked");
         }
         Ok(found)
     }
 }
 
 /// What `GET /admin/sessions/{id}` shows of a stored session: its age and
-/// size, and its cookies only when it is unsealed (a sealed one opens with
-/// the browser's secret alone).
+/// size, whether a previous version is still readable, and its cookies
+/// only when it is stored plain (a sealed one opens with the browser's
+/// secret alone).
 #[derive(Debug, serde::Serialize)]
 pub struct Inspected {
     pub created: u64,
@@ -126,29 +160,31 @@ pub struct InspectedEntry {
 impl Sessions {
     /// Reads a session for an operator, without sliding its timeout.
     pub async fn inspect(&self, id: &str) -> Result<Option<Inspected>, StoreError> {
-        let (Some(store), Some(id)) = (self.current(), SessionId::parse(id.as_bytes())) else {
+        let Some((store, keys)) = self.keys(id) else {
             return Ok(None);
         };
-        let Some(stored) = store.get(&id).await? else {
+        let mut stored = None;
+        for key in &keys {
+            stored = store.get(key).await?;
+            if stored.is_some() {
+                break;
+            }
+        }
+        let Some(stored) = stored else {
             return Ok(None);
         };
         let Some((sealed, created)) = record::Record::head(&stored) else {
             return Ok(None);
         };
-        let cookies = match sealed {
-            true => None,
-            false => Opened::open(stored.clone(), &Ticket::unsealed(id))
-                .ok()
-                .map(|o| {
-                    o.entries()
-                        .map(|e| InspectedEntry {
-                            name: e.name.to_string(),
-                            value: String::from_utf8_lossy(e.value).into_owned(),
-                            expires: e.expires,
-                        })
-                        .collect()
-                }),
-        };
+        let cookies = Opened::inspect_plain(&stored).map(|o| {
+            o.entries()
+                .map(|e| InspectedEntry {
+                    name: e.name.to_string(),
+                    value: String::from_utf8_lossy(e.value).into_owned(),
+                    expires: e.expires,
+                })
+                .collect()
+        });
         Ok(Some(Inspected {
             created,
             age_seconds: crate::clock::unix_now().saturating_sub(created),
@@ -169,6 +205,14 @@ pub struct Mode {
     pub pool: Arc<str>,
     pub settings: config::Session,
     pub store: Arc<Store>,
+    /// What this pool's sessions are bound to: its scope and its ticket's
+    /// cookie name.
+    binding: Binding,
+    /// Cookies no request reaches this pool's backends with, but for what
+    /// the proxy puts there: the app's (a client does not set the app's
+    /// session) and every ticket cookie of the configuration.
+    strip: Vec<String>,
+    new_sessions: Option<Arc<NewSessions>>,
 }
 
 /// The ticket cookie of a request, read.
@@ -190,19 +234,50 @@ pub enum Load {
 /// What a request brought and found.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// The client's ticket, when it names a live session.
+    /// The client's ticket, when it names a live session (or the store
+    /// was `unavailable`).
     ticket: Option<Ticket>,
     record: Option<Opened>,
+    /// The ticket's version was replaced by a change (it read the session
+    /// as it was before): a change it makes is no change of the session.
+    superseded: bool,
     /// When `record` was read (unix seconds): what its cookies' expiries
     /// are measured against on the way to the backend.
     read_at: u64,
     /// A ticket that is no session: cleared in the response.
     stale: bool,
     /// The store failed and the pool is `fail_open`: the request goes on
-    /// without its session and nothing of it is stored.
+    /// without its session and nothing of it is stored; `ticket` is then
+    /// the one it brought, unchecked, for a logout to end later.
     unavailable: bool,
     /// The `Cookie` field the backend gets, as the connection recalls it.
     forward: Option<HeaderValue>,
+    /// Where the request came from, for its response's session.
+    origin: Origin,
+}
+
+/// What a response's session depends on of its request.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// The client's address (as `trusted_proxies` tell it): the budget
+    /// of new sessions is per address.
+    pub client: IpAddr,
+    /// The client asked over HTTPS (here, or at a trusted proxy in front):
+    /// the ticket cookie is `Secure`.
+    pub https: bool,
+    /// The request's default cookie path (RFC 6265 5.1.4) is the
+    /// session's `path`: an app cookie set with no `Path` is the session's.
+    pub default_path_is_session: bool,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Origin {
+            client: IpAddr::from([0, 0, 0, 0]),
+            https: false,
+            default_path_is_session: true,
+        }
+    }
 }
 
 /// What writing the session into a request did to its head.
@@ -215,6 +290,11 @@ pub struct Rewritten {
 }
 
 impl Loaded {
+    /// Where the request came from: set before its response is read.
+    pub fn came_from(&mut self, origin: Origin) {
+        self.origin = origin;
+    }
+
     /// A ticket that is no session.
     fn stale() -> Loaded {
         Loaded {
@@ -225,10 +305,25 @@ impl Loaded {
 }
 
 impl Mode {
-    pub fn new(pool: Arc<str>, settings: config::Session, store: Arc<Store>) -> Mode {
+    /// `tickets`: every ticket cookie name of the configuration.
+    pub fn new(
+        pool: Arc<str>,
+        settings: config::Session,
+        store: Arc<Store>,
+        sessions: &Sessions,
+        tickets: &[String],
+    ) -> Mode {
         static IDS: AtomicU64 = AtomicU64::new(0);
+        let mut strip: Vec<String> = match &settings.carrier {
+            Carrier::Cookie { app_cookies } => app_cookies.clone(),
+            Carrier::Header { .. } => Vec::new(),
+        };
+        strip.extend(tickets.iter().filter(|t| **t != settings.cookie).cloned());
         Mode {
             id: IDS.fetch_add(1, Ordering::Relaxed),
+            binding: Binding::new(&settings.scope, &settings.cookie),
+            strip,
+            new_sessions: sessions.limit_for(&pool, settings.max_new_sessions_per_client),
             pool,
             settings,
             store,
@@ -237,6 +332,14 @@ impl Mode {
 
     fn stats(&self) -> &Stats {
         self.store.stats()
+    }
+
+    /// Where a session is kept: see [`Store::plain_key`].
+    fn key(&self, id: &SessionId) -> SessionId {
+        match self.settings.encrypt {
+            true => *id,
+            false => self.store.plain_key(id),
+        }
     }
 
     /// The ticket a request carries, read before the request is set aside
@@ -253,7 +356,7 @@ impl Mode {
             return Presented::None;
         };
         let ticket = recall
-            .ticket(raw)
+            .ticket(raw, &self.binding)
             .filter(|t| t.is_sealed() == self.settings.encrypt)
             .or_else(|| Ticket::parse(raw, self.settings.encrypt));
         match ticket {
@@ -279,7 +382,7 @@ impl Mode {
             Presented::Ticket(claim) => claim,
         };
         let held = claim.recalled.as_ref().and_then(|r| r.held.as_ref());
-        match self.store.load_now(&claim.ticket.id, held) {
+        match self.store.load_now(&self.key(&claim.ticket.id), held) {
             Some(found) => Load::Done(self.loaded(claim, found, recall)),
             None => Load::Wait(claim),
         }
@@ -290,7 +393,7 @@ impl Mode {
     pub async fn load(&self, claim: Claim, recall: &Recall) -> Result<Loaded, SessionError> {
         let found = self
             .store
-            .load(&claim.ticket.id, self.settings.idle_timeout)
+            .load(&self.key(&claim.ticket.id), self.settings.idle_timeout)
             .await;
         self.loaded(claim, found.map(|v| v.map(|v| (v, None))), recall)
     }
@@ -313,6 +416,7 @@ impl Mode {
             }
             Err(error) => {
                 return self.store_failed(error, "load").map(|()| Loaded {
+                    ticket: Some(ticket),
                     unavailable: true,
                     ..Loaded::default()
                 });
@@ -325,24 +429,28 @@ impl Mode {
                     // a lookup found it: keep that entry from now on
                     recall.hold(&ticket, &stored, held);
                 }
-                (Ok(r.opened), Some(r.forward))
+                (Ok((r.opened, Version::Current)), Some(r.forward))
             }
-            _ => match recall.opened(&ticket, &stored, held.clone()) {
-                Some(opened) => (Ok(opened), None),
+            _ => match recall.opened(&ticket, &self.binding, &stored, held.clone()) {
+                Some(opened) => (Ok((opened, Version::Current)), None),
                 None => {
-                    let opened = Opened::open(stored.clone(), &ticket);
-                    if let Ok(opened) = &opened {
-                        recall.remember(&ticket, stored, opened, held);
+                    let opened = Opened::open(stored.clone(), &ticket, &self.binding, now);
+                    if let Ok((opened, Version::Current)) = &opened {
+                        // a previous version's grace runs out: not kept
+                        recall.remember(&ticket, &self.binding, stored, opened, held);
                     }
                     (opened, None)
                 }
             },
         };
         match opened {
-            Ok(record) if record.created + self.settings.absolute_timeout.as_secs() > now => {
+            Ok((record, version))
+                if record.created + self.settings.absolute_timeout.as_secs() > now =>
+            {
                 Ok(Loaded {
                     ticket: Some(ticket),
                     record: Some(record),
+                    superseded: version == Version::Previous,
                     read_at: now,
                     forward,
                     ..Loaded::default()
@@ -351,9 +459,9 @@ impl Mode {
             Ok(_) => {
                 tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session reached absolute_timeout");
                 let store = self.store.clone();
-                let id = ticket.id;
+                let key = self.key(&ticket.id);
                 tokio::spawn(async move {
-                    if let Ok(true) = store.delete(&id).await {
+                    if let Ok(true) = store.delete(&key).await {
                         store.stats().count_deleted();
                     }
                 });
@@ -403,7 +511,7 @@ impl Mode {
         }
         let live = loaded.record.iter().flat_map(|r| r.live(loaded.read_at));
         let added = match &self.settings.carrier {
-            Carrier::Cookie { app_cookies } => {
+            Carrier::Cookie { .. } => {
                 let mut replacement =
                     Vec::with_capacity(loaded.record.as_ref().map_or(0, Opened::len));
                 for e in live {
@@ -415,7 +523,7 @@ impl Mode {
                     replacement.extend_from_slice(e.value);
                 }
                 let from = single(headers, &COOKIE).cloned();
-                cookies::rewrite(headers, &self.settings.cookie, app_cookies, &replacement);
+                cookies::rewrite(headers, &self.settings.cookie, &self.strip, &replacement);
                 if let (Some(record), Some(from), Some(to)) =
                     (&loaded.record, from, single(headers, &COOKIE))
                 {
@@ -437,7 +545,8 @@ impl Mode {
             } => {
                 headers.remove(header);
                 headers.remove(update_header);
-                cookies::rewrite(headers, &self.settings.cookie, &[], b"");
+                remove_spellings(headers, &[header, update_header]);
+                cookies::rewrite(headers, &self.settings.cookie, &self.strip, b"");
                 match live.last().map(|e| http::HeaderValue::from_bytes(e.value)) {
                     Some(Ok(v)) => {
                         let added = v.len();
@@ -453,188 +562,28 @@ impl Mode {
             cookies: headers.get_all(COOKIE).iter().count(),
         }
     }
+}
 
-    /// Takes the app's session out of a response, stores what changed, and
-    /// gives the browser its ticket (or clears it).
-    pub async fn from_backend(
-        &self,
-        headers: &mut HeaderMap,
-        loaded: Loaded,
-        tls: bool,
-        recall: &Recall,
-    ) -> Result<(), SessionError> {
-        let now = crate::clock::unix_now();
-        let changes = self.changes(headers, now);
-        if changes.is_empty() {
-            if loaded.stale
-                && let Some(v) =
-                    cookies::clear_cookie(&self.settings.cookie, &cookies::Attrs::default(), tls)
-            {
-                headers.append(SET_COOKIE, v);
-            }
-            return Ok(());
-        }
-        // the next request opens what this one stores
-        recall.forget();
-        // boxed: most responses change nothing, and the future of a write
-        // (a read, then a write or a delete) would make every request's
-        // future larger
-        Box::pin(self.store_changes(headers, loaded, changes, now, tls)).await
-    }
-
-    /// Applies a response's changes to the session as it is stored now.
-    async fn store_changes(
-        &self,
-        headers: &mut HeaderMap,
-        loaded: Loaded,
-        changes: Vec<cookies::SetCookie>,
-        now: u64,
-        tls: bool,
-    ) -> Result<(), SessionError> {
-        let clear = |headers: &mut HeaderMap, attrs: &cookies::Attrs| {
-            if let Some(v) = cookies::clear_cookie(&self.settings.cookie, attrs, tls) {
-                headers.append(SET_COOKIE, v);
-            }
-        };
-        if loaded.unavailable {
-            tracing::warn!(
-                pool = &*self.pool,
-                "session change not stored: the store was unavailable when the request came (fail_open)"
-            );
-            return Ok(());
-        }
-        // the ticket takes the attributes of a cookie the app sets (a
-        // deletion's would end the ticket at once)
-        let attrs = changes
-            .iter()
-            .find(|c| !c.deletes(now))
-            .unwrap_or(&changes[0])
-            .attrs
-            .clone();
-        let (ticket, put, mut record) = match loaded.ticket {
-            Some(ticket) => {
-                // the changes land on the session as it is now, not as this
-                // request saw it: each app cookie is last-write-wins
-                let current = match self.store.get(&ticket.id).await {
-                    Ok(current) => current,
-                    Err(error) => return self.store_failed(error, "update"),
-                };
-                match current.and_then(|b| Some((Opened::open(b.clone(), &ticket).ok()?, b))) {
-                    Some((opened, was)) => (ticket, Put::Replace(was), opened.to_record()),
-                    None => {
-                        // revoked, or logged out, while this request ran
-                        tracing::info!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended during the request: change not stored");
-                        clear(headers, &attrs);
-                        return Ok(());
-                    }
-                }
-            }
-            None => (
-                Ticket::mint(self.settings.encrypt)?,
-                Put::New,
-                Record::new(now),
-            ),
-        };
-        for c in changes {
-            record.entries.retain(|e| e.name != c.name);
-            if !c.deletes(now) {
-                record.entries.push(Entry {
-                    name: c.name,
-                    value: c.value,
-                    expires: c.attrs.expires,
-                });
-            }
-        }
-        record.entries.retain(|e| e.expires.is_none_or(|t| t > now));
-        if record.entries.is_empty() {
-            if put != Put::New {
-                match self.store.delete(&ticket.id).await {
-                    Ok(true) => {
-                        self.stats().count_deleted();
-                        tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended by the app");
-                    }
-                    Ok(false) => {}
-                    Err(error) => self.store_failed(error, "delete")?,
-                }
-            }
-            clear(headers, &attrs);
-            return Ok(());
-        }
-        let size = record.plain_len();
-        if size > self.settings.max_blob_bytes {
-            self.stats().count_too_large();
-            tracing::warn!(
-                pool = &*self.pool,
-                size,
-                limit = self.settings.max_blob_bytes,
-                "the app's session is over max_blob_bytes: answering 502, the previous session kept"
-            );
-            return Err(SessionError::TooLarge {
-                size,
-                limit: self.settings.max_blob_bytes,
-            });
-        }
-        let until = record.created + self.settings.absolute_timeout.as_secs();
-        let value = record.encode(&ticket)?;
-        let ttl = Ttl {
-            idle: self.settings.idle_timeout,
-            first_idle: self.settings.first_idle_timeout,
-            until,
-        };
-        let new = put == Put::New;
-        match self.store.put(&ticket.id, value.into(), ttl, put).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Existing: gone between the read and the write
-                tracing::info!(pool = &*self.pool, session = %ticket.id.redacted(), "session ended during the request: change not stored");
-                clear(headers, &attrs);
-                return Ok(());
-            }
-            Err(error) => return self.store_failed(error, "store"),
-        }
-        if new {
-            self.stats().count_created();
-            tracing::debug!(pool = &*self.pool, session = %ticket.id.redacted(), "session created");
-        }
-        // a new ticket, or the app renewed its cookie's lifetime
-        if (new || attrs.expires.is_some())
-            && let Some(v) = cookies::ticket_cookie(
-                &self.settings.cookie,
-                &ticket.value(),
-                &attrs,
-                until,
-                now,
-                tls,
-            )
-        {
-            headers.append(SET_COOKIE, v);
-        }
-        Ok(())
-    }
-
-    /// The session changes a response makes, taken out of it: the app's
-    /// `Set-Cookie` fields, or the update header. The blob headers never
-    /// reach the client.
-    fn changes(&self, headers: &mut HeaderMap, now: u64) -> Vec<cookies::SetCookie> {
-        match &self.settings.carrier {
-            Carrier::Cookie { app_cookies } => cookies::take_set_cookies(headers, app_cookies, now),
-            Carrier::Header {
-                header,
-                update_header,
-            } => {
-                headers.remove(header);
-                let updates: Vec<_> = headers.get_all(update_header).iter().cloned().collect();
-                headers.remove(update_header);
-                match updates.last() {
-                    Some(v) => vec![cookies::SetCookie {
-                        name: header.as_str().to_string(),
-                        value: v.as_bytes().to_vec(),
-                        attrs: cookies::Attrs::default(),
-                    }],
-                    None => Vec::new(),
-                }
-            }
-        }
+/// Removes the fields whose names read as one of `names` once `_` is read
+/// as `-`: CGI and WSGI servers (and the apps behind them) map both to one
+/// name, so `X_Session` from a client would be the blob header there.
+fn remove_spellings(headers: &mut HeaderMap, names: &[&http::header::HeaderName]) {
+    let alike = |name: &str| {
+        name.contains('_')
+            && names.iter().any(|n| {
+                n.as_str().len() == name.len()
+                    && n.as_str().bytes().zip(name.bytes()).all(|(a, b)| {
+                        a == b || (a == b'-' && b == b'_') || (a == b'_' && b == b'-')
+                    })
+            })
+    };
+    let found: Vec<http::header::HeaderName> = headers
+        .keys()
+        .filter(|n| alike(n.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use super::record::Opened;
+use super::record::{Binding, Opened};
 use super::store::Held;
 use super::ticket::{TICKET_CHARS, Ticket};
 
@@ -38,6 +38,9 @@ struct Recent {
     raw: [u8; TICKET_CHARS],
     raw_len: usize,
     ticket: Ticket,
+    /// The pools the session was opened for: another scope's pool does
+    /// not get it.
+    binding: Binding,
     stored: Bytes,
     opened: Opened,
     /// The memory store's entry `stored` came from.
@@ -95,11 +98,13 @@ fn same(a: &Bytes, b: &Bytes) -> bool {
 }
 
 impl Recall {
-    /// The ticket a cookie value reads as, when it is the one remembered.
-    pub fn ticket(&self, raw: &[u8]) -> Option<Ticket> {
+    /// The ticket a cookie value reads as, when it is the one remembered
+    /// for `binding`.
+    pub fn ticket(&self, raw: &[u8], binding: &Binding) -> Option<Ticket> {
         let recent = self.0.lock().ok()?;
         let recent = recent.as_ref()?;
-        (recent.raw[..recent.raw_len] == *raw).then(|| recent.ticket.clone())
+        (recent.raw[..recent.raw_len] == *raw && recent.binding == *binding)
+            .then(|| recent.ticket.clone())
     }
 
     /// The claim of a request whose one `Cookie` field is, byte for byte,
@@ -139,11 +144,20 @@ impl Recall {
         }
     }
 
-    /// What `stored` opens to for `ticket`, when that is what was opened
-    /// last; `held`, the store's entry it was read from now, is kept.
-    pub fn opened(&self, ticket: &Ticket, stored: &Bytes, held: Option<Held>) -> Option<Opened> {
+    /// What `stored` opens to for `ticket` in pools of `binding`, when
+    /// that is what was opened last (its current version); `held`, the
+    /// store's entry it was read from now, is kept.
+    pub fn opened(
+        &self,
+        ticket: &Ticket,
+        binding: &Binding,
+        stored: &Bytes,
+        held: Option<Held>,
+    ) -> Option<Opened> {
         let mut recent = self.0.lock().ok()?;
-        let recent = recent.as_mut().filter(|r| r.is(ticket, stored))?;
+        let recent = recent
+            .as_mut()
+            .filter(|r| r.is(ticket, stored) && r.binding == *binding)?;
         if held.is_some() {
             recent.held = held;
         }
@@ -162,7 +176,15 @@ impl Recall {
         }
     }
 
-    pub fn remember(&self, ticket: &Ticket, stored: Bytes, opened: &Opened, held: Option<Held>) {
+    /// Remembers the current version `ticket` opened in `stored`.
+    pub fn remember(
+        &self,
+        ticket: &Ticket,
+        binding: &Binding,
+        stored: Bytes,
+        opened: &Opened,
+        held: Option<Held>,
+    ) {
         let value = ticket.value();
         let mut raw = [0u8; TICKET_CHARS];
         let raw_len = value.len().min(TICKET_CHARS);
@@ -172,6 +194,7 @@ impl Recall {
                 raw,
                 raw_len,
                 ticket: ticket.clone(),
+                binding: *binding,
                 stored,
                 opened: opened.clone(),
                 held,
@@ -194,6 +217,14 @@ mod tests {
     use super::*;
     use crate::session::record::{Entry, Record};
 
+    fn web() -> Binding {
+        Binding::new("web", "slb_sid")
+    }
+
+    fn open(stored: Bytes, t: &Ticket) -> Opened {
+        Opened::open(stored, t, &web(), 0).unwrap().0
+    }
+
     fn sealed(ticket: &Ticket, value: &[u8]) -> Bytes {
         let record = Record {
             created: 1_764_600_000,
@@ -203,7 +234,7 @@ mod tests {
                 expires: None,
             }],
         };
-        Bytes::from(record.encode(ticket).unwrap())
+        Bytes::from(record.encode(ticket, &web()).unwrap())
     }
 
     #[test]
@@ -211,30 +242,38 @@ mod tests {
         let recall = Recall::default();
         let t = Ticket::mint(true).unwrap();
         let stored = sealed(&t, b"alice");
-        assert!(recall.ticket(t.value().as_bytes()).is_none());
-        let opened = Opened::open(stored.clone(), &t).unwrap();
-        recall.remember(&t, stored.clone(), &opened, None);
+        assert!(recall.ticket(t.value().as_bytes(), &web()).is_none());
+        let opened = open(stored.clone(), &t);
+        recall.remember(&t, &web(), stored.clone(), &opened, None);
 
-        assert_eq!(recall.ticket(t.value().as_bytes()), Some(t.clone()));
+        assert_eq!(recall.ticket(t.value().as_bytes(), &web()), Some(t.clone()));
         // the same value read again (Redis gives a new buffer each time)
         let again = Bytes::copy_from_slice(&stored);
-        let recalled = recall.opened(&t, &again, None).unwrap();
+        let recalled = recall.opened(&t, &web(), &again, None).unwrap();
         assert_eq!(recalled.entries().next().unwrap().value, b"alice");
 
         // another ticket, or the session changed in the store: open anew
         let other = Ticket::mint(true).unwrap();
-        assert!(recall.ticket(other.value().as_bytes()).is_none());
-        assert!(recall.opened(&other, &stored, None).is_none());
-        assert!(recall.opened(&t, &sealed(&t, b"bob"), None).is_none());
+        assert!(recall.ticket(other.value().as_bytes(), &web()).is_none());
+        assert!(recall.opened(&other, &web(), &stored, None).is_none());
+        assert!(
+            recall
+                .opened(&t, &web(), &sealed(&t, b"bob"), None)
+                .is_none()
+        );
+        // another scope's pool does not get it
+        let admin = Binding::new("admin", "slb_sid");
+        assert!(recall.ticket(t.value().as_bytes(), &admin).is_none());
+        assert!(recall.opened(&t, &admin, &again, None).is_none());
         // the same id with another secret is another ticket
         let mut forged = t.value().into_bytes();
         let last = forged.len() - 2;
         forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-        assert!(recall.ticket(&forged).is_none());
+        assert!(recall.ticket(&forged, &web()).is_none());
 
         recall.forget();
-        assert!(recall.ticket(t.value().as_bytes()).is_none());
-        assert!(recall.opened(&t, &stored, None).is_none());
+        assert!(recall.ticket(t.value().as_bytes(), &web()).is_none());
+        assert!(recall.opened(&t, &web(), &stored, None).is_none());
     }
 
     #[test]
@@ -242,17 +281,17 @@ mod tests {
         let recall = Recall::default();
         let t = Ticket::mint(true).unwrap();
         let stored = sealed(&t, b"alice");
-        let opened = Opened::open(stored.clone(), &t).unwrap();
+        let opened = open(stored.clone(), &t);
         let field = format!("theme=dark; slb_sid={}", t.value());
         let to = HeaderValue::from_static("theme=dark; session=alice");
         // nothing remembered of the session: nothing to forward
         recall.forwarded(&opened, 1, field.as_bytes(), to.clone(), 2_000);
         assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
 
-        recall.remember(&t, stored.clone(), &opened, None);
+        recall.remember(&t, &web(), stored.clone(), &opened, None);
         // what another opening of the session gave is not remembered for
         // the one the connection holds
-        let other = Opened::open(Bytes::copy_from_slice(&stored), &t).unwrap();
+        let other = open(Bytes::copy_from_slice(&stored), &t);
         recall.forwarded(&other, 1, field.as_bytes(), to.clone(), 2_000);
         assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
 
@@ -276,12 +315,7 @@ mod tests {
         // a new session opened on the connection forgets the field
         let t2 = Ticket::mint(true).unwrap();
         let stored2 = sealed(&t2, b"bob");
-        recall.remember(
-            &t2,
-            stored2.clone(),
-            &Opened::open(stored2, &t2).unwrap(),
-            None,
-        );
+        recall.remember(&t2, &web(), stored2.clone(), &open(stored2, &t2), None);
         assert!(recall.claim(1, field.as_bytes(), || 1_000).is_none());
     }
 }

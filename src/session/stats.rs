@@ -82,6 +82,20 @@ pub struct Stats {
     pub failed_open: AtomicU64,
     /// Responses refused for a session over `max_blob_bytes`.
     pub too_large: AtomicU64,
+    /// Changes that gave their client a new ticket.
+    pub rotated: AtomicU64,
+    /// Changes made with a replaced ticket, stored as a session of their
+    /// own client's.
+    pub forked: AtomicU64,
+    /// New sessions not stored: the client was over
+    /// `max_new_sessions_per_client`.
+    pub limited: AtomicU64,
+    /// A backend's `Set-Cookie` for a ticket cookie, dropped.
+    pub ticket_cookies_dropped: AtomicU64,
+    /// Logouts the store could not do at once (retried until it can).
+    pub deletes_deferred: AtomicU64,
+    /// Of those, the ones still being retried.
+    pub deletes_pending: AtomicU64,
 }
 
 impl Stats {
@@ -127,6 +141,36 @@ impl Stats {
 
     pub fn count_failed_open(&self) {
         self.failed_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_rotated(&self) {
+        self.rotated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_forked(&self) {
+        self.forked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_limited(&self) {
+        self.limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_ticket_cookie_dropped(&self) {
+        self.ticket_cookies_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_delete_deferred(&self) {
+        self.deletes_deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more (`1`) or one less (`-1`) logout being retried.
+    pub fn deletes_pending(&self, by: i64) {
+        match by {
+            1.. => self.deletes_pending.fetch_add(by as u64, Ordering::Relaxed),
+            _ => self
+                .deletes_pending
+                .fetch_sub(by.unsigned_abs(), Ordering::Relaxed),
+        };
     }
 
     pub fn count_too_large(&self) {

@@ -1,14 +1,21 @@
-//! The ticket the browser holds instead of the app's session: `<id>.<secret>`
-//! (or `<id>` when blobs are stored plain), both from the OS CSPRNG.
+//! The ticket the browser holds instead of the app's session:
+//! `<id>.<secret>`, both from the OS CSPRNG.
 //!
-//! The id names the session in the store, so an operator can revoke it; the
-//! secret is the key that seals the session, and the proxy keeps it
-//! nowhere: a store dump, with or without the configuration, opens nothing.
+//! The id names the session in the store for all of its life, so that an
+//! operator can revoke it and one deletion ends it. The secret is one
+//! version's: every change of the session stores it under a new secret and
+//! gives the client that made the change a new ticket, so a ticket held
+//! before the change (planted by an attacker, say) never reads what the
+//! change wrote. Sealed (`encrypt = true`), the secret is the AES-256-GCM
+//! key of that version; plain, the store keeps a MAC under it. Either way
+//! the proxy keeps the secret nowhere: a store dump, with or without the
+//! configuration, signs no one in.
 
 use std::fmt;
 use std::ops::Range;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -19,8 +26,10 @@ pub const ID_BYTES: usize = 16;
 pub const SECRET_BYTES: usize = 32;
 const ID_CHARS: usize = 22;
 const SECRET_CHARS: usize = 43;
-/// The longest cookie value: `<id>.<secret>`.
+/// The cookie value: `<id>.<secret>`.
 pub const TICKET_CHARS: usize = ID_CHARS + 1 + SECRET_CHARS;
+/// A plain version's check: 128 bits of an HMAC-SHA256, base64url.
+pub const CHECK_CHARS: usize = 22;
 
 /// A session's name in the store: 22 base64url characters.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +45,15 @@ impl SessionId {
         let mut id = [0; ID_CHARS];
         id.copy_from_slice(text);
         Some(SessionId(id))
+    }
+
+    /// The id spelling `raw`: how a store key derived from an id is
+    /// written, in the ids' own alphabet and length.
+    pub fn from_bytes(raw: &[u8; ID_BYTES]) -> SessionId {
+        let mut id = [0u8; ID_CHARS];
+        // 16 bytes are 22 characters: the slice always fits
+        let _ = URL_SAFE_NO_PAD.encode_slice(raw, &mut id);
+        SessionId(id)
     }
 
     pub fn as_str(&self) -> &str {
@@ -76,8 +94,9 @@ fn canonical(text: &[u8], bytes: usize) -> bool {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Ticket {
     pub id: SessionId,
-    /// `None` when blobs are stored plain.
-    secret: Option<[u8; SECRET_BYTES]>,
+    secret: [u8; SECRET_BYTES],
+    /// The version is sealed under the secret, not only checked with it.
+    sealed: bool,
 }
 
 impl fmt::Debug for Ticket {
@@ -98,44 +117,36 @@ pub fn warm_up() {
     let _ = random::<1>();
 }
 
-fn random<const N: usize>() -> Result<[u8; N], RandomError> {
+pub(super) fn random<const N: usize>() -> Result<[u8; N], RandomError> {
     let mut bytes = [0u8; N];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| RandomError)?;
     Ok(bytes)
 }
 
 impl Ticket {
+    /// A new session's ticket.
     pub fn mint(sealed: bool) -> Result<Ticket, RandomError> {
         let raw: [u8; ID_BYTES] = random()?;
-        let mut id = [0u8; ID_CHARS];
-        URL_SAFE_NO_PAD
-            .encode_slice(raw, &mut id)
-            .map_err(|_| RandomError)?;
-        let secret = match sealed {
-            true => Some(random()?),
-            false => None,
-        };
         Ok(Ticket {
-            id: SessionId(id),
-            secret,
+            id: SessionId::from_bytes(&raw),
+            secret: random()?,
+            sealed,
         })
     }
 
-    /// The ticket of an unsealed session: its id is all there is to it.
-    pub fn unsealed(id: SessionId) -> Ticket {
-        Ticket { id, secret: None }
+    /// The ticket of the session's next version: the same session, a new
+    /// secret.
+    pub fn rotate(&self) -> Result<Ticket, RandomError> {
+        Ok(Ticket {
+            id: self.id,
+            secret: random()?,
+            sealed: self.sealed,
+        })
     }
 
-    /// Reads a cookie value: `<id>.<secret>` when `sealed`, `<id>`
-    /// otherwise. Malformed is `None`, never an error a client can learn
-    /// from.
+    /// Reads a cookie value, `<id>.<secret>`. Malformed is `None`, never an
+    /// error a client can learn from.
     pub fn parse(value: &[u8], sealed: bool) -> Option<Ticket> {
-        if !sealed {
-            return Some(Ticket {
-                id: SessionId::parse(value)?,
-                secret: None,
-            });
-        }
         if value.len() != TICKET_CHARS || value[ID_CHARS] != b'.' {
             return None;
         }
@@ -147,35 +158,45 @@ impl Ticket {
         }
         let mut secret = [0u8; SECRET_BYTES];
         secret.copy_from_slice(&out[..SECRET_BYTES]);
-        Some(Ticket {
-            id,
-            secret: Some(secret),
-        })
+        Some(Ticket { id, secret, sealed })
     }
 
     /// The cookie value.
     pub fn value(&self) -> String {
         let mut s = String::with_capacity(TICKET_CHARS);
         s.push_str(self.id.as_str());
-        if let Some(secret) = &self.secret {
-            s.push('.');
-            URL_SAFE_NO_PAD.encode_string(secret, &mut s);
-        }
+        s.push('.');
+        URL_SAFE_NO_PAD.encode_string(self.secret, &mut s);
         s
     }
 
     pub fn is_sealed(&self) -> bool {
-        self.secret.is_some()
+        self.sealed
     }
 
-    /// Seals `plain` for this session: a fresh 96-bit nonce, then the
-    /// ciphertext and tag. `aad` binds what is stored beside it (the id and
-    /// the creation time), so a sealed blob cannot be moved to another
-    /// session or made younger.
+    /// A plain version's check: a MAC of what it is bound to (`aad`) and
+    /// its lines, under the secret. The store holds the check, never the
+    /// secret, so a reader of the store can read a plain session but not
+    /// sign in with it.
+    pub fn check(&self, aad: &[u8], payload: &[u8]) -> [u8; CHECK_CHARS] {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.secret);
+        let mut ctx = hmac::Context::with_key(&key);
+        ctx.update(aad);
+        ctx.update(payload);
+        let tag = ctx.sign();
+        let mut out = [0u8; CHECK_CHARS];
+        // 16 bytes are 22 characters: the slice always fits
+        let _ = URL_SAFE_NO_PAD.encode_slice(&tag.as_ref()[..16], &mut out);
+        out
+    }
+
+    /// Seals `plain` under the secret: a fresh 96-bit nonce, then the
+    /// ciphertext and tag. `aad` binds what is stored beside it (the id,
+    /// the creation time, the pools that may read it), so a sealed blob
+    /// cannot be moved to another session or pool, or made younger.
     pub fn seal(&self, aad: &[u8], plain: &[u8], out: &mut Vec<u8>) -> Result<(), RandomError> {
         let Some(key) = self.key() else {
-            out.extend_from_slice(plain);
-            return Ok(());
+            return Err(RandomError);
         };
         let nonce: [u8; NONCE_LEN] = random()?;
         let start = out.len();
@@ -196,9 +217,7 @@ impl Ticket {
     /// is in `sealed`, or `None` for a wrong secret or a blob that was
     /// changed.
     pub fn open(&self, aad: &[u8], sealed: &mut [u8]) -> Option<Range<usize>> {
-        let Some(key) = self.key() else {
-            return Some(0..sealed.len());
-        };
+        let key = self.key()?;
         if sealed.len() < NONCE_LEN {
             return None;
         }
@@ -208,9 +227,9 @@ impl Ticket {
         Some(NONCE_LEN..NONCE_LEN + plain.len())
     }
 
+    /// The AES key under the secret (`None` never happens for 32 bytes).
     fn key(&self) -> Option<LessSafeKey> {
-        let secret = self.secret.as_ref()?;
-        UnboundKey::new(&AES_256_GCM, secret)
+        UnboundKey::new(&AES_256_GCM, &self.secret)
             .ok()
             .map(LessSafeKey::new)
     }
@@ -229,11 +248,37 @@ mod tests {
         let back = Ticket::parse(a.value().as_bytes(), true).unwrap();
         assert_eq!(back.value(), a.value());
         let plain = Ticket::mint(false).unwrap();
-        assert_eq!(plain.value().len(), 22);
-        assert!(Ticket::parse(plain.value().as_bytes(), false).is_some());
-        // a sealed pool does not take a bare id, nor a plain one a pair
-        assert!(Ticket::parse(plain.value().as_bytes(), true).is_none());
-        assert!(Ticket::parse(a.value().as_bytes(), false).is_none());
+        assert_eq!(
+            plain.value().len(),
+            66,
+            "a plain session's ticket has a secret too"
+        );
+        assert!(
+            !Ticket::parse(plain.value().as_bytes(), false)
+                .unwrap()
+                .is_sealed()
+        );
+        // a bare id is no ticket
+        assert!(Ticket::parse(plain.id.as_str().as_bytes(), false).is_none());
+    }
+
+    #[test]
+    fn a_rotated_ticket_is_the_same_session_under_a_new_secret() {
+        let a = Ticket::mint(true).unwrap();
+        let b = a.rotate().unwrap();
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.value(), b.value());
+        assert_ne!(a, b);
+        let mut sealed = Vec::new();
+        a.seal(b"aad", b"x=1", &mut sealed).unwrap();
+        assert!(b.open(b"aad", &mut sealed.clone()).is_none());
+        let plain = Ticket::mint(false).unwrap();
+        let next = plain.rotate().unwrap();
+        assert!(!next.is_sealed());
+        assert_ne!(plain.check(b"aad", b"x=1"), next.check(b"aad", b"x=1"));
+        assert_eq!(plain.check(b"aad", b"x=1"), plain.check(b"aad", b"x=1"));
+        assert_ne!(plain.check(b"aad", b"x=1"), plain.check(b"aae", b"x=1"));
+        assert_ne!(plain.check(b"aad", b"x=1"), plain.check(b"aad", b"x=2"));
     }
 
     #[test]

@@ -9,7 +9,10 @@ another one issued: the app the shared-store tests put behind sessionlb.
 Routes (every answer is JSON but /healthz, and carries `x-backend:
 <instance-name>`, as the tests' Rust backends do):
 
-- POST /login (form or query `user=<name>`): starts a session, n = 0
+- GET /hello: an anonymous visitor's session (`visits`, counted), as a
+  page with a CSRF token starts one before anyone logs in
+- POST /login (form or query `user=<name>`): clears the session (what a
+  careful app does at login), then starts one, n = 0
 - GET|POST /count: n += 1 and answers it; 401 without a session
 - GET /whoami: the session as it is; Flask sends no Set-Cookie then
 - POST /logout: clears the session; Flask expires the cookie
@@ -36,11 +39,18 @@ def tag(resp):
     return resp
 
 
+@app.get("/hello")
+def hello():
+    session["visits"] = session.get("visits", 0) + 1
+    return jsonify(user=session.get("user"), visits=session["visits"], instance=instance)
+
+
 @app.post("/login")
 def login():
     user = request.values.get("user")
     if not user:
         return jsonify(error="user missing", instance=instance), 400
+    session.clear()
     session["user"] = user
     session["n"] = 0
     return jsonify(user=user, n=0, instance=instance)

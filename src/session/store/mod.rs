@@ -20,8 +20,9 @@ use bytes::Bytes;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 use super::stats::{Op, OpResult, Stats};
-use super::ticket::SessionId;
+use super::ticket::{SessionId, random};
 use crate::config;
+use aws_lc_rs::hmac;
 
 /// How long a stored session lives from now: `idle` at most (`first_idle`
 /// while it is new: written by [`Put::New`] and not loaded since), and
@@ -61,6 +62,19 @@ pub enum StoreError {
     Timeout(Duration),
 }
 
+/// The key of plain sessions' store keys: `secret`, or else a random one
+/// (the store then lives no longer than the process: validation asks
+/// Redis for a secret).
+fn plain_keys(secret: Option<&str>) -> hmac::Key {
+    let key = match secret {
+        Some(secret) => return hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+        // without a CSPRNG no ticket is minted either: the key then
+        // guards no session
+        None => random::<32>().unwrap_or([0; 32]),
+    };
+    hmac::Key::new(hmac::HMAC_SHA256, &key)
+}
+
 /// A session as the memory store holds it, kept by the client connection
 /// that read it last, to read it again without a lookup while nothing
 /// changed it and a lookup found it a moment ago (see `memory`).
@@ -72,7 +86,15 @@ pub struct Held(Arc<memory::Entry>);
 pub type Found = (Bytes, Option<Held>);
 
 #[derive(Debug)]
-pub enum Store {
+pub struct Store {
+    kind: Kind,
+    /// Keys the store keys of sessions kept plain: `store.secret`, or a
+    /// random key for a store that lives no longer than the process.
+    plain_keys: hmac::Key,
+}
+
+#[derive(Debug)]
+enum Kind {
     Memory(MemoryStore),
     Redis(Box<RedisStore>),
 }
@@ -80,28 +102,58 @@ pub enum Store {
 impl Store {
     pub fn build(config: &config::Store, stats: Arc<Stats>) -> Result<Store, StoreError> {
         Ok(match config {
-            config::Store::Memory(m) => Store::Memory(MemoryStore::new(m, stats)),
-            config::Store::Redis(r) => Store::Redis(Box::new(RedisStore::new(r, stats)?)),
+            config::Store::Memory(m) => Store::memory(m, stats),
+            config::Store::Redis(r) => Store {
+                kind: Kind::Redis(Box::new(RedisStore::new(r, stats)?)),
+                plain_keys: plain_keys(r.secret.as_deref()),
+            },
         })
     }
 
+    /// The embedded store, which cannot fail to build.
+    pub fn memory(config: &config::MemoryStore, stats: Arc<Stats>) -> Store {
+        Store {
+            kind: Kind::Memory(MemoryStore::new(config, stats)),
+            plain_keys: plain_keys(config.secret.as_deref()),
+        }
+    }
+
+    /// Where a session stored plain is kept: a keyed hash of its id, so
+    /// that a reader of the store cannot tell which ticket a key is (nor
+    /// revoke, or find in a log, a session by its key). A sealed session
+    /// is kept under its id: its key opens nothing.
+    pub fn plain_key(&self, id: &SessionId) -> SessionId {
+        let tag = hmac::sign(&self.plain_keys, id.as_str().as_bytes());
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(&tag.as_ref()[..16]);
+        SessionId::from_bytes(&raw)
+    }
+
     pub fn stats(&self) -> &Stats {
-        match self {
-            Store::Memory(m) => &m.stats,
-            Store::Redis(r) => &r.stats,
+        match &self.kind {
+            Kind::Memory(m) => &m.stats,
+            Kind::Redis(r) => &r.stats,
+        }
+    }
+
+    /// The counters, to keep beyond a borrow of the store.
+    pub fn stats_arc(&self) -> Arc<Stats> {
+        match &self.kind {
+            Kind::Memory(m) => m.stats.clone(),
+            Kind::Redis(r) => r.stats.clone(),
         }
     }
 
     pub fn is_memory(&self) -> bool {
-        matches!(self, Store::Memory(_))
+        matches!(self.kind, Kind::Memory(_))
     }
 
     /// Reads a session and restarts its idle timeout, in one round trip
     /// (`GETEX key EX idle`).
     pub async fn load(&self, id: &SessionId, idle: Duration) -> Result<Option<Bytes>, StoreError> {
-        match self {
-            Store::Memory(m) => self.load_memory(m, id).map(|f| f.map(|(v, _)| v)),
-            Store::Redis(r) => {
+        match &self.kind {
+            Kind::Memory(m) => self.load_memory(m, id).map(|f| f.map(|(v, _)| v)),
+            Kind::Redis(r) => {
                 let started = std::time::Instant::now();
                 let result = Box::pin(r.load(id, idle)).await;
                 self.count(Op::Load, started, &result, |v| v.is_some());
@@ -120,7 +172,7 @@ impl Store {
         id: &SessionId,
         held: Option<&Held>,
     ) -> Option<Result<Option<Found>, StoreError>> {
-        let Store::Memory(m) = self else {
+        let Kind::Memory(m) = &self.kind else {
             return None;
         };
         if let Some(held) = held
@@ -143,9 +195,9 @@ impl Store {
     /// response's changes are applied to.
     pub async fn get(&self, id: &SessionId) -> Result<Option<Bytes>, StoreError> {
         let started = std::time::Instant::now();
-        let result = match self {
-            Store::Memory(m) => Ok(m.get(id)),
-            Store::Redis(r) => Box::pin(r.get(id)).await,
+        let result = match &self.kind {
+            Kind::Memory(m) => Ok(m.get(id)),
+            Kind::Redis(r) => Box::pin(r.get(id)).await,
         };
         self.count(Op::Get, started, &result, |v| v.is_some());
         result
@@ -160,9 +212,9 @@ impl Store {
         put: Put,
     ) -> Result<bool, StoreError> {
         let started = std::time::Instant::now();
-        let result = match self {
-            Store::Memory(m) => Ok(m.put(id, value, ttl, put)),
-            Store::Redis(r) => Box::pin(r.put(id, value, ttl, put)).await,
+        let result = match &self.kind {
+            Kind::Memory(m) => Ok(m.put(id, value, ttl, put)),
+            Kind::Redis(r) => Box::pin(r.put(id, value, ttl, put)).await,
         };
         self.count(Op::Put, started, &result, |done| *done);
         result
@@ -171,9 +223,9 @@ impl Store {
     /// Removes a session; `false` when there was none.
     pub async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         let started = std::time::Instant::now();
-        let result = match self {
-            Store::Memory(m) => Ok(m.delete(id)),
-            Store::Redis(r) => Box::pin(r.delete(id)).await,
+        let result = match &self.kind {
+            Kind::Memory(m) => Ok(m.delete(id)),
+            Kind::Redis(r) => Box::pin(r.delete(id)).await,
         };
         self.count(Op::Delete, started, &result, |found| *found);
         result
@@ -182,9 +234,9 @@ impl Store {
     /// Whether the store answers now (`/readyz`, `sessionlb_session_store_up`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let result = match self {
-            Store::Memory(_) => Ok(()),
-            Store::Redis(r) => Box::pin(r.ping()).await,
+        let result = match &self.kind {
+            Kind::Memory(_) => Ok(()),
+            Kind::Redis(r) => Box::pin(r.ping()).await,
         };
         self.count(Op::Ping, started, &result, |_| true);
         result
