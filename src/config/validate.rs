@@ -266,6 +266,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigEr
         p.push("pools", "at least one pool is required, e.g. [pools.web] with backends = [{ addr = \"127.0.0.1:9001\" }]");
     }
     let store = validate_store(&mut p, file.store);
+    warn_tickets_across_scopes(&pools, &mut warnings);
     if let Store::Redis(redis) = &store
         && redis.secret.is_none()
         && let Some(plain) = pools
@@ -296,6 +297,30 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, ConfigEr
         })
     } else {
         Err(ConfigError::Invalid(p.0))
+    }
+}
+
+/// Two pools whose tickets share a cookie name but not a scope: on one
+/// host, each takes the other's ticket for no session and clears it, and
+/// the client is logged out of one whenever it visits the other.
+fn warn_tickets_across_scopes(pools: &[Pool], warnings: &mut Vec<Problem>) {
+    let sessions: Vec<(&Pool, &Session)> = pools
+        .iter()
+        .filter_map(|p| Some((p, p.session.as_ref()?)))
+        .collect();
+    for (i, (a, sa)) in sessions.iter().enumerate() {
+        if let Some((b, _)) = sessions[i + 1..]
+            .iter()
+            .find(|(_, sb)| sb.cookie == sa.cookie && sb.scope != sa.scope)
+        {
+            warnings.push(Problem {
+                path: format!("pools.{}.session.cookie", b.name),
+                message: format!(
+                    "pools {:?} and {:?} both name their ticket {:?} in different scopes: on one host each clears the other's ticket. Give them different cookie names, or one scope to share sessions",
+                    a.name, b.name, sa.cookie
+                ),
+            });
+        }
     }
 }
 
@@ -1508,6 +1533,119 @@ mod tests {
                 "missing {e:?} in {got:#?}"
             );
         }
+    }
+
+    #[test]
+    fn session_security_settings_validate() {
+        let c = Config::parse(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [pools.a]
+            backends = [{ addr = "127.0.0.1:9001" }]
+            [pools.a.session]
+            app_cookie = "session"
+            idle_timeout = "2m"
+            [pools.b]
+            backends = [{ addr = "127.0.0.1:9002" }]
+            [pools.b.session]
+            app_cookie = "session"
+            cookie = "__Host-sid"
+            path = "/"
+            first_idle_timeout = "10s"
+            rotation_grace = "5s"
+            max_new_sessions_per_client = 60
+            scope = "shop"
+            encrypt = false
+            [[routes]]
+            path_prefix = "/a"
+            pool = "a"
+            [[routes]]
+            path_prefix = "/"
+            pool = "b"
+            [store]
+            secret = "sixteen-chars-at-least"
+            "#,
+            Path::new("."),
+        )
+        .unwrap();
+        let a = c.pools[0].session.as_ref().unwrap();
+        // first_idle_timeout: 5 minutes, or the idle timeout when shorter
+        assert_eq!(a.first_idle_timeout, Duration::from_secs(120));
+        assert_eq!(a.rotation_grace, Duration::from_secs(30));
+        assert_eq!((a.scope.as_str(), a.path.as_str()), ("a", "/"));
+        assert_eq!(a.max_new_sessions_per_client, None);
+        let b = c.pools[1].session.as_ref().unwrap();
+        assert_eq!(b.first_idle_timeout, Duration::from_secs(10));
+        assert_eq!(b.rotation_grace, Duration::from_secs(5));
+        assert_eq!(b.max_new_sessions_per_client, Some(60));
+        assert_eq!(b.scope, "shop");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        let got = problems(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [pools.web]
+            backends = [{ addr = "127.0.0.1:9001" }]
+            [pools.web.session]
+            app_cookie = "session"
+            cookie = "__Host-sid"
+            path = "/app"
+            idle_timeout = "1m"
+            first_idle_timeout = "2m"
+            rotation_grace = "1h"
+            max_new_sessions_per_client = 0
+            scope = "two words"
+            encrypt = false
+            [store]
+            kind = "redis"
+            "#,
+        );
+        for e in [
+            "pools.web.session.path: a __Host- ticket cookie has Path=/",
+            "pools.web.session.first_idle_timeout: must not be longer than idle_timeout",
+            "pools.web.session.rotation_grace: must be at most 10m",
+            "pools.web.session.max_new_sessions_per_client: must be between 1 and 1000000, got 0",
+            "pools.web.session.scope: invalid scope \"two words\"",
+            "store.secret: pool \"web\" keeps its sessions plain (encrypt = false) in Redis",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), 6, "{got:#?}");
+    }
+
+    #[test]
+    fn tickets_of_one_name_in_two_scopes_are_warned_of() {
+        let c = Config::parse(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080"]
+            [pools.a]
+            backends = [{ addr = "127.0.0.1:9001" }]
+            session = { app_cookie = "session" }
+            [pools.b]
+            backends = [{ addr = "127.0.0.1:9002" }]
+            session = { app_cookie = "session" }
+            [[routes]]
+            path_prefix = "/a"
+            pool = "a"
+            [[routes]]
+            path_prefix = "/"
+            pool = "b"
+            "#,
+            Path::new("."),
+        )
+        .unwrap();
+        let warned: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].starts_with("pools.b.session.cookie: pools \"a\" and \"b\" both name their ticket \"slb_sid\" in different scopes"),
+            "{warned:?}"
+        );
     }
 
     #[test]
