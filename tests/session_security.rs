@@ -95,6 +95,11 @@ async fn request(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Resp {
     send(c, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// `GET path` through `proxy` with `cookie` as the whole `Cookie` field.
+async fn with_cookie(c: &HttpClient, proxy: &Proxy, path: &str, cookie: &str) -> Resp {
+    request(c, &proxy.url(path), &[("cookie", cookie)]).await
+}
+
 /// The value a response's `Set-Cookie` gives `name`, with its attributes.
 fn set_cookie(r: &Resp, name: &str) -> Option<String> {
     r.set_cookies()
@@ -149,26 +154,21 @@ async fn a_ticket_opens_only_in_its_scope_and_reaches_no_backend() {
     let t = ticket(&login, "slb_sid");
     let sid = format!("slb_sid={t}");
 
-    let r = request(&c, &proxy.url("/a/echo"), &[("cookie", &sid)]).await;
+    let r = with_cookie(&c, &proxy, "/a/echo", &sid).await;
     assert_eq!(received(&r), "session=alice");
     // another scope: no session, and the ticket is not forwarded
-    let r = request(
-        &c,
-        &proxy.url("/b/echo"),
-        &[("cookie", &format!("theme=dark; {sid}"))],
-    )
-    .await;
+    let r = with_cookie(&c, &proxy, "/b/echo", &format!("theme=dark; {sid}")).await;
     assert_eq!(received(&r), "theme=dark", "{r:?}");
     assert!(cleared(&r, "slb_sid"), "{r:?}");
     // no shared-store mode: no ticket of any pool reaches its backend
     let both = format!("theme=dark; {sid}; other_sid=x; session=forged");
-    let r = request(&c, &proxy.url("/plain/echo"), &[("cookie", &both)]).await;
+    let r = with_cookie(&c, &proxy, "/plain/echo", &both).await;
     assert_eq!(received(&r), "theme=dark; session=forged", "{r:?}");
     // a pool with another ticket cookie does not get this one either
-    let r = request(&c, &proxy.url("/other/echo"), &[("cookie", &both)]).await;
+    let r = with_cookie(&c, &proxy, "/other/echo", &both).await;
     assert_eq!(received(&r), "theme=dark", "{r:?}");
     // and alice's session is as it was
-    let r = request(&c, &proxy.url("/a/echo"), &[("cookie", &sid)]).await;
+    let r = with_cookie(&c, &proxy, "/a/echo", &sid).await;
     assert_eq!(received(&r), "session=alice");
     assert!(
         app.requests()
@@ -193,12 +193,7 @@ async fn pools_of_one_scope_share_sessions() {
         &request(&c, &proxy.url("/a/login?v=bob"), &[]).await,
         "slb_sid",
     );
-    let r = request(
-        &c,
-        &proxy.url("/b/echo"),
-        &[("cookie", &format!("slb_sid={t}"))],
-    )
-    .await;
+    let r = with_cookie(&c, &proxy, "/b/echo", &format!("slb_sid={t}")).await;
     assert_eq!(received(&r), "session=bob");
 }
 
@@ -287,12 +282,7 @@ async fn an_app_cookie_of_another_path_is_not_the_session() {
         "{login:?}"
     );
     let t = ticket(&login, "slb_sid");
-    let r = request(
-        &c,
-        &proxy.url("/a/echo"),
-        &[("cookie", &format!("slb_sid={t}"))],
-    )
-    .await;
+    let r = with_cookie(&c, &proxy, "/a/echo", &format!("slb_sid={t}")).await;
     assert_eq!(received(&r), "session=carol", "the login did not last");
 }
 
@@ -338,12 +328,7 @@ async fn a_host_prefixed_ticket_has_the_attributes_its_prefix_needs() {
         "{cookie}"
     );
     let t = ticket(&r, "__Host-sid");
-    let r = request(
-        &c,
-        &proxy.url("/a/echo"),
-        &[("cookie", &format!("__Host-sid={t}"))],
-    )
-    .await;
+    let r = with_cookie(&c, &proxy, "/a/echo", &format!("__Host-sid={t}")).await;
     assert_eq!(received(&r), "session=erin");
 }
 
@@ -360,24 +345,19 @@ async fn a_replaced_ticket_reads_the_old_session_for_the_grace_only() {
         "slb_sid",
     );
     let old_cookie = format!("slb_sid={old}");
-    let r = request(&c, &proxy.url("/a/login?v=v2"), &[("cookie", &old_cookie)]).await;
+    let r = with_cookie(&c, &proxy, "/a/login?v=v2", &old_cookie).await;
     let new = ticket(&r, "slb_sid");
     assert_eq!(
         new.split('.').next(),
         old.split('.').next(),
         "the same session"
     );
-    let r = request(
-        &c,
-        &proxy.url("/a/echo"),
-        &[("cookie", &format!("slb_sid={new}"))],
-    )
-    .await;
+    let r = with_cookie(&c, &proxy, "/a/echo", &format!("slb_sid={new}")).await;
     assert_eq!(received(&r), "session=v2");
     let deadline = std::time::Instant::now() + DEADLINE;
     let mut reads = Vec::new();
     loop {
-        let r = request(&c, &proxy.url("/a/echo"), &[("cookie", &old_cookie)]).await;
+        let r = with_cookie(&c, &proxy, "/a/echo", &old_cookie).await;
         reads.push(received(&r).to_string());
         if cleared(&r, "slb_sid") {
             break;
@@ -392,19 +372,9 @@ async fn a_replaced_ticket_reads_the_old_session_for_the_grace_only() {
     assert_eq!(last, "-", "after the grace: no session");
     assert!(reads.iter().all(|r| r == "session=v1"), "{reads:?}");
     // a logout with the new ticket ends the session: no version is left
-    let r = request(
-        &c,
-        &proxy.url("/a/logout"),
-        &[("cookie", &format!("slb_sid={new}"))],
-    )
-    .await;
+    let r = with_cookie(&c, &proxy, "/a/logout", &format!("slb_sid={new}")).await;
     assert!(cleared(&r, "slb_sid"));
-    let r = request(
-        &c,
-        &proxy.url("/a/echo"),
-        &[("cookie", &format!("slb_sid={new}"))],
-    )
-    .await;
+    let r = with_cookie(&c, &proxy, "/a/echo", &format!("slb_sid={new}")).await;
     assert_eq!(received(&r), "-");
 }
 
@@ -460,7 +430,7 @@ async fn a_logout_while_the_store_is_away_is_done_when_it_is_back() {
     // Redis stops answering (SIGSTOP): its data stays, as after a network
     // partition or a failover's pause
     redis.pause();
-    let r = request(&c, &proxy.url("/a/logout"), &[("cookie", &cookie)]).await;
+    let r = with_cookie(&c, &proxy, "/a/logout", &cookie).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(cleared(&r, "slb_sid"), "the logout left the ticket: {r:?}");
     assert_eq!(
@@ -483,7 +453,7 @@ async fn a_logout_while_the_store_is_away_is_done_when_it_is_back() {
     assert!(deleted, "{}", proxy.stderr.all().join("\n"));
     assert_eq!(redis.cmd(&["EXISTS", &key]), "0");
     assert_eq!(proxy.metric("sessionlb_sessions_deleted_total").await, 1.0);
-    let r = request(&c, &proxy.url("/a/echo"), &[("cookie", &cookie)]).await;
+    let r = with_cookie(&c, &proxy, "/a/echo", &cookie).await;
     assert_eq!(
         received(&r),
         "-",
