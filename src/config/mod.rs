@@ -633,14 +633,25 @@ impl Config {
                 };
                 let _ = writeln!(
                     s,
-                    "  session: shared store, carrier {carrier}, browser cookie {}, idle {}, absolute {}, {}",
+                    "  session: shared store, carrier {carrier}, browser cookie {}, idle {} (first {}), absolute {}, {}",
                     sess.cookie,
                     humantime::format_duration(sess.idle_timeout),
+                    humantime::format_duration(sess.first_idle_timeout),
                     humantime::format_duration(sess.absolute_timeout),
                     match sess.on_store_error {
                         OnStoreError::FailClosed => "fail_closed",
                         OnStoreError::FailOpen => "fail_open",
                     }
+                );
+                let limit = sess
+                    .max_new_sessions_per_client
+                    .map_or("no limit".to_string(), |n| format!("{n}"));
+                let _ = writeln!(
+                    s,
+                    "           scope {}, {}, replaced tickets read {}, new sessions per client and minute: {limit}",
+                    sess.scope,
+                    if sess.encrypt { "sealed" } else { "plain" },
+                    humantime::format_duration(sess.rotation_grace),
                 );
             }
         }

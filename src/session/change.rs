@@ -249,7 +249,7 @@ impl Mode {
         {
             self.stats().count_limited();
             tracing::debug!(pool = &*self.pool, client = %loaded.origin.client, "over max_new_sessions_per_client: session not stored");
-            if loaded.stale || loaded.ticket.is_some() {
+            if loaded.stale {
                 self.clear(headers, &changes.attrs, changes.https);
             }
             return Ok(());
