@@ -378,6 +378,71 @@ async fn a_replaced_ticket_reads_the_old_session_for_the_grace_only() {
     assert_eq!(received(&r), "-");
 }
 
+/// A change made with a replaced ticket while the session is logged out
+/// does not bring it back: a logout ends every version, even one a
+/// request in flight had read.
+#[tokio::test]
+async fn a_logout_ends_the_versions_requests_in_flight_read() {
+    use std::sync::{Arc, Condvar, Mutex};
+    let release = Arc::new((Mutex::new(false), Condvar::new()));
+    let held = release.clone();
+    let inner = app();
+    let gate = RawBackend::with(move |req: &RawRequest| {
+        let (open, changed) = &*held;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = changed.wait(open).unwrap();
+        }
+        drop(open);
+        let body = req.header("cookie").unwrap_or_else(|| "-".into());
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: session=changed; Path=/\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    });
+    let session = "app_cookie = \"session\"\nscope = \"one\"";
+    let pools = [
+        pool("a", &inner, Some(session)),
+        pool("held", &gate, Some(session)),
+    ]
+    .concat();
+    let proxy = proxy("", &pools);
+    let c = client::h1();
+    let first = ticket(
+        &request(&c, &proxy.url("/a/login?v=v1"), &[]).await,
+        "slb_sid",
+    );
+    let replaced = format!("slb_sid={first}");
+    let r = with_cookie(&c, &proxy, "/a/login?v=v2", &replaced).await;
+    let current = format!("slb_sid={}", ticket(&r, "slb_sid"));
+
+    // a request with the replaced ticket reads v1 and waits in the app ...
+    let in_flight = {
+        let (c, url) = (client::h1_fresh(), proxy.url("/held/change"));
+        tokio::spawn(async move { request(&c, &url, &[("cookie", &replaced)]).await })
+    };
+    let arrived = eventually_async(DEADLINE, || async {
+        !gate.requests().is_empty() || gate.connections() > 0
+    })
+    .await;
+    assert!(arrived);
+    // ... while the user logs out
+    let r = with_cookie(&c, &proxy, "/a/logout", &current).await;
+    assert!(cleared(&r, "slb_sid"));
+    {
+        let (open, changed) = &*release;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.body, "session=v1", "what the request read");
+    assert!(
+        set_cookie(&r, "slb_sid").is_none_or(|c| c.contains("Max-Age=0")),
+        "the logged-out session came back as a new one: {r:?}"
+    );
+    assert_eq!(proxy.metric("sessionlb_sessions_forked_total").await, 0.0);
+}
+
 /// `max_new_sessions_per_client`: one client's cookieless requests store
 /// that many sessions a minute, no more; each is answered all the same,
 /// and the ones not stored are counted (point 3).

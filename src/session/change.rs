@@ -117,9 +117,8 @@ impl Mode {
                 }
                 self.store_new(headers, &loaded, record, &changes).await
             }
-            Some(ticket) if loaded.superseded => {
-                self.fork(headers, &loaded, ticket, &changes).await
-            }
+            // a replaced ticket too: the store says first whether the
+            // session still is (a logout meanwhile ends every version)
             Some(ticket) => self.change(headers, &loaded, ticket, &changes).await,
         }
     }

@@ -238,9 +238,6 @@ pub struct Loaded {
     /// was `unavailable`).
     ticket: Option<Ticket>,
     record: Option<Opened>,
-    /// The ticket's version was replaced by a change (it read the session
-    /// as it was before): a change it makes is no change of the session.
-    superseded: bool,
     /// When `record` was read (unix seconds): what its cookies' expiries
     /// are measured against on the way to the backend.
     read_at: u64,
@@ -444,13 +441,10 @@ impl Mode {
             },
         };
         match opened {
-            Ok((record, version))
-                if record.created + self.settings.absolute_timeout.as_secs() > now =>
-            {
+            Ok((record, _)) if record.created + self.settings.absolute_timeout.as_secs() > now => {
                 Ok(Loaded {
                     ticket: Some(ticket),
                     record: Some(record),
-                    superseded: version == Version::Previous,
                     read_at: now,
                     forward,
                     ..Loaded::default()
