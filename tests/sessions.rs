@@ -563,3 +563,26 @@ async fn quoted_app_cookies_go_back_quoted() {
     let r = request(&c, "GET", &proxy.url("/echo"), &[&format!("slb_sid={t}")]).await;
     assert_eq!(r.body, "sess=\"a b\"|-");
 }
+
+/// An app cookie set again as it is (many frameworks set their cookie on
+/// every response) changes nothing: no write, no new ticket.
+#[tokio::test]
+async fn an_app_cookie_set_again_as_it_is_changes_nothing() {
+    let (_app, proxy) = cookie_app_proxy("");
+    let c = client::h1();
+    let t = ticket(&request(&c, "POST", &proxy.url("/login"), &[]).await).unwrap();
+    let r = request(&c, "GET", &proxy.url("/sig"), &[&format!("slb_sid={t}")]).await;
+    let t2 = ticket(&r).expect("a change: a new ticket");
+    for _ in 0..3 {
+        let r = request(&c, "GET", &proxy.url("/sig"), &[&format!("slb_sid={t2}")]).await;
+        assert!(r.set_cookies().is_empty(), "{r:?}");
+        assert_eq!(r.body, "sess=VALUE1; sess.sig=SIG2|-");
+    }
+    let puts = "sessionlb_session_store_ops_total{op=\"put\",result=\"ok\"}";
+    assert_eq!(
+        proxy.metric(puts).await,
+        2.0,
+        "the login and the one change"
+    );
+    assert_eq!(proxy.metric("sessionlb_sessions_rotated_total").await, 1.0);
+}

@@ -422,16 +422,22 @@ impl Mode {
 }
 
 /// Applies a response's cookies to a session: each app cookie is
-/// last-write-wins, an emptied or expired one goes.
+/// last-write-wins, in its place (so that setting a cookie again as it was
+/// changes nothing), an emptied or expired one goes.
 fn apply(record: &mut Record, changes: &Changes) {
     for c in &changes.cookies {
-        record.entries.retain(|e| e.name != c.name);
-        if !c.deletes(changes.now) {
-            record.entries.push(Entry {
-                name: c.name.clone(),
-                value: c.value.clone(),
-                expires: c.attrs.expires,
-            });
+        if c.deletes(changes.now) {
+            record.entries.retain(|e| e.name != c.name);
+            continue;
+        }
+        let entry = Entry {
+            name: c.name.clone(),
+            value: c.value.clone(),
+            expires: c.attrs.expires,
+        };
+        match record.entries.iter_mut().find(|e| e.name == c.name) {
+            Some(e) => *e = entry,
+            None => record.entries.push(entry),
         }
     }
     record
