@@ -1,8 +1,10 @@
-//! A flood of cookieless requests to a page that starts a session, against
-//! the embedded memory store at a small `max_size`: each request makes a
-//! session nobody comes back for, and the users signed in before it must
-//! still be signed in after it (their requests reach the app with their
-//! app cookie), the flood's sessions evicted (and counted) instead.
+//! A flood of cookieless requests to a page that starts a session: each
+//! request makes a session nobody comes back for, and the users signed in
+//! before it must still be signed in after it (their requests reach the
+//! app with their app cookie). Against the embedded memory store at a
+//! small `max_size` (the flood's sessions are evicted, and counted,
+//! instead), and against Redis at a small `maxmemory`, with each of the
+//! eviction policies an operator runs it with.
 //!
 //! The app is the test backend's `/login` (a session of its own, cookie
 //! `sid`, Path=/) and `/count` (that session's counter; 401 without it).
@@ -11,14 +13,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use support::redis::Redis;
 use support::{DEADLINE, Proxy, config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 const EVICTIONS: &str = "sessionlb_session_store_evictions_total";
 const CREATED: &str = "sessionlb_sessions_created_total";
@@ -33,20 +36,24 @@ const COOKIE_LEN: u64 = 200;
 const USERS: usize = 50;
 const MAX_SIZE: u64 = 2 << 20;
 
-/// One pool over `backend` in shared-store mode (app cookie `sid`), the
-/// memory store at `max_size`, two workers and an admin listener.
-fn flood_config(backend: &support::Backend, max_size: &str) -> String {
+/// One pool over `backend` in shared-store mode (app cookie `sid`, and
+/// `session` lines), `[store]` as `store` says, two workers and an admin
+/// listener.
+fn flood_config(backend: &support::Backend, session: &str, store: &str) -> String {
     config(
         "round_robin",
         &[backend.entry()],
-        &format!(
-            "[pools.web.session]\napp_cookie = \"sid\"\n\n[store]\nkind = \"memory\"\nmax_size = \"{max_size}\"\n"
-        ),
+        &format!("[pools.web.session]\napp_cookie = \"sid\"\n{session}\n\n[store]\n{store}\n"),
     )
     .replace(
         "workers = 1\n",
         "workers = 2\nadmin_listen = \"127.0.0.1:0\"\n",
     )
+}
+
+/// The memory store at `max_size`.
+fn memory(max_size: &str) -> String {
+    format!("kind = \"memory\"\nmax_size = \"{max_size}\"\n")
 }
 
 /// An answer as the test needs it.
@@ -65,7 +72,15 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Conn::open_from(addr, IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    /// From the loopback address `source`: another client, as the proxy
+    /// counts clients.
+    async fn open_from(addr: SocketAddr, source: IpAddr) -> Conn {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         Conn {
             stream,
@@ -127,14 +142,16 @@ impl Conn {
 }
 
 /// `requests` cookieless `GET /login` over `connections` connections at
-/// once; how many answers gave a new session's ticket.
-async fn flood(addr: SocketAddr, requests: usize, connections: usize) -> usize {
+/// once, spread over the client addresses `sources`; how many answers gave
+/// a new session's ticket.
+async fn flood(addr: SocketAddr, requests: usize, connections: usize, sources: &[IpAddr]) -> usize {
     let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..connections)
-        .map(|_| {
+        .map(|i| {
             let next = next.clone();
+            let source = sources[i % sources.len()];
             tokio::spawn(async move {
-                let mut conn = Conn::open(addr).await;
+                let mut conn = Conn::open_from(addr, source).await;
                 let mut tickets = 0;
                 while next.fetch_add(1, Ordering::Relaxed) < requests {
                     let r = conn.get("/login", None).await;
@@ -153,12 +170,8 @@ async fn flood(addr: SocketAddr, requests: usize, connections: usize) -> usize {
 }
 
 /// Signs `USERS` users in, each seen twice (the login, then a request
-/// with the ticket); floods the proxy with `requests` new sessions; checks
-/// every user is still signed in and the flood's evictions were counted.
-async fn users_stay_signed_in_through(requests: usize) {
-    let backend = support::Backend::start(&backend_name());
-    let proxy = Proxy::start(&flood_config(&backend, "2m"));
-    let mut conn = Conn::open(proxy.addr()).await;
+/// with the ticket); their tickets.
+async fn sign_in(conn: &mut Conn) -> Vec<String> {
     let mut tickets = Vec::new();
     for user in 0..USERS {
         let login = conn.get("/login", None).await;
@@ -167,15 +180,12 @@ async fn users_stay_signed_in_through(requests: usize) {
         assert_eq!(back.body, "count=1", "user {user} signed in");
         tickets.push(ticket);
     }
+    tickets
+}
 
-    let started = Instant::now();
-    let made = flood(proxy.addr(), requests, 32).await;
-    eprintln!(
-        "{requests} cookieless requests, each a new session, in {:.1?}",
-        started.elapsed()
-    );
-    assert_eq!(made, requests, "every flood request got a session");
-
+/// Asks each user's session for its counter again: every one of them must
+/// be there.
+async fn assert_still_signed_in(conn: &mut Conn, tickets: &[String]) {
     let mut logged_out = Vec::new();
     for (user, ticket) in tickets.iter().enumerate() {
         let r = conn.get("/count", Some(ticket)).await;
@@ -188,22 +198,113 @@ async fn users_stay_signed_in_through(requests: usize) {
         "{} of {USERS} users signed in before the flood were logged out by it: {logged_out:?}",
         logged_out.len()
     );
+}
+
+/// The flood every test here sends: 100,000 requests.
+const FLOOD: usize = 100_000;
+
+/// The memory store evicts the flood's one-shot sessions, never a session
+/// in use while one-shot ones remain (its probation segment).
+#[tokio::test]
+async fn a_flood_of_new_sessions_logs_no_one_out() {
+    let backend = support::Backend::start(&backend_name());
+    let proxy = Proxy::start(&flood_config(&backend, "", &memory("2m")));
+    let mut conn = Conn::open(proxy.addr()).await;
+    let tickets = sign_in(&mut conn).await;
+
+    let started = Instant::now();
+    let made = flood(proxy.addr(), FLOOD, 32, &[IpAddr::from([127, 0, 0, 1])]).await;
+    eprintln!(
+        "{FLOOD} cookieless requests, each a new session, in {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(made, FLOOD, "every flood request got a session");
+    assert_still_signed_in(&mut conn, &tickets).await;
 
     // the store holds at most max_size bytes, each session at least its
     // 22-byte id and the app's cookie: the rest of the flood was evicted
     let created = proxy.metric(CREATED).await as u64;
-    assert_eq!(created, (USERS + requests) as u64);
+    assert_eq!(created, (USERS + FLOOD) as u64);
     let held_at_most = MAX_SIZE / (22 + COOKIE_LEN);
     let evicted = proxy.metric(EVICTIONS).await as u64;
     assert!(
-        evicted >= requests as u64 - held_at_most && evicted <= requests as u64,
-        "{evicted} evictions counted for a flood of {requests} sessions in a store that holds at most {held_at_most}"
+        evicted >= FLOOD as u64 - held_at_most && evicted <= FLOOD as u64,
+        "{evicted} evictions counted for a flood of {FLOOD} sessions in a store that holds at most {held_at_most}"
     );
 }
 
+/// Redis at a 4 MiB `maxmemory` with `policy`, and the proxy's budget of
+/// new sessions per client (`limit`, or none). The flood comes from four
+/// client addresses; afterwards every user is still signed in, and a new
+/// visitor can still log in.
+async fn redis_flood(policy: &str, limit: Option<u32>) {
+    let redis = Redis::start();
+    assert_eq!(redis.cmd(&["CONFIG", "SET", "maxmemory", "4mb"]), "OK");
+    assert_eq!(
+        redis.cmd(&["CONFIG", "SET", "maxmemory-policy", policy]),
+        "OK"
+    );
+    let backend = support::Backend::start(&backend_name());
+    let session = limit.map_or(String::new(), |n| {
+        format!("max_new_sessions_per_client = {n}")
+    });
+    let store = format!("kind = \"redis\"\nurl = \"{}\"\n", redis.url());
+    let proxy = Proxy::start(&flood_config(&backend, &session, &store));
+    let mut conn = Conn::open(proxy.addr()).await;
+    let tickets = sign_in(&mut conn).await;
+
+    let sources: Vec<IpAddr> = (2..6).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+    let started = Instant::now();
+    let made = flood(proxy.addr(), FLOOD, 32, &sources).await;
+    let info = redis.cmd(&["INFO", "stats"]);
+    let evicted: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "{policy}, limit {limit:?}: {FLOOD} cookieless requests in {:.1?}; {made} sessions stored, Redis evicted {evicted}",
+        started.elapsed()
+    );
+    assert_still_signed_in(&mut conn, &tickets).await;
+    let newcomer = conn.get("/login", None).await;
+    assert!(
+        newcomer.ticket.is_some(),
+        "a new visitor cannot log in: {}",
+        newcomer.body
+    );
+    if let Some(n) = limit {
+        // a minute may turn during the flood: two budgets per address
+        let most = 2 * n as usize * sources.len();
+        assert!(made <= most, "{made} sessions stored, over {most}");
+        let limited = proxy.metric("sessionlb_sessions_limited_total").await as usize;
+        assert_eq!(limited, FLOOD - made);
+    }
+}
+
+/// `noeviction`, Redis's default: a full Redis refuses every write, so
+/// every login would fail once the flood filled it; the budget per client
+/// keeps it from filling.
 #[tokio::test]
-async fn a_flood_of_new_sessions_logs_no_one_out() {
-    users_stay_signed_in_through(100_000).await;
+async fn a_flood_in_redis_with_noeviction_logs_no_one_out() {
+    redis_flood("noeviction", Some(100)).await;
+}
+
+/// `allkeys-lru`: Redis evicts the least recently used keys, the users'
+/// idle sessions before the flood's new ones; the budget per client keeps
+/// it from needing to.
+#[tokio::test]
+async fn a_flood_in_redis_with_allkeys_lru_logs_no_one_out() {
+    redis_flood("allkeys-lru", Some(100)).await;
+}
+
+/// `volatile-ttl` (the policy the README advises): Redis evicts the keys
+/// nearest their end first, and a session used once lives
+/// `first_idle_timeout` (5m) against a session in use's `idle_timeout`
+/// (30m): the flood evicts its own sessions, with no budget at all.
+#[tokio::test]
+async fn a_flood_in_redis_with_volatile_ttl_logs_no_one_out() {
+    redis_flood("volatile-ttl", None).await;
 }
 
 /// What a session takes in the memory store, as it weighs it against
@@ -218,14 +319,15 @@ async fn a_flood_of_new_sessions_logs_no_one_out() {
 async fn memory_per_session() {
     for cookie in [200usize, 2048] {
         let backend = support::Backend::start(&"b".repeat(cookie - 17));
-        let proxy = Proxy::start(&flood_config(&backend, "8m"));
+        let proxy = Proxy::start(&flood_config(&backend, "", &memory("8m")));
+        let local = [IpAddr::from([127, 0, 0, 1])];
         // warm: connections, buffers, the first sessions' allocations
-        flood(proxy.addr(), 2000, 32).await;
+        flood(proxy.addr(), 2000, 32, &local).await;
         let before = proxy.rss_kib();
         let evicted_before = proxy.metric(EVICTIONS).await as u64;
         assert_eq!(evicted_before, 0);
         let n = 40_000;
-        flood(proxy.addr(), n, 32).await;
+        flood(proxy.addr(), n, 32, &local).await;
         let created = proxy.metric(CREATED).await as u64;
         let evicted = proxy.metric(EVICTIONS).await as u64;
         let held = created - evicted;
