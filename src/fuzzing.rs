@@ -1633,12 +1633,52 @@ fn check_session_rewrite(fields: &[HeaderValue], replacement: &[u8]) {
     check_session_rewrite_with(fields, &[], b"");
 }
 
+/// Whether some cookie parser could read a name of the session's (the
+/// ticket's or one in `app`, any ASCII case) or a `$` name in a crumb,
+/// read plainly: the crumb cut at every `,`, every byte up to 0x20, DEL,
+/// 0x85, 0xa0 and every UTF-8 white space character, each piece's name
+/// being what comes before its `=`.
+fn reference_claims(pair: &[u8], app: &[String]) -> bool {
+    let mut cuts: Vec<Vec<u8>> = (0u8..=0x20)
+        .chain([0x7f, 0x85, 0xa0, b','])
+        .map(|b| vec![b])
+        .collect();
+    let spaces = "\u{85}\u{a0}\u{1680}\u{180e}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}\u{feff}";
+    cuts.extend(
+        spaces
+            .chars()
+            .chain('\u{2000}'..='\u{200a}')
+            .map(|c| c.to_string().into_bytes()),
+    );
+    cuts.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    let mut pieces = vec![Vec::new()];
+    let mut rest = pair;
+    while let Some(&b) = rest.first() {
+        match cuts.iter().find(|c| rest.starts_with(c)) {
+            Some(cut) => {
+                pieces.push(Vec::new());
+                rest = &rest[cut.len()..];
+            }
+            None => {
+                pieces.last_mut().unwrap().push(b);
+                rest = &rest[1..];
+            }
+        }
+    }
+    pieces.iter().any(|piece| {
+        let name = piece.split(|&b| b == b'=').next().unwrap_or_default();
+        name.first() == Some(&b'$')
+            || name.eq_ignore_ascii_case(SESSION_COOKIE.as_bytes())
+            || app.iter().any(|a| name.eq_ignore_ascii_case(a.as_bytes()))
+    })
+}
+
 /// The model: the crumbs of all the fields, in order, with the first
-/// ticket crumb replaced by the replacement's crumbs and every other
-/// ticket or app crumb gone; the replacement's crumbs at the end when
-/// there was no ticket. Besides: a field without the session's cookies is
-/// left whole, no field written is empty, and the replacement is written
-/// whole when there is one.
+/// ticket crumb replaced by the replacement's crumbs and every other crumb
+/// that claims the session (see [`reference_claims`]) gone; the
+/// replacement's crumbs at the end when there was no ticket. Besides: a
+/// field without the session's cookies is left whole, no field written is
+/// empty, and the replacement is written whole when there is one.
 fn check_session_rewrite_with(fields: &[HeaderValue], app: &[String], replacement: &[u8]) {
     use crate::session::cookies;
     let mut headers = HeaderMap::new();
@@ -1648,23 +1688,21 @@ fn check_session_rewrite_with(fields: &[HeaderValue], app: &[String], replacemen
     headers.append("x-other", HeaderValue::from_static("slb_sid=kept"));
     cookies::rewrite(&mut headers, SESSION_COOKIE, app, replacement);
     let after = values(&headers, &COOKIE);
-    let ours =
-        |name: &[u8]| name == SESSION_COOKIE.as_bytes() || app.iter().any(|a| a.as_bytes() == name);
 
     let mut expected: Vec<&[u8]> = Vec::new();
     let mut placed = false;
     let mut untouched: Vec<&[u8]> = Vec::new();
     for field in fields {
         let crumbs = reference_crumbs(field.as_bytes());
-        if !crumbs.iter().any(|(n, _)| ours(n)) {
+        if !crumbs.iter().any(|(_, pair)| reference_claims(pair, app)) {
             untouched.push(field.as_bytes());
         }
         for (name, pair) in crumbs {
-            if name == SESSION_COOKIE.as_bytes() && !placed {
+            if !reference_claims(pair, app) {
+                expected.push(pair);
+            } else if name == SESSION_COOKIE.as_bytes() && !placed {
                 placed = true;
                 expected.extend(reference_crumbs(replacement).iter().map(|c| c.1));
-            } else if !ours(name) {
-                expected.push(pair);
             }
         }
     }
@@ -2119,9 +2157,11 @@ mod tests {
                 (
                     prop_oneof![
                         Just("slb_sid"), Just("s"), Just("s.sig"), Just("a"),
-                        Just("slb_sidx"), Just("S"), Just("sess"),
+                        Just("slb_sidx"), Just("S"), Just("sess"), Just("SLB_SID"),
+                        Just("\u{a0}s"), Just("s\u{3000}"), Just("$Version"), Just("a s"),
+                        Just("a,s.sig"), Just("\"s\""),
                     ],
-                    "[A-Za-z0-9._~=-]{0,10}",
+                    "[A-Za-z0-9._~=, -]{0,10}",
                     "[ \t]{0,2}",
                 ),
                 0..8,

@@ -9,19 +9,19 @@ use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 pub use crate::cookie::find;
 
 /// Puts `replacement` (the app's cookies, `a=1; b=2`) where the first
-/// `ticket` cookie was, and takes out every other `ticket` cookie and every
-/// cookie named in `app` (a client does not set the app's session itself).
-/// Fields with nothing of the session are left as they are; a field left
-/// empty goes. One pass per field: this runs on every request of a pool in
-/// shared-store mode.
+/// `ticket` cookie was, and takes out every other crumb (the text between
+/// two `;`) that claims the ticket's or an app cookie's name (a client does
+/// not set the app's session itself; see [`Ours::claims`] for what claims
+/// it). Fields with nothing of the session are left as they are; a field
+/// left empty goes. One pass per field: this runs on every request of a
+/// pool in shared-store mode.
 pub fn rewrite(headers: &mut HeaderMap, ticket: &str, app: &[String], replacement: &[u8]) {
-    let ours = |name: &[u8]| name == ticket.as_bytes() || app.iter().any(|a| a.as_bytes() == name);
+    let ours = Ours { ticket, app };
     let mut placed = false;
     let mut all = headers.get_all(COOKIE).iter();
     if let (first, None) = (all.next(), all.next()) {
         // one field, as HTTP/1.1 clients send: no list of fields to build
-        let new = first
-            .and_then(|f| rewrite_field(f.as_bytes(), ticket, &ours, replacement, &mut placed));
+        let new = first.and_then(|f| rewrite_field(f.as_bytes(), &ours, replacement, &mut placed));
         let value = match new {
             Some(out) if !out.is_empty() => {
                 HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
@@ -46,7 +46,7 @@ pub fn rewrite(headers: &mut HeaderMap, ticket: &str, app: &[String], replacemen
     let mut changed = false;
     let mut fields: Vec<Option<HeaderValue>> = Vec::new();
     for field in headers.get_all(COOKIE) {
-        let new = rewrite_field(field.as_bytes(), ticket, &ours, replacement, &mut placed);
+        let new = rewrite_field(field.as_bytes(), &ours, replacement, &mut placed);
         changed |= new.is_some();
         fields.push(match new {
             Some(out) => (!out.is_empty())
@@ -90,8 +90,7 @@ pub fn strip(headers: &mut HeaderMap, names: &[String]) {
 /// session and stays as it is.
 fn rewrite_field(
     field: &[u8],
-    ticket: &str,
-    ours: &impl Fn(&[u8]) -> bool,
+    ours: &Ours,
     replacement: &[u8],
     placed: &mut bool,
 ) -> Option<Vec<u8>> {
@@ -99,17 +98,19 @@ fn rewrite_field(
     let mut kept = 0;
     let mut start = 0;
     while start <= field.len() {
-        let end = memchr::memchr(b';', &field[start..]).map_or(field.len(), |i| start + i);
+        let (len, claimed) = ours.claims(&field[start..]);
+        let end = start + len;
         let pair = field[start..end].trim_ascii();
-        let name = memchr::memchr(b'=', pair).map_or(pair, |eq| pair[..eq].trim_ascii());
-        let piece: &[u8] = if !pair.is_empty() && ours(name) {
+        let piece: &[u8] = if claimed {
             if out.is_none() {
                 // the first of ours: what came before it stays as it was
                 let mut v = Vec::with_capacity(field.len() + replacement.len());
                 v.extend_from_slice(field[..kept].trim_ascii_end());
                 out = Some(v);
             }
-            match name == ticket.as_bytes() && !std::mem::replace(placed, true) {
+            // the ticket, spelt as `find` reads it, takes the app's cookies
+            let name = memchr::memchr(b'=', pair).map_or(pair, |eq| pair[..eq].trim_ascii());
+            match name == ours.ticket.as_bytes() && !std::mem::replace(placed, true) {
                 true => replacement,
                 false => &[],
             }
@@ -129,6 +130,121 @@ fn rewrite_field(
         start = end + 1;
     }
     out
+}
+
+/// The names a client's crumb must not claim in a session pool.
+struct Ours<'a> {
+    ticket: &'a str,
+    app: &'a [String],
+}
+
+impl Ours<'_> {
+    /// Reads the crumb at the start of `rest` (up to its `;`) as leniently
+    /// as any parser a backend may run: its length, and whether some
+    /// parser could find in it a cookie named as the ticket or an app
+    /// cookie. Such a crumb goes whole; every other passes byte for byte.
+    ///
+    /// The crumb is cut into pieces at every byte or character some parser
+    /// splits cookies at or trims from names, and each piece's name (what
+    /// comes before its first `=`) is compared:
+    /// - `,` and ASCII white space split: Python's `SimpleCookie` (Bottle,
+    ///   CherryPy, older aiohttp) reads `a=1 session=x` as two cookies, and
+    ///   Tomcat 9 after `$Version=1` and RFC 2965 parsers (Netty) split at
+    ///   `,`;
+    /// - every byte up to 0x20, 0x7f, and 0x85 and 0xa0 (latin-1 white
+    ///   space) are trimmed: Werkzeug before 3.1.9 and Django strip names
+    ///   with Python's `str.strip()`, which takes `\x1c`-`\x1f`, U+0085 and
+    ///   U+00A0 too, and JavaScript's and Java's `trim` take others;
+    /// - the UTF-8 white space characters, for parsers that decode a field
+    ///   as UTF-8 before trimming names (Rust's `cookie` crate in Rocket);
+    /// - names compare ignoring ASCII case (ASP.NET's cookie collection
+    ///   does);
+    /// - a `$` name goes too: no RFC 6265 client sends one, and legacy
+    ///   parsers read it as an attribute of the cookie before it or, as
+    ///   `$Version`, a switch to RFC 2109 rules for the rest of the field.
+    ///
+    /// Cutting at more places than a parser does only adds names to
+    /// compare, so the rule holds for every parser that cuts at fewer.
+    fn claims(&self, rest: &[u8]) -> (usize, bool) {
+        let mut piece = 0;
+        let mut name_end = None;
+        let mut i = 0;
+        while let Some(&b) = rest.get(i) {
+            let cut = match CLASS[usize::from(b)] {
+                PLAIN => 0,
+                EQUALS => {
+                    name_end = name_end.or(Some(i));
+                    0
+                }
+                END => break,
+                CUT => 1,
+                _ => utf8_space(&rest[i..]),
+            };
+            if cut == 0 {
+                i += 1;
+                continue;
+            }
+            if self.named(&rest[piece..name_end.unwrap_or(i)]) {
+                let end = memchr::memchr(b';', &rest[i..]).map_or(rest.len(), |j| i + j);
+                return (end, true);
+            }
+            i += cut;
+            piece = i;
+            name_end = None;
+        }
+        (i, self.named(&rest[piece..name_end.unwrap_or(i)]))
+    }
+
+    fn named(&self, name: &[u8]) -> bool {
+        name.first() == Some(&b'$')
+            || name.eq_ignore_ascii_case(self.ticket.as_bytes())
+            || self
+                .app
+                .iter()
+                .any(|a| name.eq_ignore_ascii_case(a.as_bytes()))
+    }
+}
+
+const PLAIN: u8 = 0;
+const CUT: u8 = 1;
+const END: u8 = 2;
+const EQUALS: u8 = 3;
+/// The first byte of a UTF-8 white space character, or of another one.
+const LEAD: u8 = 4;
+
+/// What each byte is to [`Ours::claims`].
+static CLASS: [u8; 256] = {
+    let mut class = [PLAIN; 256];
+    let mut b = 0;
+    while b <= 0x20 {
+        class[b] = CUT;
+        b += 1;
+    }
+    class[0x7f] = CUT;
+    class[0x85] = CUT;
+    class[0xa0] = CUT;
+    class[b',' as usize] = CUT;
+    class[b';' as usize] = END;
+    class[b'=' as usize] = EQUALS;
+    class[0xc2] = LEAD;
+    class[0xe1] = LEAD;
+    class[0xe2] = LEAD;
+    class[0xe3] = LEAD;
+    class[0xef] = LEAD;
+    class
+};
+
+/// The length of the UTF-8 white space character `s` starts with (Unicode's
+/// White_Space, and U+180E and U+FEFF, which JavaScript's `trim` took or
+/// takes), or 0.
+fn utf8_space(s: &[u8]) -> usize {
+    match s {
+        [0xc2, 0x85 | 0xa0, ..] => 2,
+        [0xe1, 0x9a, 0x80, ..] | [0xe1, 0xa0, 0x8e, ..] => 3,
+        [0xe2, 0x80, 0x80..=0x8a | 0xa8 | 0xa9 | 0xaf, ..] | [0xe2, 0x81, 0x9f, ..] => 3,
+        [0xe3, 0x80, 0x80, ..] | [0xef, 0xbb, 0xbf, ..] => 3,
+        _ => 0,
+    }
 }
 
 /// A `Set-Cookie` field of the app's, read.
@@ -407,6 +523,79 @@ mod tests {
         let mut h = headers(&["x=1"]);
         rewrite(&mut h, "slb_sid", &app, b"");
         assert_eq!(cookies(&h), ["x=1"]);
+    }
+
+    /// What each field becomes, with the app's `session` and `session.sig`
+    /// and the ticket `slb_sid=T` standing for `session=BLOB`.
+    fn rewritten(field: &[u8]) -> Vec<u8> {
+        let app = vec!["session".to_string(), "session.sig".to_string()];
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_bytes(field).unwrap());
+        rewrite(&mut h, "slb_sid", &app, b"session=BLOB");
+        let all: Vec<&[u8]> = h.get_all(COOKIE).iter().map(|v| v.as_bytes()).collect();
+        all.join(&b" | "[..])
+    }
+
+    #[test]
+    fn crumbs_some_parser_reads_as_ours_go() {
+        let cases: [(&[u8], &[u8]); 16] = [
+            // trimmed by Python's str.strip (Werkzeug 3.1.8, Django)
+            (b"\xa0session=evil; slb_sid=T; a=1", b"session=BLOB; a=1"),
+            (b"a=1; session\x85=evil; slb_sid=T", b"a=1; session=BLOB"),
+            (b"\x85slb_sid=U; slb_sid=T", b"session=BLOB"),
+            // UTF-8 white space, for parsers that decode before trimming
+            (
+                "a=1; \u{3000}session=x; \u{feff}session.sig=y".as_bytes(),
+                b"a=1 | session=BLOB",
+            ),
+            (b"session\xc2\xa0=x; a=1", b"a=1 | session=BLOB"),
+            // any case (ASP.NET)
+            (
+                b"SESSION=x; Session.Sig=y; SLB_SID=z; a=1",
+                b"a=1 | session=BLOB",
+            ),
+            // cookies SimpleCookie finds after a blank, and RFC 2965
+            // parsers after a comma
+            (b"a=1 session=evil; b=2", b"b=2 | session=BLOB"),
+            (b"a=1\tslb_sid=U; slb_sid=T", b"session=BLOB"),
+            (b"a=1,session=evil; b=2", b"b=2 | session=BLOB"),
+            (b"slb_sid=T, session=evil; b=2", b"session=BLOB; b=2"),
+            // legacy attributes and mode switches
+            (b"$Version=1; b=2; $Path=/", b"b=2 | session=BLOB"),
+            (b"a=1, $Version=1; b=2", b"b=2 | session=BLOB"),
+            // no `=`, or blanks around it
+            (b"session; b=2", b"b=2 | session=BLOB"),
+            (b"session = evil; b=2", b"b=2 | session=BLOB"),
+            (b"=x; session==x; b=2", b"=x; b=2 | session=BLOB"),
+            // a field of nothing but ours goes
+            (b"\xa0session=x; session.sig=y", b"session=BLOB"),
+        ];
+        for (sent, forwarded) in cases {
+            assert_eq!(
+                rewritten(sent).escape_ascii().to_string(),
+                forwarded.escape_ascii().to_string(),
+                "{}",
+                sent.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn crumbs_of_no_one_pass_byte_for_byte() {
+        // names that only contain or resemble ours, values that hold them,
+        // quotes no parser takes off a name, obs-text
+        let field: &[u8] = b"theme=dark; a=b=c; q=\"quoted value\"; e=; p=%73ession; \
+            sessionx=1; x_slb_sid=2; a2=session=x; list=1,2; u=a b; \"session\"=x; \
+            s\xa0ession=x; sess=\xe2\x80\x8b; t=\xff";
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_bytes(field).unwrap());
+        rewrite(&mut h, "slb_sid", &["session".to_string()], b"");
+        assert_eq!(h.get(COOKIE).unwrap().as_bytes(), field);
+        // and around ours, each in its place
+        assert_eq!(
+            rewritten(b"theme=dark;a=b=c; SESSION=x;q=\"v w\" ;slb_sid=T;list=1,2"),
+            b"theme=dark;a=b=c; q=\"v w\"; session=BLOB; list=1,2"
+        );
     }
 
     #[test]
