@@ -33,6 +33,8 @@ pub struct ResolverSection {
 pub struct ServerSection {
     pub listen: Vec<String>,
     pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_hosts: Vec<String>,
     pub trusted_proxies: Vec<String>,
     pub shutdown_timeout: Option<String>,
     pub workers: Option<i64>,

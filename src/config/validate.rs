@@ -414,6 +414,26 @@ fn validate_server(
         check_dup(p, "server.admin_listen".into(), a);
         Some(a)
     });
+    let admin_token = s
+        .admin_token
+        .and_then(|token| validate_admin_token(p, warnings, token));
+    if let Some(a) = admin_listen
+        && !a.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        warnings.push(Problem {
+            path: "server.admin_listen".into(),
+            message: format!(
+                "{a} is not a loopback address and server.admin_token is not set: whoever reaches it can reload the configuration and read or revoke sessions; set server.admin_token"
+            ),
+        });
+    }
+    let admin_hosts = s
+        .admin_hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, raw)| admin_host(p, &format!("server.admin_hosts[{i}]"), raw))
+        .collect();
     let mut trusted_proxies = Vec::new();
     for (i, raw) in s.trusted_proxies.iter().enumerate() {
         let parsed = raw
@@ -458,6 +478,8 @@ fn validate_server(
     Server {
         listen,
         admin_listen,
+        admin_token,
+        admin_hosts,
         trusted_proxies,
         shutdown_timeout,
         workers,
@@ -465,6 +487,73 @@ fn validate_server(
         upgrade_protocols,
         tls,
     }
+}
+
+/// Shortest `server.admin_token` that `check` does not call weak: 128 bits
+/// of a random hex string.
+const ADMIN_TOKEN_MIN: usize = 32;
+
+/// `server.admin_token`: it travels in an `Authorization` header, so it is
+/// printable ASCII without spaces.
+fn validate_admin_token(
+    p: &mut Problems,
+    warnings: &mut Vec<Problem>,
+    token: String,
+) -> Option<AdminToken> {
+    const PATH: &str = "server.admin_token";
+    if token.is_empty() {
+        p.push(
+            PATH,
+            "is empty: remove it, or give a random string (e.g. `openssl rand -hex 32`)",
+        );
+        return None;
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        p.push(PATH, "must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)");
+        return None;
+    }
+    if token.len() < ADMIN_TOKEN_MIN {
+        warnings.push(Problem {
+            path: PATH.into(),
+            message: format!(
+                "is {} characters long; a guessable token protects nothing: use at least {ADMIN_TOKEN_MIN} random ones (e.g. `openssl rand -hex 32`)",
+                token.len()
+            ),
+        });
+    }
+    Some(AdminToken::new(token))
+}
+
+/// One `server.admin_hosts` entry: a host name or an IP address, without a
+/// port (a request's `Host` matches it with any port or none). Kept in
+/// lower case, an IPv6 address without its brackets, as requests are
+/// compared.
+fn admin_host(p: &mut Problems, path: &str, raw: &str) -> Option<String> {
+    let bare = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Some(ip.to_string());
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    let is_name = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !is_name {
+        p.push(
+            path,
+            format!("{raw:?} is not a host name or an IP address (give it without a port, e.g. \"lb.internal\")"),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 /// The `Upgrade` protocols an operator allows to be tunnelled: HTTP tokens,
