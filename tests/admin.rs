@@ -434,3 +434,50 @@ fn check_warns_of_an_admin_listener_open_beyond_loopback_without_a_token() {
         "{stderr}"
     );
 }
+
+#[test]
+fn reload_and_status_commands_send_the_token_and_host_the_listener_asks_for() {
+    let b = Backend::start("b");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = config("round_robin", &[b.entry()], "").replace(
+        "workers = 1\n",
+        &format!("workers = 1\nadmin_listen = \"{admin}\"\nadmin_token = \"{TOKEN}\"\n"),
+    );
+    let proxy = Proxy::start(&cfg);
+    assert_eq!(proxy.admin_addr(), admin);
+    // `sessionlb COMMAND -c <the proxy's file>`: exit code, stdout, stderr
+    let run = |command: &str| {
+        let out = std::process::Command::new(support::bin())
+            .args([command, "-c"])
+            .arg(&proxy.config_path)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, stderr) = run("reload");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "reloaded: generation 2\n");
+
+    let (code, stdout, stderr) = run("status");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("generation 2\npool web (round_robin)\n"),
+        "{stdout}"
+    );
+    let line = format!("  {0} at {0}: up, weight 1, 0 in flight\n", b.addr);
+    assert!(stdout.contains(&line), "{stdout}");
+
+    // a file whose token is not the instance's is refused, and says so
+    std::fs::write(
+        &proxy.config_path,
+        cfg.replace(TOKEN, "another-token-of-thirty-two-chars!!"),
+    )
+    .unwrap();
+    let (code, _, stderr) = run("reload");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("401 Unauthorized"), "{stderr}");
+}
