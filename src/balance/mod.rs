@@ -332,6 +332,7 @@ pub(crate) mod test_util {
                 .collect(),
             tls: config::BackendTls::default(),
             resolve_interval: std::time::Duration::from_secs(5),
+            max_addresses: 64,
             health: config::Health::default(),
             sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
             session: None,

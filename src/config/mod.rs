@@ -188,6 +188,10 @@ pub struct Pool {
     pub tls: BackendTls,
     /// How often the names of backends with `resolve = true` are looked up.
     pub resolve_interval: Duration,
+    /// The most backends one name with `resolve = true` places (its first
+    /// addresses, sorted): each is a metric series, so a name that answers
+    /// thousands must not make thousands of them.
+    pub max_addresses: usize,
     pub health: Health,
     /// Present (with defaults) whenever `policy = "cookie"`.
     pub sticky: Option<Sticky>,
@@ -252,7 +256,8 @@ pub struct Placed {
 impl Pool {
     /// Its backends at the addresses known now: one that follows DNS
     /// has one entry per address of its name in `addresses` (none before
-    /// the first answer).
+    /// the first answer), up to `max_addresses`: the first ones, as
+    /// `addresses` are sorted, so every lookup keeps the same.
     pub fn placed(&self, addresses: &Addresses) -> Vec<Placed> {
         let mut out = Vec::with_capacity(self.backends.len());
         for b in &self.backends {
@@ -266,7 +271,8 @@ impl Pool {
             match &b.addr {
                 Addr::Fixed(addr) => out.push(at(b.name.clone(), *addr)),
                 Addr::Dns(dns) => {
-                    for &addr in addresses.get(dns).map_or(&[][..], |a| a) {
+                    let all = addresses.get(dns).map_or(&[][..], |a| a);
+                    for &addr in &all[..all.len().min(self.max_addresses)] {
                         out.push(at(format!("{}/{addr}", b.name), addr));
                     }
                 }
@@ -616,7 +622,8 @@ impl Config {
                         _ => format!(" at {addr}"),
                     },
                     Addr::Dns(name) => format!(
-                        " at every address of {name}, looked up every {}",
+                        " at every address of {name} (the first {} at most), looked up every {}",
+                        pool.max_addresses,
                         humantime::format_duration(pool.resolve_interval)
                     ),
                 };

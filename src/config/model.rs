@@ -81,6 +81,7 @@ pub struct PoolSection {
     pub ca: Option<String>,
     pub insecure_skip_verify: Option<bool>,
     pub resolve_interval: Option<String>,
+    pub max_addresses: Option<i64>,
     pub health: Option<HealthSection>,
     pub sticky: Option<StickySection>,
     pub session: Option<SessionSection>,

@@ -174,6 +174,12 @@ pub(crate) fn without_name_lookups<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// `pools.X.max_addresses` when not given.
+const DEFAULT_MAX_ADDRESSES: u32 = 64;
+/// Highest `pools.X.max_addresses`: a bound on the metric series (and
+/// connection pool slots) one name can make.
+const MAX_ADDRESSES: u32 = 1024;
+
 /// `pools.X.resolve_interval` when not given (as the SPEC's example).
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Shorter would be a flood of queries, not fresher addresses.
@@ -715,6 +721,13 @@ fn validate_pool(
         s.resolve_interval.as_deref(),
         DEFAULT_RESOLVE_INTERVAL,
     );
+    let max_addresses = p.count(
+        &format!("{path}.max_addresses"),
+        s.max_addresses,
+        DEFAULT_MAX_ADDRESSES,
+        1,
+        MAX_ADDRESSES,
+    ) as usize;
     if resolve_interval < MIN_RESOLVE_INTERVAL {
         p.push(
             format!("{path}.resolve_interval"),
@@ -761,6 +774,7 @@ fn validate_pool(
         max_body,
         tls: backend_tls,
         resolve_interval,
+        max_addresses,
         health,
         sticky,
         session,
@@ -1421,11 +1435,9 @@ mod tests {
                 ("127.0.0.1:9001", 1)
             ]
         );
-        assert!(
-            config
-                .summary()
-                .contains("at every address of app.internal:8080, looked up every 2s")
-        );
+        assert!(config.summary().contains(
+            "at every address of app.internal:8080 (the first 64 at most), looked up every 2s"
+        ));
 
         let got = problems(
             r#"
