@@ -31,6 +31,7 @@ fn pool(policy: PolicyKind, n: usize) -> Pool {
             .collect(),
         tls: config::BackendTls::default(),
         resolve_interval: std::time::Duration::from_secs(5),
+        max_addresses: 64,
         health: config::Health::default(),
         sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
         session: None,

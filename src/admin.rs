@@ -2,7 +2,7 @@
 //! state, and reload. It runs on the main thread, away from the workers.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,7 +11,6 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -21,10 +20,11 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::balance::CheckStatus;
-use crate::config::PolicyKind;
+use crate::clock;
+use crate::config::{AdminToken, PolicyKind};
 use crate::reload;
 use crate::runtime::Shared;
-use crate::server::Acceptor;
+use crate::server::{Acceptor, Connection, ShutdownSignal, Worker};
 use crate::session::Stats;
 use crate::session::stats::{Op, OpResult};
 
@@ -35,6 +35,10 @@ pub struct AdminListener {
     pub written: SocketAddr,
     pub socket: std::net::TcpListener,
     task: tokio::task::JoinHandle<()>,
+    /// Its connections' stop: when it is closed (a reload moved it), an
+    /// idle keep-alive connection closes too, as a client connection to a
+    /// removed listener does.
+    stop: Arc<ShutdownSignal>,
 }
 
 impl AdminListener {
@@ -49,10 +53,12 @@ impl AdminListener {
         let kept = socket.try_clone()?;
         let listener = TcpListener::from_std(socket)?;
         tracing::info!(admin_addr = %listener.local_addr()?, "admin listening");
+        let stop = Arc::new(ShutdownSignal::default());
         Ok(AdminListener {
             written,
             socket: kept,
-            task: tokio::spawn(serve(listener, shared, reloader)),
+            task: tokio::spawn(serve(listener, shared, reloader, stop.clone())),
+            stop,
         })
     }
 
@@ -65,37 +71,61 @@ impl AdminListener {
 impl Drop for AdminListener {
     fn drop(&mut self) {
         self.task.abort();
+        self.stop.fire();
     }
 }
 
-/// Serves admin requests until the task is dropped.
+/// What every admin request needs.
+struct Admin {
+    shared: Arc<Shared>,
+    registry: Registry,
+    reloader: Option<Arc<reload::Reloader>>,
+}
+
+/// Serves admin requests until the task is dropped. Its connections are
+/// served as client connections are (see [`crate::server::serve_admin`]).
 async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     reloader: Option<Arc<reload::Reloader>>,
+    stop: Arc<ShutdownSignal>,
 ) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Metrics(shared.clone())));
-    let registry = Arc::new(registry);
+    let worker = Worker::standalone(shared.clone());
+    let admin = Arc::new(Admin {
+        shared,
+        registry,
+        reloader,
+    });
     let mut listener = Acceptor::new(listener, "admin");
     loop {
-        let (stream, _) = listener.accept().await;
-        let shared = shared.clone();
-        let registry = registry.clone();
-        let reloader = reloader.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                let registry = registry.clone();
-                let reloader = reloader.clone();
+        let (stream, peer) = listener.accept().await;
+        // the address this connection came to: what its Host may name
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let admin = admin.clone();
+        let service = move |conn: Arc<Connection>| {
+            let admin = admin.clone();
+            service_fn(move |req| {
+                conn.request_started();
+                let admin = admin.clone();
+                let conn = conn.clone();
                 async move {
-                    Ok::<_, Infallible>(handle(&req, &shared, &registry, reloader.as_ref()).await)
+                    let response = handle(&req, &admin, local).await;
+                    conn.request_finished(clock::now_ms());
+                    Ok::<_, Infallible>(response)
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+            })
+        };
+        tokio::spawn(crate::server::serve_admin(
+            stream,
+            peer,
+            worker.clone(),
+            stop.clone(),
+            service,
+        ));
     }
 }
 
@@ -109,16 +139,87 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+/// What the admin listener serves, by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Metrics,
+    Healthz,
+    Readyz,
+    Pools,
+    Reload,
+    /// `/admin/sessions/{id}`
+    Session(&'a str),
+}
+
+impl<'a> Endpoint<'a> {
+    fn of(path: &'a str) -> Option<Endpoint<'a>> {
+        Some(match path {
+            "/metrics" => Endpoint::Metrics,
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/admin/pools" => Endpoint::Pools,
+            "/admin/reload" => Endpoint::Reload,
+            p => match p.strip_prefix("/admin/sessions/") {
+                Some(id) if !id.is_empty() => Endpoint::Session(id),
+                _ => return None,
+            },
+        })
+    }
+
+    /// The methods it answers, as `Allow` lists them.
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Reload => "POST",
+            Endpoint::Session(_) => "GET, HEAD, DELETE",
+            _ => "GET, HEAD",
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Endpoint::Reload => method == Method::POST,
+            Endpoint::Session(_) if method == Method::DELETE => true,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+}
+
 async fn handle(
     req: &Request<Incoming>,
-    shared: &Shared,
-    registry: &Registry,
-    reloader: Option<&Arc<reload::Reloader>>,
+    admin: &Admin,
+    local: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
+    let path = req.uri().path();
+    {
+        let rt = admin.shared.load();
+        let server = &rt.config.server;
+        if let Some(refused) = cross_site(req, local, &server.admin_hosts) {
+            return refused;
+        }
+        if (path.starts_with("/admin/") || path == "/admin")
+            && let Some(token) = &server.admin_token
+            && let Some(refused) = unauthorized(req, token)
+        {
+            return refused;
+        }
+    }
+    let Some(endpoint) = Endpoint::of(path) else {
+        return text(StatusCode::NOT_FOUND, "404 Not Found: no such admin path\n");
+    };
+    if !endpoint.allows(req.method()) {
+        let allow = endpoint.allow();
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("405 Method Not Allowed: {path} takes {allow}\n"),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        return r;
+    }
+    match endpoint {
+        Endpoint::Metrics => {
             let mut out = String::new();
-            if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+            if prometheus_client::encoding::text::encode(&mut out, &admin.registry).is_err() {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n");
             }
             let mut r = text(StatusCode::OK, out);
@@ -130,17 +231,17 @@ async fn handle(
             );
             r
         }
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => ready(shared).await,
-        (&Method::GET, "/admin/pools") => {
-            let mut r = text(StatusCode::OK, pools_json(shared));
+        Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
+        Endpoint::Readyz => ready(&admin.shared).await,
+        Endpoint::Pools => {
+            let mut r = text(StatusCode::OK, pools_json(&admin.shared));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),
             );
             r
         }
-        (&Method::POST, "/admin/reload") => match reloader {
+        Endpoint::Reload => match &admin.reloader {
             None => text(StatusCode::CONFLICT, "no configuration file to reload\n"),
             Some(reloader) => match reloader.reload().await {
                 Ok(generation) => text(
@@ -156,29 +257,8 @@ async fn handle(
                 }
             },
         },
-        (&Method::GET, p) if p.starts_with("/admin/sessions/") => {
-            match shared
-                .sessions
-                .inspect(&p["/admin/sessions/".len()..])
-                .await
-            {
-                Ok(Some(found)) => {
-                    let mut r = text(
-                        StatusCode::OK,
-                        serde_json::to_string(&found).unwrap_or_default() + "\n",
-                    );
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("application/json"),
-                    );
-                    r
-                }
-                Ok(None) => text(StatusCode::NOT_FOUND, "no such session\n"),
-                Err(error) => store_unavailable(&error),
-            }
-        }
-        (&Method::DELETE, p) if p.starts_with("/admin/sessions/") => {
-            match shared.sessions.revoke(&p["/admin/sessions/".len()..]).await {
+        Endpoint::Session(id) if req.method() == Method::DELETE => {
+            match admin.shared.sessions.revoke(id).await {
                 Ok(true) => {
                     let mut r = text(StatusCode::NO_CONTENT, "");
                     r.headers_mut().remove(header::CONTENT_TYPE);
@@ -188,8 +268,147 @@ async fn handle(
                 Err(error) => store_unavailable(&error),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        Endpoint::Session(id) => match admin.shared.sessions.inspect(id).await {
+            Ok(Some(found)) => {
+                let mut r = text(
+                    StatusCode::OK,
+                    serde_json::to_string(&found).unwrap_or_default() + "\n",
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Ok(None) => text(StatusCode::NOT_FOUND, "no such session\n"),
+            Err(error) => store_unavailable(&error),
+        },
     }
+}
+
+/// A 403 for a request that a web page may have made: one with an
+/// `Origin` (a browser sends it with every POST, DELETE and cross-origin
+/// fetch), or whose `Host` is not this listener (a page whose name was
+/// made to resolve to it: DNS rebinding). Neither is needed by curl,
+/// Prometheus, an orchestrator's probe or `sessionlb reload`.
+fn cross_site(
+    req: &Request<Incoming>,
+    local: SocketAddr,
+    admin_hosts: &[String],
+) -> Option<Response<Full<Bytes>>> {
+    if req.headers().contains_key(header::ORIGIN) {
+        tracing::debug!(
+            path = req.uri().path(),
+            "admin request with an Origin refused"
+        );
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden: the admin listener does not answer web pages (the request has an Origin header)\n",
+        ));
+    }
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
+    match host {
+        Some(host) if host_allowed(host, local, admin_hosts) => None,
+        Some(host) => {
+            tracing::debug!(
+                host,
+                path = req.uri().path(),
+                "admin request for another host refused"
+            );
+            Some(text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "403 Forbidden: Host {host:?} is not this admin listener ({local}, localhost:{port}); list the name in server.admin_hosts\n",
+                    port = local.port()
+                ),
+            ))
+        }
+        None => Some(text(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden: the admin listener needs a Host header naming it\n",
+        )),
+    }
+}
+
+/// Whether `host` (a `Host` header: name or IP, then maybe `:port`) names
+/// the admin listener that `local` was reached at: its IP address or
+/// `localhost`, with its port or none; or a name in `admin_hosts`, with
+/// any port (it may be reached through a proxy or a tunnel).
+fn host_allowed(host: &str, local: SocketAddr, admin_hosts: &[String]) -> bool {
+    let Some((name, port)) = split_host(host) else {
+        return false;
+    };
+    if admin_hosts.contains(&name) {
+        return true;
+    }
+    let own = name == "localhost"
+        || name
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip == local.ip().to_canonical());
+    own && port.is_none_or(|p| p == local.port())
+}
+
+/// A `Host` value's name, in lower case, without a trailing dot (an IP
+/// address in its usual text form, IPv6 without brackets), and its port.
+fn split_host(host: &str) -> Option<(String, Option<u16>)> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, after) = rest.split_once(']')?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':')?),
+            };
+            (ip.parse::<std::net::Ipv6Addr>().ok()?.to_string(), port)
+        }
+        None => match host.split_once(':') {
+            Some((name, port)) => (name.to_string(), Some(port)),
+            None => (host.to_string(), None),
+        },
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().ok()?),
+    };
+    let name = name.strip_suffix('.').unwrap_or(&name).to_ascii_lowercase();
+    let name = match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => name,
+    };
+    Some((name, port))
+}
+
+/// A 401 for a request whose `Authorization: Bearer <token>` is missing
+/// or wrong.
+fn unauthorized(req: &Request<Incoming>, token: &AdminToken) -> Option<Response<Full<Bytes>>> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_at_checked(6)?;
+            let credentials = rest.strip_prefix(b" ")?;
+            scheme
+                .eq_ignore_ascii_case(b"Bearer")
+                .then(|| credentials.trim_ascii())
+        });
+    let why = match presented {
+        Some(given) if token.matches(given) => return None,
+        Some(_) => "the bearer token is not server.admin_token",
+        None => "/admin/ paths need Authorization: Bearer <server.admin_token>",
+    };
+    tracing::debug!(path = req.uri().path(), why, "admin request refused");
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        format!("401 Unauthorized: {why}\n"),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"sessionlb admin\""),
+    );
+    Some(r)
 }
 
 fn store_unavailable(error: &crate::session::StoreError) -> Response<Full<Bytes>> {
@@ -567,4 +786,56 @@ fn per_backend<M: EncodeMetric>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_the_address_reached_localhost_or_a_listed_name() {
+        let v4: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let v6: SocketAddr = "[::1]:9090".parse().unwrap();
+        // a connection over IPv4 to a listener on [::]
+        let mapped: SocketAddr = "[::ffff:10.0.0.5]:9090".parse().unwrap();
+        let listed = ["lb.internal".to_string(), "10.9.9.9".to_string()];
+        for (host, local) in [
+            ("127.0.0.1:9090", v4),
+            ("127.0.0.1", v4),
+            ("localhost:9090", v4),
+            ("LOCALHOST.", v4),
+            ("[::1]:9090", v6),
+            ("[::1]", v6),
+            ("localhost:9090", v6),
+            ("10.0.0.5:9090", mapped),
+            ("lb.internal:1", v4),
+            ("10.9.9.9:80", v6),
+        ] {
+            assert!(host_allowed(host, local, &listed), "{host} at {local}");
+        }
+        for (host, local) in [
+            ("127.0.0.1:9091", v4),
+            ("127.0.0.2:9090", v4),
+            ("[::1]:9090", v4),
+            ("127.0.0.1:9090", v6),
+            ("evil.example:9090", v4),
+            ("internal", v4),
+            ("lb.internal:port", v4),
+            ("[::1", v6),
+            ("", v4),
+            ("127.0.0.1:9090:9090", v4),
+        ] {
+            assert!(!host_allowed(host, local, &listed), "{host} at {local}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_compared_whole() {
+        let token = AdminToken::new("s3cret-token".into());
+        assert!(token.matches(b"s3cret-token"));
+        for wrong in [&b"s3cret-toke"[..], b"s3cret-token2", b"", b"S3CRET-TOKEN"] {
+            assert!(!token.matches(wrong));
+        }
+        assert_eq!(format!("{token:?}"), "AdminToken(..)");
+    }
 }

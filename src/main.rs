@@ -42,6 +42,18 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Ask the running instance whose admin listener the file names to
+    /// reload its configuration (as SIGHUP).
+    Reload {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the pools and backends of the running instance whose admin
+    /// listener the file names.
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Start three demo backends on loopback and the proxy in front of them.
     Demo {
         /// Where the demo proxy listens.
@@ -67,6 +79,8 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config, inherited),
         (Some(Command::Check { config }), _) => return check(&config),
+        (Some(Command::Reload { config }), _) => return reload(&config),
+        (Some(Command::Status { config }), _) => return status(&config),
         (
             Some(Command::Demo {
                 listen,
@@ -113,6 +127,129 @@ fn check(path: &Path) -> ExitCode {
         }
     }
 }
+
+/// `sessionlb reload`: `POST /admin/reload`, its answer printed.
+fn reload(path: &Path) -> ExitCode {
+    match ask_admin(path, "POST", "/admin/reload") {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            eprint!("sessionlb: {body}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("sessionlb: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sessionlb status`: `GET /admin/pools`, one line per backend.
+fn status(path: &Path) -> ExitCode {
+    let body = match ask_admin(path, "GET", "/admin/pools") {
+        Ok((200, body)) => body,
+        Ok((_, body)) => {
+            eprint!("sessionlb: {body}");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("sessionlb: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&body) else {
+        eprintln!("sessionlb: the admin listener's answer is not JSON:\n{body}");
+        return ExitCode::FAILURE;
+    };
+    println!("generation {}", state["generation"]);
+    for pool in state["pools"].as_array().into_iter().flatten() {
+        println!(
+            "pool {} ({})",
+            pool["name"].as_str().unwrap_or("?"),
+            pool["policy"].as_str().unwrap_or("?")
+        );
+        for b in pool["backends"].as_array().into_iter().flatten() {
+            let up = match (b["up"].as_bool(), b["down_reason"].as_str()) {
+                (Some(true), _) => "up".to_string(),
+                (_, Some(reason)) => format!("down ({reason})"),
+                _ => "down".to_string(),
+            };
+            let draining = match b["draining"].as_bool() {
+                Some(true) => ", draining",
+                _ => "",
+            };
+            println!(
+                "  {} at {}: {up}{draining}, weight {}, {} in flight",
+                b["id"].as_str().unwrap_or("?"),
+                b["addr"].as_str().unwrap_or("?"),
+                b["weight"],
+                b["in_flight"]
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// One request to the admin listener `path` names: the status and body of
+/// its answer. It sends what the listener asks of a client: a `Host` that
+/// is its address, and `server.admin_token` when the file sets one.
+fn ask_admin(path: &Path, method: &str, target: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let config = load(path)?;
+    let Some(written) = config.server.admin_listen else {
+        anyhow::bail!(
+            "{} sets no server.admin_listen: there is no admin listener to ask",
+            path.display()
+        );
+    };
+    if written.port() == 0 {
+        anyhow::bail!(
+            "server.admin_listen is {written} in {}: the port the instance was given is not in the file",
+            path.display()
+        );
+    }
+    // a listener on every address is reached on loopback
+    let ip = match written.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, written.port());
+    let authorization = match &config.server.admin_token {
+        Some(token) => format!("Authorization: Bearer {}\r\n", token.as_str()),
+        None => String::new(),
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, ADMIN_TIMEOUT)
+        .with_context(|| format!("cannot connect to the admin listener at {addr}"))?;
+    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\nUser-Agent: sessionlb/{}\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("sending to the admin listener at {addr}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .with_context(|| format!("reading the admin listener's answer from {addr}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("{addr} did not answer HTTP: {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// How long `reload` and `status` wait on the admin listener (a reload
+/// that looks names up in DNS may take seconds).
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| {

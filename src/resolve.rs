@@ -202,12 +202,15 @@ pub async fn run(dns: Arc<Dns>, shared: Arc<Shared>) {
     let mut swaps = shared.swaps();
     let mut due: HashMap<DnsName, Instant> = HashMap::new();
     let mut failing: HashSet<DnsName> = HashSet::new();
+    let mut capped = Capped::new();
     loop {
         let config = shared.load().config.clone();
         let every = names_of(&config);
         due.retain(|name, _| every.contains_key(name));
         failing.retain(|name| every.contains_key(name));
         shared.forget_names(&config);
+        // after a reload or a change of addresses, which both come here
+        report_capped(&config, &shared.addresses(), &mut capped);
         let now = Instant::now();
         let ready: Vec<DnsName> = every
             .keys()
@@ -266,6 +269,39 @@ pub async fn run(dns: Arc<Dns>, shared: Arc<Shared>) {
             () = sleep_until(next) => {}
         }
     }
+}
+
+/// What was said of each pool and name whose addresses are over the
+/// pool's `max_addresses`: how many there were and how many were left out.
+type Capped = HashMap<(String, DnsName), (usize, usize)>;
+
+/// Warns once for each pool and name that has more addresses than the
+/// pool's `max_addresses`, and again only when that changes (the count of
+/// addresses or of those left out): the snapshot places the first ones,
+/// sorted, and leaves the others out without a word.
+fn report_capped(config: &Config, known: &Addresses, said: &mut Capped) {
+    let mut now = Capped::new();
+    for pool in &config.pools {
+        for name in pool.dns_names() {
+            let found = known.get(name).map_or(0, |a| a.len());
+            if found > pool.max_addresses {
+                let dropped = found - pool.max_addresses;
+                let key = (pool.name.clone(), name.clone());
+                if said.get(&key) != Some(&(found, dropped)) {
+                    tracing::warn!(
+                        pool = %pool.name,
+                        name = %name,
+                        found,
+                        dropped,
+                        max_addresses = pool.max_addresses,
+                        "a backend name has more addresses than max_addresses: the first ones (sorted) are backends, the rest get no traffic"
+                    );
+                }
+                now.insert(key, (found, dropped));
+            }
+        }
+    }
+    *said = now;
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -161,3 +161,146 @@ async fn a_replica_new_by_dns_gets_traffic_only_once_its_health_check_passed() {
     let failed = load.finish().await;
     assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
 }
+
+/// `n` loopback addresses from 127.0.1.1 up, where nothing listens: a
+/// name with many replicas, of which only the count matters here.
+fn many(n: u8) -> Vec<Ipv4Addr> {
+    (1..=n).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect()
+}
+
+/// `/admin/pools`: the backends of pool `pool`, by identity.
+async fn backends_of(proxy: &Proxy, pool: &str) -> Vec<String> {
+    let url = format!("http://{}/admin/pools", proxy.admin_addr());
+    let body = support::client::get(&support::client::h1(), &url)
+        .await
+        .body;
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pools = state["pools"].as_array().unwrap();
+    let found = pools.iter().find(|p| p["name"] == pool).unwrap();
+    found["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// How many `sessionlb_backend_up` series pool `pool` has.
+async fn up_series(proxy: &Proxy, pool: &str) -> usize {
+    let url = format!("http://{}/metrics", proxy.admin_addr());
+    let text = support::client::get(&support::client::h1(), &url)
+        .await
+        .body;
+    let prefix = format!("sessionlb_backend_up{{pool=\"{pool}\",");
+    text.lines().filter(|l| l.starts_with(&prefix)).count()
+}
+
+#[tokio::test]
+async fn a_name_with_many_addresses_places_64_backends_by_default() {
+    let dns = DnsServer::start();
+    dns.set("many.test", &many(70));
+    let port = 8080;
+    let proxy = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\n\
+         [resolver]\nnameservers = [\"{}\"]\n\n\
+         [pools.web]\nbackends = [{{ addr = \"many.test:{port}\", resolve = true }}]\n",
+        dns.addr
+    ));
+    let placed = backends_of(&proxy, "web").await;
+    let first: Vec<String> = many(64)
+        .iter()
+        .map(|ip| format!("many.test:{port}/{ip}:{port}"))
+        .collect();
+    assert_eq!(
+        placed.len(),
+        64,
+        "backends placed for a name with 70 addresses"
+    );
+    assert_eq!(placed, first, "the first 64 addresses, sorted");
+    assert_eq!(up_series(&proxy, "web").await, 64);
+    let said = proxy
+        .stderr
+        .wait_for(DEADLINE, |l| l.contains("max_addresses"));
+    let said = said.expect("no warning that addresses were left out");
+    for part in [
+        "pool=web",
+        &format!("name=many.test:{port}"),
+        "found=70",
+        "dropped=6",
+    ] {
+        assert!(said.contains(part), "{part} not in {said}");
+    }
+}
+
+#[tokio::test]
+async fn max_addresses_keeps_the_same_first_addresses_and_warns_once_per_change() {
+    let dns = DnsServer::start();
+    let port = 8080;
+    // answered in another order than sorted
+    let mut answer = many(20);
+    answer.reverse();
+    dns.set("many.test", &answer);
+    let proxy = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\n\
+         [resolver]\nnameservers = [\"{}\"]\n\n\
+         [pools.web]\nresolve_interval = \"100ms\"\nmax_addresses = 8\n\
+         backends = [{{ addr = \"many.test:{port}\", resolve = true }}]\n",
+        dns.addr
+    ));
+    let first_8: Vec<String> = many(8)
+        .iter()
+        .map(|ip| format!("many.test:{port}/{ip}:{port}"))
+        .collect();
+    assert_eq!(backends_of(&proxy, "web").await, first_8);
+    assert_eq!(up_series(&proxy, "web").await, 8);
+    let warned = |l: &str| l.contains("more addresses than max_addresses");
+    assert!(
+        proxy
+            .stderr
+            .wait_for(DEADLINE, |l| warned(l) && l.contains("found=20 dropped=12"))
+            .is_some()
+    );
+
+    // the same addresses in yet another order, looked up again and again:
+    // the same backends, and nothing more said
+    let mut shuffled = many(20);
+    shuffled.rotate_left(7);
+    dns.set("many.test", &shuffled);
+    let queries = dns.queries();
+    assert!(eventually(DEADLINE, || dns.queries() >= queries + 5));
+    assert_eq!(backends_of(&proxy, "web").await, first_8);
+    assert_eq!(proxy.stderr.all().iter().filter(|l| warned(l)).count(), 1);
+
+    // fewer addresses, still over the limit: said once more
+    dns.set("many.test", &many(12));
+    assert!(
+        proxy
+            .stderr
+            .wait_for(DEADLINE, |l| warned(l) && l.contains("found=12 dropped=4"))
+            .is_some()
+    );
+    let queries = dns.queries();
+    assert!(eventually(DEADLINE, || dns.queries() >= queries + 5));
+    assert_eq!(proxy.stderr.all().iter().filter(|l| warned(l)).count(), 2);
+    assert_eq!(backends_of(&proxy, "web").await, first_8);
+
+    // out of range is refused with its path
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessionlb.toml");
+    for bad in ["0", "1025"] {
+        std::fs::write(
+            &path,
+            format!("[server]\nlisten = [\"127.0.0.1:0\"]\n\n[pools.web]\nmax_addresses = {bad}\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n"),
+        )
+        .unwrap();
+        let out = support::check(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "pools.web.max_addresses: must be between 1 and 1024, got {bad}"
+            )),
+            "{stderr}"
+        );
+    }
+}

@@ -1502,3 +1502,104 @@ async fn a_tls_listener_a_reload_adds_serves_its_certificate_and_one_it_removes_
         );
     }
 }
+
+/// Two pools, `/a` and `/b`, whose one backend each is `backend` (the same
+/// address), with `a` and `b` as their TLS keys, and files beside.
+fn two_pools_one_backend(backend: &TlsBackend, a: &str, b: &str) -> String {
+    let entry = entry(backend.addr);
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin_listen = \"127.0.0.1:0\"\n\n\
+         [pools.a]\nbackends = [{entry}]\ntls = true\n{a}\n\n\
+         [pools.b]\nbackends = [{entry}]\ntls = true\n{b}\n\n\
+         [[routes]]\npath_prefix = \"/a\"\npool = \"a\"\n\
+         [[routes]]\npath_prefix = \"/b\"\npool = \"b\"\n"
+    )
+}
+
+/// `GET path` on a kept-alive client connection: status and body.
+async fn status_body(c: &client::HttpClient, proxy: &Proxy, path: &str) -> (u16, String) {
+    let r = get(c, &proxy.url(path)).await;
+    (r.status.as_u16(), r.body)
+}
+
+#[tokio::test]
+async fn a_connection_opened_without_verification_is_not_reused_by_a_pool_that_verifies() {
+    // signed by a root no system trusts: the pool on system roots refuses it
+    let ca = Ca::new("sessionlb private root");
+    let backend = TlsBackend::start("legacy-app", &ca.leaf(&["127.0.0.1"]));
+    let proxy = Proxy::start(&two_pools_one_backend(
+        &backend,
+        "",
+        "insecure_skip_verify = true",
+    ));
+    let c = client::h1();
+    for _ in 0..2 {
+        assert_eq!(
+            status_body(&c, &proxy, "/b").await,
+            (200, "legacy-app".to_string()),
+            "the pool that skips verification reaches it"
+        );
+    }
+    assert_eq!(backend.handshakes(), 1, "one unverified connection, reused");
+    // that pooled connection was never verified: the verifying pool opens
+    // its own, and refuses the certificate
+    let (status, body) = status_body(&c, &proxy, "/a").await;
+    assert_eq!(
+        status, 502,
+        "the verifying pool was served over the unverified connection: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_verified_by_one_ca_is_not_reused_by_a_pool_with_another() {
+    let ca = Ca::new("sessionlb backend root");
+    let other = Ca::new("sessionlb other root");
+    let backend = TlsBackend::start("app", &ca.leaf(&["127.0.0.1"]));
+    let (ca_pem, other_pem) = (ca.pem(), other.pem());
+    let proxy = Proxy::start_with_files(
+        &two_pools_one_backend(&backend, "ca = \"ca.pem\"", "ca = \"other.pem\""),
+        &[
+            ("ca.pem", ca_pem.as_bytes()),
+            ("other.pem", other_pem.as_bytes()),
+        ],
+    );
+    let c = client::h1();
+    assert_eq!(
+        status_body(&c, &proxy, "/a").await,
+        (200, "app".to_string())
+    );
+    let (status, body) = status_body(&c, &proxy, "/b").await;
+    assert_eq!(
+        status, 502,
+        "a pool whose CA did not sign the backend was served over another pool's connection: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_turns_verification_on_retires_the_unverified_connections() {
+    let ca = Ca::new("sessionlb private root");
+    let backend = TlsBackend::start("app", &ca.leaf(&["127.0.0.1"]));
+    let unverified = https_pool(
+        &entry(backend.addr),
+        "tls = true\ninsecure_skip_verify = true\n",
+    )
+    .replace(
+        "workers = 1\n",
+        "workers = 1\nadmin_listen = \"127.0.0.1:0\"\n",
+    );
+    let proxy = Proxy::start(&unverified);
+    let c = client::h1();
+    for _ in 0..2 {
+        assert_eq!(status_body(&c, &proxy, "/").await, (200, "app".to_string()));
+    }
+    assert_eq!(backend.handshakes(), 1);
+    // verified by the system roots from now on, which do not know `ca`
+    let verified = unverified.replace("insecure_skip_verify = true\n", "");
+    let r = proxy.reload_with(&verified).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = status_body(&c, &proxy, "/").await;
+    assert_eq!(
+        status, 502,
+        "the reload left the unverified connection in use: {body}"
+    );
+}

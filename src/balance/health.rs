@@ -262,6 +262,7 @@ mod tests {
                 .collect(),
             tls: config::BackendTls::default(),
             resolve_interval: std::time::Duration::from_secs(5),
+            max_addresses: 64,
             health: config::Health {
                 check: checked.then(|| config::HealthCheck {
                     path: "/".into(),

@@ -23,7 +23,7 @@ pub use cookie::{CookiePolicy, StickyRoutes, route_token};
 pub use health::{CheckState, CheckStatus, Transition};
 pub use ip_hash::{IpHash, RecentClients, client_key};
 pub use least_conn::LeastConn;
-pub use registry::{BackendState, DownReason, PoolStats, Registry};
+pub use registry::{BackendState, DownReason, Link, PoolStats, Registry, Slot, Verify};
 pub use round_robin::{RoundRobin, swrr_schedule};
 
 use crate::config::{self, PolicyKind};
@@ -48,6 +48,8 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct Backend {
     pub state: Arc<BackendState>,
+    /// Where its connections are pooled: by identity and TLS settings.
+    pub slot: Arc<Slot>,
     pub addr: SocketAddr,
     pub weight: u32,
     pub drain: bool,
@@ -224,10 +226,21 @@ impl Pool {
     /// now (those that follow DNS at the addresses they have), taking each
     /// backend's live state from the registry.
     pub fn build(cfg: &config::Pool, placed: &[config::Placed], registry: &Registry) -> Pool {
+        let verify = Verify::of(&cfg.tls);
         let backends: Box<[Backend]> = placed
             .iter()
             .map(|b| Backend {
                 state: registry.get(&b.name),
+                slot: registry.slot(
+                    &b.name,
+                    match &b.tls {
+                        None => Link::Plain,
+                        Some(name) => Link::Tls {
+                            name: name.to_str().into_owned(),
+                            verify: verify.clone(),
+                        },
+                    },
+                ),
                 addr: b.addr,
                 weight: b.weight,
                 drain: b.drain,
@@ -319,6 +332,7 @@ pub(crate) mod test_util {
                 .collect(),
             tls: config::BackendTls::default(),
             resolve_interval: std::time::Duration::from_secs(5),
+            max_addresses: 64,
             health: config::Health::default(),
             sticky: (policy == PolicyKind::Cookie).then(config::Sticky::default),
             session: None,

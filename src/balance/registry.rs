@@ -1,15 +1,23 @@
 //! State that belongs to a backend rather than to a configuration: health,
-//! requests in flight, its slot in the per-worker connection pools.
+//! requests in flight, its slots in the per-worker connection pools.
 //!
 //! A reload builds a new snapshot but asks the registry for each backend's
 //! state by its identity (the address as written), so a backend that stays
 //! in the file keeps its health, counters and pooled connections.
 //!
-//! The registry holds states weakly: a backend removed from the file is
+//! A pooled connection is not kept by identity alone but by identity and
+//! [`Link`], how it was opened: plain, or TLS verified one way as one name.
+//! Two pools that reach one backend with other TLS settings, or a reload
+//! that changes them, get another [`Slot`]; a connection one verification
+//! accepted is never handed to a request that asks for another. Health and
+//! counters stay with the identity: the backend is the same process,
+//! however it is reached.
+//!
+//! The registry holds both weakly: a backend removed from the file is
 //! forgotten once nothing refers to it (the snapshots its requests in
-//! flight use, its pooled connections), and its id is given to the next
-//! new backend. A churn of backends (a DNS name that moves) thus leaves
-//! neither states nor per-worker pool slots behind.
+//! flight use; for a slot, its pooled connections too), and a slot's id
+//! is given to the next new one. A churn of backends (a DNS name that
+//! moves) thus leaves neither states nor per-worker pool slots behind.
 
 use crate::histogram::Histogram;
 use std::collections::HashMap;
@@ -53,16 +61,7 @@ fn status_counts(counters: &[AtomicU64]) -> Vec<(u16, u64)> {
 /// Live state of one backend, shared by every snapshot and worker.
 #[derive(Debug)]
 pub struct BackendState {
-    /// Dense and stable for the life of this state: indexes the per-worker
-    /// upstream connection pools. Reused once the state is dropped, which
-    /// cannot happen while a pooled connection holds it.
-    pub id: usize,
     pub name: Arc<str>,
-    /// The configuration in effect no longer has this backend: its
-    /// connections are not pooled again.
-    retired: AtomicBool,
-    /// Where the id goes back when this state is dropped.
-    free_ids: Arc<Mutex<Vec<usize>>>,
     in_flight: AtomicU32,
     fails: AtomicU32,
     window_start_ms: AtomicU64,
@@ -100,12 +99,9 @@ impl DownReason {
 }
 
 impl BackendState {
-    fn new(id: usize, name: &str, free_ids: Arc<Mutex<Vec<usize>>>) -> Self {
+    fn new(name: &str) -> Self {
         BackendState {
-            id,
             name: name.into(),
-            retired: AtomicBool::new(false),
-            free_ids,
             in_flight: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             window_start_ms: AtomicU64::new(0),
@@ -125,12 +121,6 @@ impl BackendState {
 
     pub fn responses(&self) -> Vec<(u16, u64)> {
         status_counts(&self.responses)
-    }
-
-    /// Whether a reload removed this backend (its requests in flight still
-    /// finish).
-    pub fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
     }
 
     pub fn count_drain_pinned(&self) {
@@ -265,12 +255,77 @@ impl BackendState {
     }
 }
 
-impl Drop for BackendState {
+/// A backend's place in the per-worker connection pools, for one
+/// [`Link`]: its pooled connections were all opened that way.
+#[derive(Debug)]
+pub struct Slot {
+    /// Dense and stable for the life of this slot: indexes the per-worker
+    /// upstream connection pools. Reused once the slot is dropped, which
+    /// cannot happen while a pooled connection holds it.
+    pub id: usize,
+    /// The configuration in effect no longer reaches the backend this way
+    /// (a reload removed it, or changed its TLS settings): its connections
+    /// are not pooled again.
+    retired: AtomicBool,
+    /// Where the id goes back when this slot is dropped.
+    free_ids: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Slot {
+    /// Whether the configuration in effect no longer has it (its requests
+    /// in flight still finish).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         self.free_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(self.id);
+    }
+}
+
+/// How connections to a backend are opened, as far as reusing one goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Link {
+    Plain,
+    /// TLS, the certificate verified as `name` (the SNI sent too).
+    Tls {
+        name: String,
+        verify: Verify,
+    },
+}
+
+/// What a TLS connection's certificate was verified against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Verify {
+    /// `insecure_skip_verify`: not at all.
+    Nothing,
+    SystemRoots,
+    /// A pool's `ca`, by the SHA-256 of its certificates: the same file
+    /// with other contents (a reload re-reads it) is another CA.
+    Ca([u8; 32]),
+}
+
+impl Verify {
+    pub fn of(tls: &crate::config::BackendTls) -> Verify {
+        if tls.insecure_skip_verify {
+            return Verify::Nothing;
+        }
+        let Some((_, certs)) = &tls.ca else {
+            return Verify::SystemRoots;
+        };
+        let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for cert in certs {
+            hash.update(&(cert.len() as u64).to_be_bytes());
+            hash.update(cert);
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(hash.finish().as_ref());
+        Verify::Ca(digest)
     }
 }
 
@@ -357,13 +412,28 @@ impl Registry {
     }
 
     /// The state for `name`: the one still alive, or else a new one.
-    /// Called for every backend of a snapshot being built, so a backend a
-    /// reload removes and the next one brings back is no longer retired.
     pub fn get(&self, name: &str) -> Arc<BackendState> {
         let mut backends = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = backends.by_name.get(name).and_then(Weak::upgrade) {
-            state.retired.store(false, Ordering::Relaxed);
             return state;
+        }
+        let state = Arc::new(BackendState::new(name));
+        backends
+            .by_name
+            .insert(name.to_string(), Arc::downgrade(&state));
+        state
+    }
+
+    /// The pool slot for backend `name` reached by `link`: the one still
+    /// alive, or else a new one. Called for every backend of a snapshot
+    /// being built, so a slot a reload retires and the next one brings
+    /// back is no longer retired.
+    pub fn slot(&self, name: &str, link: Link) -> Arc<Slot> {
+        let mut backends = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_string(), link);
+        if let Some(slot) = backends.slots.get(&key).and_then(Weak::upgrade) {
+            slot.retired.store(false, Ordering::Relaxed);
+            return slot;
         }
         let reused = backends
             .free_ids
@@ -374,38 +444,43 @@ impl Registry {
             backends.next_id += 1;
             backends.next_id - 1
         });
-        let state = Arc::new(BackendState::new(id, name, backends.free_ids.clone()));
-        backends
-            .by_name
-            .insert(name.to_string(), Arc::downgrade(&state));
-        state
+        let slot = Arc::new(Slot {
+            id,
+            retired: AtomicBool::new(false),
+            free_ids: backends.free_ids.clone(),
+        });
+        backends.slots.insert(key, Arc::downgrade(&slot));
+        slot
     }
 
-    /// A new snapshot replaced `old`: its backends that `new` does not
-    /// have are retired, and names nothing refers to any more are
-    /// forgotten.
+    /// A new snapshot replaced `old`: its slots that `new` does not have
+    /// (backends removed, or reached with other TLS settings) are retired,
+    /// and states and slots nothing refers to any more are forgotten.
     pub fn retire(&self, old: &[super::Pool], new: &[super::Pool]) {
         let kept: std::collections::HashSet<usize> = new
             .iter()
-            .flat_map(|p| p.backends.iter().map(|b| b.state.id))
+            .flat_map(|p| p.backends.iter().map(|b| b.slot.id))
             .collect();
         for b in old.iter().flat_map(|p| p.backends.iter()) {
-            if !kept.contains(&b.state.id) {
-                b.state.retired.store(true, Ordering::Relaxed);
+            if !kept.contains(&b.slot.id) {
+                b.slot.retired.store(true, Ordering::Relaxed);
             }
         }
         let mut backends = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         backends.by_name.retain(|_, state| state.strong_count() > 0);
+        backends.slots.retain(|_, slot| slot.strong_count() > 0);
     }
 }
 
-/// Backend states by identity, held weakly, and the ids they use.
+/// Backend states by identity and pool slots by identity and link, held
+/// weakly, and the slot ids in use.
 #[derive(Debug, Default)]
 struct Backends {
     by_name: HashMap<String, Weak<BackendState>>,
-    /// One past the highest id given so far.
+    slots: HashMap<(String, Link), Weak<Slot>>,
+    /// One past the highest slot id given so far.
     next_id: usize,
-    /// Ids of dropped states, for the next new ones.
+    /// Ids of dropped slots, for the next new ones.
     free_ids: Arc<Mutex<Vec<usize>>>,
 }
 
@@ -417,27 +492,57 @@ mod tests {
     fn identity_is_kept() {
         let r = Registry::default();
         let a = r.get("127.0.0.1:1");
-        let b = r.get("127.0.0.1:2");
-        assert_ne!(a.id, b.id);
+        assert!(!Arc::ptr_eq(&a, &r.get("127.0.0.1:2")));
         assert!(Arc::ptr_eq(&a, &r.get("127.0.0.1:1")));
     }
 
     #[test]
-    fn a_backend_nothing_refers_to_is_forgotten_and_its_id_reused() {
+    fn a_slot_is_one_identity_reached_one_way() {
         let r = Registry::default();
-        let a = r.get("127.0.0.1:1");
-        let b = r.get("127.0.0.1:2");
-        a.count_response(200);
+        let tls = |name: &str, verify: Verify| Link::Tls {
+            name: name.into(),
+            verify,
+        };
+        let plain = r.slot("b:1", Link::Plain);
+        let system = r.slot("b:1", tls("b", Verify::SystemRoots));
+        let skip = r.slot("b:1", tls("b", Verify::Nothing));
+        let ca = r.slot("b:1", tls("b", Verify::Ca([1; 32])));
+        let other_ca = r.slot("b:1", tls("b", Verify::Ca([2; 32])));
+        let other_name = r.slot("b:1", tls("c", Verify::SystemRoots));
+        let ids: std::collections::HashSet<usize> =
+            [&plain, &system, &skip, &ca, &other_ca, &other_name]
+                .iter()
+                .map(|s| s.id)
+                .collect();
+        assert_eq!(ids.len(), 6, "each way of reaching it has its own slot");
+        let again = r.slot("b:1", tls("b", Verify::Ca([1; 32])));
+        assert!(Arc::ptr_eq(&ca, &again));
+    }
+
+    #[test]
+    fn a_slot_nothing_refers_to_is_forgotten_and_its_id_reused() {
+        let r = Registry::default();
+        let a = r.slot("127.0.0.1:1", Link::Plain);
+        let b = r.slot("127.0.0.1:2", Link::Plain);
         let (a_id, b_id) = (a.id, b.id);
         drop(a);
         // while b lives, its id is not given away
-        let c = r.get("127.0.0.1:3");
+        let c = r.slot("127.0.0.1:3", Link::Plain);
         assert_eq!(c.id, a_id);
         assert_ne!(c.id, b_id);
-        let again = r.get("127.0.0.1:1");
-        assert_eq!(again.responses(), vec![], "a forgotten backend starts anew");
+        let again = r.slot("127.0.0.1:1", Link::Plain);
         assert_ne!(again.id, b_id);
         assert_ne!(again.id, c.id);
+    }
+
+    #[test]
+    fn a_backend_nothing_refers_to_starts_anew() {
+        let r = Registry::default();
+        let a = r.get("127.0.0.1:1");
+        a.count_response(200);
+        drop(a);
+        let again = r.get("127.0.0.1:1");
+        assert_eq!(again.responses(), vec![], "a forgotten backend starts anew");
     }
 
     #[test]

@@ -48,6 +48,13 @@ pub struct Resolver {
 pub struct Server {
     pub listen: Vec<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// What `Authorization: Bearer` must carry on the admin listener's
+    /// `/admin/` paths; `None`: nothing is asked.
+    pub admin_token: Option<AdminToken>,
+    /// Names (lower case, no port) the admin listener answers to besides
+    /// its own address and `localhost`: a `Host` it does not know is how a
+    /// web page reaches it through DNS rebinding.
+    pub admin_hosts: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_timeout: Duration,
     /// 0 means one worker per core.
@@ -58,6 +65,37 @@ pub struct Server {
     /// `Upgrade` tokens that are tunnelled (lower case); `h2c` never is.
     pub upgrade_protocols: Vec<String>,
     pub tls: Vec<TlsListener>,
+}
+
+/// `server.admin_token`. Its `Debug` does not show it: a configuration
+/// that is printed must not hand out the key to the admin API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: String) -> AdminToken {
+        AdminToken(token)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is the token. It compares SHA-256 digests in
+    /// constant time, so that neither the time taken nor its length says
+    /// how much of a guess was right.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use aws_lc_rs::digest::{SHA256, digest};
+        let want = digest(&SHA256, self.0.as_bytes());
+        let got = digest(&SHA256, presented);
+        aws_lc_rs::constant_time::verify_slices_are_equal(want.as_ref(), got.as_ref()).is_ok()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// Default `server.max_connections`.
@@ -150,6 +188,10 @@ pub struct Pool {
     pub tls: BackendTls,
     /// How often the names of backends with `resolve = true` are looked up.
     pub resolve_interval: Duration,
+    /// The most backends one name with `resolve = true` places (its first
+    /// addresses, sorted): each is a metric series, so a name that answers
+    /// thousands must not make thousands of them.
+    pub max_addresses: usize,
     pub health: Health,
     /// Present (with defaults) whenever `policy = "cookie"`.
     pub sticky: Option<Sticky>,
@@ -214,7 +256,8 @@ pub struct Placed {
 impl Pool {
     /// Its backends at the addresses known now: one that follows DNS
     /// has one entry per address of its name in `addresses` (none before
-    /// the first answer).
+    /// the first answer), up to `max_addresses`: the first ones, as
+    /// `addresses` are sorted, so every lookup keeps the same.
     pub fn placed(&self, addresses: &Addresses) -> Vec<Placed> {
         let mut out = Vec::with_capacity(self.backends.len());
         for b in &self.backends {
@@ -228,7 +271,8 @@ impl Pool {
             match &b.addr {
                 Addr::Fixed(addr) => out.push(at(b.name.clone(), *addr)),
                 Addr::Dns(dns) => {
-                    for &addr in addresses.get(dns).map_or(&[][..], |a| a) {
+                    let all = addresses.get(dns).map_or(&[][..], |a| a);
+                    for &addr in &all[..all.len().min(self.max_addresses)] {
                         out.push(at(format!("{}/{addr}", b.name), addr));
                     }
                 }
@@ -531,7 +575,11 @@ impl Config {
             .collect();
         let _ = writeln!(s, "listeners: {}", [listen, tls].concat().join(", "));
         if let Some(admin) = self.server.admin_listen {
-            let _ = writeln!(s, "admin:     {admin}");
+            let token = match self.server.admin_token {
+                Some(_) => "token required on /admin/",
+                None => "no token",
+            };
+            let _ = writeln!(s, "admin:     {admin} ({token})");
         }
         let workers = match self.server.workers {
             0 => "one per core".to_string(),
@@ -579,7 +627,8 @@ impl Config {
                         _ => format!(" at {addr}"),
                     },
                     Addr::Dns(name) => format!(
-                        " at every address of {name}, looked up every {}",
+                        " at every address of {name} (the first {} at most), looked up every {}",
+                        pool.max_addresses,
                         humantime::format_duration(pool.resolve_interval)
                     ),
                 };

@@ -33,6 +33,8 @@ pub struct ResolverSection {
 pub struct ServerSection {
     pub listen: Vec<String>,
     pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_hosts: Vec<String>,
     pub trusted_proxies: Vec<String>,
     pub shutdown_timeout: Option<String>,
     pub workers: Option<i64>,
@@ -79,6 +81,7 @@ pub struct PoolSection {
     pub ca: Option<String>,
     pub insecure_skip_verify: Option<bool>,
     pub resolve_interval: Option<String>,
+    pub max_addresses: Option<i64>,
     pub health: Option<HealthSection>,
     pub sticky: Option<StickySection>,
     pub session: Option<SessionSection>,

@@ -174,6 +174,12 @@ pub(crate) fn without_name_lookups<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// `pools.X.max_addresses` when not given.
+const DEFAULT_MAX_ADDRESSES: u32 = 64;
+/// Highest `pools.X.max_addresses`: a bound on the metric series (and
+/// connection pool slots) one name can make.
+const MAX_ADDRESSES: u32 = 1024;
+
 /// `pools.X.resolve_interval` when not given (as the SPEC's example).
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Shorter would be a flood of queries, not fresher addresses.
@@ -439,6 +445,26 @@ fn validate_server(
         check_dup(p, "server.admin_listen".into(), a);
         Some(a)
     });
+    let admin_token = s
+        .admin_token
+        .and_then(|token| validate_admin_token(p, warnings, token));
+    if let Some(a) = admin_listen
+        && !a.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        warnings.push(Problem {
+            path: "server.admin_listen".into(),
+            message: format!(
+                "{a} is not a loopback address and server.admin_token is not set: whoever reaches it can reload the configuration and read or revoke sessions; set server.admin_token"
+            ),
+        });
+    }
+    let admin_hosts = s
+        .admin_hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, raw)| admin_host(p, &format!("server.admin_hosts[{i}]"), raw))
+        .collect();
     let mut trusted_proxies = Vec::new();
     for (i, raw) in s.trusted_proxies.iter().enumerate() {
         let parsed = raw
@@ -483,6 +509,8 @@ fn validate_server(
     Server {
         listen,
         admin_listen,
+        admin_token,
+        admin_hosts,
         trusted_proxies,
         shutdown_timeout,
         workers,
@@ -490,6 +518,73 @@ fn validate_server(
         upgrade_protocols,
         tls,
     }
+}
+
+/// Shortest `server.admin_token` that `check` does not call weak: 128 bits
+/// of a random hex string.
+const ADMIN_TOKEN_MIN: usize = 32;
+
+/// `server.admin_token`: it travels in an `Authorization` header, so it is
+/// printable ASCII without spaces.
+fn validate_admin_token(
+    p: &mut Problems,
+    warnings: &mut Vec<Problem>,
+    token: String,
+) -> Option<AdminToken> {
+    const PATH: &str = "server.admin_token";
+    if token.is_empty() {
+        p.push(
+            PATH,
+            "is empty: remove it, or give a random string (e.g. `openssl rand -hex 32`)",
+        );
+        return None;
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        p.push(PATH, "must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)");
+        return None;
+    }
+    if token.len() < ADMIN_TOKEN_MIN {
+        warnings.push(Problem {
+            path: PATH.into(),
+            message: format!(
+                "is {} characters long; a guessable token protects nothing: use at least {ADMIN_TOKEN_MIN} random ones (e.g. `openssl rand -hex 32`)",
+                token.len()
+            ),
+        });
+    }
+    Some(AdminToken::new(token))
+}
+
+/// One `server.admin_hosts` entry: a host name or an IP address, without a
+/// port (a request's `Host` matches it with any port or none). Kept in
+/// lower case, an IPv6 address without its brackets, as requests are
+/// compared.
+fn admin_host(p: &mut Problems, path: &str, raw: &str) -> Option<String> {
+    let bare = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Some(ip.to_string());
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    let is_name = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !is_name {
+        p.push(
+            path,
+            format!("{raw:?} is not a host name or an IP address (give it without a port, e.g. \"lb.internal\")"),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 /// The `Upgrade` protocols an operator allows to be tunnelled: HTTP tokens,
@@ -651,6 +746,13 @@ fn validate_pool(
         s.resolve_interval.as_deref(),
         DEFAULT_RESOLVE_INTERVAL,
     );
+    let max_addresses = p.count(
+        &format!("{path}.max_addresses"),
+        s.max_addresses,
+        DEFAULT_MAX_ADDRESSES,
+        1,
+        MAX_ADDRESSES,
+    ) as usize;
     if resolve_interval < MIN_RESOLVE_INTERVAL {
         p.push(
             format!("{path}.resolve_interval"),
@@ -697,6 +799,7 @@ fn validate_pool(
         max_body,
         tls: backend_tls,
         resolve_interval,
+        max_addresses,
         health,
         sticky,
         session,
@@ -1354,11 +1457,9 @@ mod tests {
                 ("127.0.0.1:9001", 1)
             ]
         );
-        assert!(
-            config
-                .summary()
-                .contains("at every address of app.internal:8080, looked up every 2s")
-        );
+        assert!(config.summary().contains(
+            "at every address of app.internal:8080 (the first 64 at most), looked up every 2s"
+        ));
 
         let got = problems(
             r#"

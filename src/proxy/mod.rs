@@ -546,17 +546,17 @@ async fn exchange(prepared: &mut Prepared, finish: &mut Finish) -> Result<Answer
         };
         let b = pick.index;
         let backend = &pool.backends[b];
-        let id = backend.state.id;
+        let id = backend.slot.id;
         let tls = rt.upstream_tls[prepared.pool]
             .as_ref()
             .and_then(|t| t.target(b));
-        let conn = match upstream::checkout(id, finish.start_ms, tls.is_some()) {
+        let conn = match upstream::checkout(id, finish.start_ms) {
             Some(conn) => conn,
             // boxed: a new connection is rare, and its large future would
             // otherwise make every request's future larger
             None => {
                 match Box::pin(upstream::connect(
-                    &backend.state,
+                    &backend.slot,
                     backend.addr,
                     rt.timeouts.connect,
                     tls,

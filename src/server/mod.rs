@@ -16,10 +16,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use accept::Acceptor;
-pub use conn::Connection;
+pub use conn::{Connection, serve_admin};
 pub use inherit::Inherited;
 pub use listen::{Changes, Listeners};
-pub use worker::{MAX_HEAD_BYTES, OpenGuard, ShutdownSignal};
+pub use worker::{MAX_HEAD_BYTES, OpenGuard, ShutdownSignal, Worker};
 
 use crate::config::Problem;
 use crate::runtime::Shared;

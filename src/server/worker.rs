@@ -80,6 +80,21 @@ impl Worker {
         OpenGuard(self.clone())
     }
 
+    /// A worker that runs no listener of its own, for the admin listener:
+    /// its connections are then served by the same code, and bounded by
+    /// the same timeouts, as client connections. They are not counted
+    /// among the client connections open (`open` is never called).
+    pub fn standalone(shared: Arc<Shared>) -> Arc<Worker> {
+        Arc::new(Worker {
+            shared,
+            h1: h1_builder(),
+            h2: h2_builder(),
+            shutdown: Arc::new(ShutdownSignal::default()),
+            open: AtomicUsize::new(0),
+            drained: Notify::new(),
+        })
+    }
+
     async fn drained(&self) {
         loop {
             let notified = self.drained.notified();

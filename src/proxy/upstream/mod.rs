@@ -26,7 +26,7 @@ pub use exchange::{ClientBody, Exchange, ExchangeError, Outgoing};
 pub use tls::{PoolTls, Stream, Target};
 pub use wire::{Head, RequestHead, WireError};
 
-use crate::balance::BackendState;
+use crate::balance::Slot;
 
 /// Idle connections kept per backend and per worker (nginx's `keepalive`).
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -38,10 +38,11 @@ const IDLE_MS: u64 = crate::clock::millis(IDLE_TIMEOUT);
 
 /// An open connection to a backend.
 pub struct Conn {
-    /// The backend it is open to. Holding its state keeps its id, which
-    /// indexes the pools, from being given to another backend while this
-    /// connection may still be pooled under it.
-    backend: Arc<BackendState>,
+    /// The backend it is open to, and how (plain, or TLS verified one way
+    /// as one name). Holding the slot keeps its id, which indexes the
+    /// pools, from being given to another while this connection may still
+    /// be pooled under it.
+    slot: Arc<Slot>,
     stream: Stream,
     /// Bytes read and not yet used; kept with the connection so that a
     /// reused one allocates nothing.
@@ -111,7 +112,7 @@ struct Idle {
     since_ms: u64,
 }
 
-/// One worker's idle connections, indexed by `BackendState::id`, and the
+/// One worker's idle connections, indexed by `Slot::id`, and the
 /// waker of the task that watches them ([`watch`]).
 #[derive(Default)]
 struct Pool {
@@ -123,22 +124,20 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// A live pooled connection to backend `id`, most recently used first,
-/// for a request that started at `now_ms`. A connection on which anything
+/// A live pooled connection of slot `id`, most recently used first, for
+/// a request that started at `now_ms`. A connection on which anything
 /// arrived since its last response (late bytes of that response, an
 /// unsolicited response, a close) is never reused, whatever its age.
 ///
-/// `tls` says whether the backend is now reached over TLS: a reload may
-/// have changed it, and a connection of the other kind is not reused.
-pub fn checkout(id: usize, now_ms: u64, tls: bool) -> Option<Conn> {
+/// A slot is one backend reached one way (plain, or TLS verified one way
+/// as one name): every connection it holds was opened as the request
+/// would open it, so none is looked at for how it was opened.
+pub fn checkout(id: usize, now_ms: u64) -> Option<Conn> {
     POOL.with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
         let idle = pool.idle.get_mut(id)?;
         while let Some(mut idle) = idle.pop() {
-            if now_ms.saturating_sub(idle.since_ms) < IDLE_MS
-                && idle.conn.stream.is_tls() == tls
-                && !idle.conn.is_stale()
-            {
+            if now_ms.saturating_sub(idle.since_ms) < IDLE_MS && !idle.conn.is_stale() {
                 idle.conn.reused = true;
                 return Some(idle.conn);
             }
@@ -150,9 +149,9 @@ pub fn checkout(id: usize, now_ms: u64, tls: bool) -> Option<Conn> {
 /// Returns a connection that finished an exchange cleanly; its request
 /// started at `started_ms`. From now on the worker's watcher closes it the
 /// moment the backend sends anything on it. A connection to a backend a
-/// reload removed is closed instead.
+/// reload removed, or whose TLS settings it changed, is closed instead.
 pub fn checkin(mut conn: Conn, started_ms: u64) {
-    if conn.backend.is_retired() {
+    if conn.slot.is_retired() {
         return;
     }
     POOL.with(|pool| {
@@ -168,7 +167,7 @@ pub fn checkin(mut conn: Conn, started_ms: u64) {
         if !watched {
             return;
         }
-        let id = conn.backend.id;
+        let id = conn.slot.id;
         if idle.len() <= id {
             idle.resize_with(id + 1, Vec::new);
         }
@@ -221,14 +220,14 @@ pub fn discard(id: usize) {
     });
 }
 
-/// Closes this worker's idle connections to backends a reload removed,
-/// at once: they would otherwise wait for their idle timeout, and keep the
-/// backend's state alive until then.
+/// Closes this worker's idle connections to backends a reload removed or
+/// reaches with other TLS settings, at once: they would otherwise wait for
+/// their idle timeout, and keep their slot alive until then.
 pub fn close_retired() {
     POOL.with(|pool| {
         if let Ok(mut pool) = pool.try_borrow_mut() {
             for idle in pool.idle.iter_mut() {
-                idle.retain(|i| !i.conn.backend.is_retired());
+                idle.retain(|i| !i.conn.slot.is_retired());
             }
         }
     });
@@ -274,7 +273,7 @@ pub enum ConnectError {
 /// `tls`. The handshake is bounded by the same `timeout` as the connect,
 /// as nginx's `proxy_connect_timeout` bounds both.
 pub async fn connect(
-    backend: &Arc<BackendState>,
+    slot: &Arc<Slot>,
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<Target<'_>>,
@@ -292,7 +291,7 @@ pub async fn connect(
     };
     tracing::debug!(%addr, tls = stream.is_tls(), "opened a backend connection");
     Ok(Conn {
-        backend: backend.clone(),
+        slot: slot.clone(),
         stream,
         buf: BytesMut::new(),
         reused: false,
