@@ -259,14 +259,12 @@ fn drop_tickets(answer: &mut Answer, finish: &Finish) {
         dropped,
         "a backend set a session ticket cookie: dropped (only the proxy issues tickets)"
     );
-    for _ in 0..dropped {
-        finish
-            .conn
-            .shared
-            .sessions
-            .stats
-            .count_ticket_cookie_dropped();
-    }
+    finish
+        .conn
+        .shared
+        .sessions
+        .stats
+        .count_ticket_cookies_dropped(dropped as u64);
 }
 
 /// Takes the session's changes out of the response and stores them before

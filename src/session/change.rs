@@ -123,9 +123,11 @@ impl Mode {
         }
     }
 
-    /// Stores a change made with the session's current ticket: a new
-    /// version under a new ticket (or, when only expiries changed, the same
-    /// version again), in place of the value it was made from.
+    /// Stores a change made with a ticket that named a session when its
+    /// request came: still its current version, a new version under a new
+    /// ticket (or, when only expiries changed, the same version again), in
+    /// place of the value it was made from; replaced since, a session of
+    /// the client's own ([`Mode::fork`]); ended since, nothing.
     async fn change(
         &self,
         headers: &mut HeaderMap,
@@ -320,8 +322,7 @@ impl Mode {
     /// the store has expired it anyway. Counted and logged, so an operator
     /// knows which logouts were not done at once.
     fn delete_later(&self, ticket: Ticket) {
-        let stats = self.store.stats_arc();
-        stats.count_delete_deferred();
+        self.stats().count_delete_deferred();
         tracing::warn!(
             pool = &*self.pool,
             session = %ticket.id.redacted(),
@@ -457,8 +458,8 @@ struct Deferred {
 
 impl Deferred {
     async fn run(self) {
-        let stats = self.store.stats_arc();
-        stats.deletes_pending(1);
+        let stats = self.store.stats();
+        stats.pending_delete_began();
         let mut wait = Duration::from_millis(100);
         loop {
             tokio::time::sleep(wait).await;
@@ -489,6 +490,6 @@ impl Deferred {
                 Err(_) => continue,
             }
         }
-        stats.deletes_pending(-1);
+        stats.pending_delete_ended();
     }
 }

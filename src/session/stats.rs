@@ -155,22 +155,20 @@ impl Stats {
         self.limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count_ticket_cookie_dropped(&self) {
-        self.ticket_cookies_dropped.fetch_add(1, Ordering::Relaxed);
+    pub fn count_ticket_cookies_dropped(&self, n: u64) {
+        self.ticket_cookies_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn count_delete_deferred(&self) {
         self.deletes_deferred.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One more (`1`) or one less (`-1`) logout being retried.
-    pub fn deletes_pending(&self, by: i64) {
-        match by {
-            1.. => self.deletes_pending.fetch_add(by as u64, Ordering::Relaxed),
-            _ => self
-                .deletes_pending
-                .fetch_sub(by.unsigned_abs(), Ordering::Relaxed),
-        };
+    pub fn pending_delete_began(&self) {
+        self.deletes_pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pending_delete_ended(&self) {
+        self.deletes_pending.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn count_too_large(&self) {

@@ -66,13 +66,12 @@ pub enum StoreError {
 /// (the store then lives no longer than the process: validation asks
 /// Redis for a secret).
 fn plain_keys(secret: Option<&str>) -> hmac::Key {
-    let key = match secret {
-        Some(secret) => return hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+    match secret {
+        Some(secret) => hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
         // without a CSPRNG no ticket is minted either: the key then
         // guards no session
-        None => random::<32>().unwrap_or([0; 32]),
-    };
-    hmac::Key::new(hmac::HMAC_SHA256, &key)
+        None => hmac::Key::new(hmac::HMAC_SHA256, &random::<32>().unwrap_or([0; 32])),
+    }
 }
 
 /// A session as the memory store holds it, kept by the client connection
@@ -133,14 +132,6 @@ impl Store {
         match &self.kind {
             Kind::Memory(m) => &m.stats,
             Kind::Redis(r) => &r.stats,
-        }
-    }
-
-    /// The counters, to keep beyond a borrow of the store.
-    pub fn stats_arc(&self) -> Arc<Stats> {
-        match &self.kind {
-            Kind::Memory(m) => m.stats.clone(),
-            Kind::Redis(r) => r.stats.clone(),
         }
     }
 
